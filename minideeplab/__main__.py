@@ -1,0 +1,3 @@
+from minideeplab.cli import main
+
+raise SystemExit(main())

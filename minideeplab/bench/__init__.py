@@ -1,0 +1,1 @@
+"""Benchmarks: scratch against the PyTorch reference, same run, same thread count."""

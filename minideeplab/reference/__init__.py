@@ -1,0 +1,1 @@
+"""PyTorch reference implementations, module by module the twins of ``minideeplab.scratch``."""

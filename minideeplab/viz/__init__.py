@@ -1,0 +1,1 @@
+"""Figures and widgets for the notebooks (every widget also has a static figure)."""
