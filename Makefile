@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 # JupyterLab: loopback only, fixed port that fails fast when taken, root needs --allow-root.
 LAB_PORT  ?= 8888
 LAB_FLAGS := --ServerApp.root_dir=course --ServerApp.ip=127.0.0.1 \
-             --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0
+             --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0 \
+             --ServerApp.answer_yes=True
 ifeq ($(shell id -u),0)
 LAB_FLAGS += --allow-root
 endif
