@@ -1,0 +1,194 @@
+"""Every exercise check: the right answer passes, plausible wrong answers fail with the right hint,
+and an unfinished stub's ExerciseNotDone passes through untouched."""
+
+import numpy as np
+import pytest
+
+from minideeplab.grading import ExerciseNotDone, ExerciseWrong, checks
+from minideeplab.scratch import atrous_conv2d_backward_naive, atrous_conv2d_naive, conv_output_size
+from minideeplab.scratch import receptive_field as rfm
+
+
+def stub(*args, **kwargs):
+    raise ExerciseNotDone("Exercise N.K: not done")
+
+
+# ------------------------------------------------------------------ student-style implementations
+
+def rf_student(layers, mistake=None):
+    size, jump, start = 1, 1, 0.0
+    for k, s, r, p in layers:
+        k_eff = r * (k - 1) + 1
+        if mistake == "jump_first":
+            jump *= s
+        size += (k_eff - 1) * (1 if mistake == "no_jump" else jump)
+        start += ((k_eff - 1) / 2 - p) * (1 if mistake == "start_no_jump" else jump)
+        if mistake != "jump_first":
+            jump *= s * r if mistake == "jump_rate" else s
+    return rfm.RF(size, jump, start)
+
+
+def footprint_student(layers, mistake=None):
+    offsets, jump = [0], 1
+    for k, s, r, _ in layers:
+        step = r if mistake == "no_jump" else r * jump
+        offsets = sorted({o + step * t for o in offsets for t in range(k)})
+        jump *= s
+    mask = np.zeros(offsets[-1] - offsets[0] + 1, dtype=bool)
+    mask[np.array(offsets) - offsets[0]] = True
+    return np.ones_like(mask) if mistake == "dense" else mask
+
+
+def out_size_student(size, kernel, rate=1, stride=1, padding="same", mistake=None):
+    if padding == "same":
+        p = (kernel - 1) // 2 if mistake == "pad" else rate * (kernel - 1) // 2
+    else:
+        p = 0 if padding == "valid" else padding
+    n = size + 2 * p - rate * (kernel - 1) - 1
+    if mistake == "ceil":
+        return -(-n // stride) + 1
+    return n // stride if mistake == "plus1" else n // stride + 1
+
+
+def conv_student(x, weight, bias=None, rate=1, stride=1, padding="same", groups=1, mistake=None):
+    """A correct loop conv with one optional, deliberate mistake."""
+    N, C, H, W = x.shape
+    Cout, cg, kh, kw = weight.shape
+    if mistake == "flip":
+        weight = weight[:, :, ::-1, ::-1]
+    if padding == "same":
+        ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if mistake == "pad" else (rate * (kh - 1) // 2, rate * (kw - 1) // 2)
+    else:
+        ph = pw = 0 if padding == "valid" else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    Ho = (H + 2 * ph - rate * (kh - 1) - 1) // stride + (0 if mistake == "plus1" else 1)
+    Wo = (W + 2 * pw - rate * (kw - 1) - 1) // stride + (0 if mistake == "plus1" else 1)
+    out = np.zeros((N, Cout, Ho, Wo), dtype=x.dtype)
+    co = Cout // groups
+    for o in range(Cout):
+        g = o // co
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
+                           j * rate:j * rate + stride * (Wo - 1) + 1:stride]
+                out[:, o] += np.einsum("nchw,c->nhw", patch, weight[o, :, i, j])
+    if bias is not None and mistake != "bias":
+        out += bias[None, :, None, None]
+    return out
+
+
+def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1, mistake=None):
+    """A correct loop backward with one optional, deliberate mistake."""
+    N, C, H, W = x.shape
+    Cout, cg, kh, kw = weight.shape
+    if padding == "same":
+        ph, pw = rate * (kh - 1) // 2, rate * (kw - 1) // 2
+    else:
+        ph = pw = 0 if padding == "valid" else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(weight)
+    Ho, Wo = dout.shape[2:]
+    co = Cout // groups
+    for o in range(Cout):
+        g = o // co
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * rate, i * rate + stride * (Ho - 1) + 1, stride)
+                cols = slice(j * rate, j * rate + stride * (Wo - 1) + 1, stride)
+                dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
+                dw[o, :, i, j] += np.einsum("nhw,nchw->c", dout[:, o], xp[:, g * cg:(g + 1) * cg, rows, cols])
+    dx = dxp if mistake == "no_crop" else dxp[:, :, ph:ph + H, pw:pw + W]
+    if mistake == "dw_flip":
+        dw = dw[:, :, ::-1, ::-1].copy()
+    db = dout.sum(axis=(2, 3)) if mistake == "db_batch" else dout.sum(axis=(0, 2, 3))
+    return dx, dw, db
+
+
+# ------------------------------------------------------------------ the table of cases
+
+CORRECT = {
+    "exercise_1_1": rfm.effective_kernel_size,
+    "exercise_1_2": lambda layers: rfm.receptive_field(layers),
+    "exercise_1_3": lambda layers: rfm.footprint(layers) > 0,
+    "exercise_2_1": conv_output_size,
+    "exercise_2_2": atrous_conv2d_naive,
+    "exercise_2_3": atrous_conv2d_backward_naive,
+}
+STUDENT_STYLE = {"exercise_2_2": conv_student, "exercise_2_3": backward_student}
+
+WRONG = [  # (check, wrong function, text expected in the message or None)
+    ("exercise_1_1", lambda k, r: k * r, "kernel*rate"),
+    ("exercise_1_1", lambda k, r: r * (k - 1), "forgets the first tap"),
+    ("exercise_1_1", lambda k, r: k + r - 1, "adds the rate once"),
+    ("exercise_1_1", lambda k, r: None, "returned None"),
+    ("exercise_1_2", lambda L: rf_student(L, "no_jump"), "size += (k_eff - 1) * jump"),
+    ("exercise_1_2", lambda L: rf_student(L, "jump_rate"), "product of the strides"),
+    ("exercise_1_2", lambda L: rf_student(L, "jump_first"), "update size and start first"),
+    ("exercise_1_2", lambda L: rf_student(L, "start_no_jump"), "times the current jump"),
+    ("exercise_1_2", lambda L: rfm.receptive_field(L).first, "expected RF(size, jump, start)"),
+    ("exercise_1_3", lambda L: footprint_student(L, "dense"), "leave holes"),
+    ("exercise_1_3", lambda L: footprint_student(L, "no_jump"), "rate * jump"),
+    ("exercise_2_1", lambda *a: out_size_student(*a, mistake="pad"), "p = rate*(kernel-1)//2"),
+    ("exercise_2_1", lambda *a: out_size_student(*a, mistake="plus1"), "off by one"),
+    ("exercise_2_1", lambda *a: out_size_student(*a, mistake="ceil"), "round down"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="flip"), "flipped"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="pad"), "must grow with the rate"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="plus1"), "one output row and column short"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="bias"), "bias is missing"),
+    ("exercise_2_2", lambda x, w, b=None, **k: conv_student(x.astype(np.float64), w.astype(np.float64), b, **k),
+     "dtype float64, expected float32"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="no_crop"), "crop the padding"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="dw_flip"), "dweight is flipped"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="db_batch"), "sum over the batch"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
+]
+
+
+def test_every_exercise_has_cases():
+    exercises = {n for n in dir(checks) if n.startswith("exercise_")}
+    assert exercises == set(CORRECT)
+    for name in exercises:
+        assert sum(w[0] == name for w in WRONG) >= 2, f"{name} needs at least two wrong answers"
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_solution_passes(name, capsys):
+    assert getattr(checks, name)(CORRECT[name]) is None  # nothing to echo below a notebook cell
+    out = capsys.readouterr().out
+    ex = name.removeprefix("exercise_").replace("_", ".")
+    assert out.startswith(f"Exercise {ex} passed:") and out.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", sorted(STUDENT_STYLE))
+def test_student_style_solution_passes(name):
+    getattr(checks, name)(STUDENT_STYLE[name])
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_stub_propagates_not_done(name):
+    with pytest.raises(ExerciseNotDone):
+        getattr(checks, name)(stub)
+
+
+@pytest.mark.parametrize("name, wrong, text", WRONG, ids=[f"{w[0]}-{w[2][:30]}" for w in WRONG])
+def test_wrong_answer_rejected_with_hint(name, wrong, text):
+    with pytest.raises(ExerciseWrong) as info:
+        getattr(checks, name)(wrong)
+    msg = str(info.value)
+    ex = name.removeprefix("exercise_").replace("_", ".")
+    assert msg.startswith(f"Exercise {ex}"), msg
+    assert text in msg, msg
+
+
+def test_conv_failure_names_the_case_worst_error_and_tolerance():
+    with pytest.raises(ExerciseWrong) as info:
+        checks.exercise_2_2(lambda *a, **k: conv_student(*a, **k, mistake="flip"))
+    msg = str(info.value)
+    assert "atrous_conv2d_naive(x (2, 3, 9, 11) float64" in msg
+    assert "worst |error|" in msg and "at index (" in msg and "tolerance" in msg
+
+
+def test_output_size_failure_names_the_first_wrong_case():
+    with pytest.raises(ExerciseWrong) as info:
+        checks.exercise_2_1(lambda *a: out_size_student(*a, mistake="pad"))
+    assert "first wrong case: conv_output_size(size=" in str(info.value)
