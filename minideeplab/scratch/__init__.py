@@ -1,2 +1,8 @@
 """From-scratch implementations in NumPy + numba. Each module has a PyTorch twin in
 ``minideeplab.reference`` with the same name."""
+
+from minideeplab.scratch.atrous import (atrous_conv2d, atrous_conv2d_backward, atrous_conv2d_backward_naive,
+                                        atrous_conv2d_naive, conv_output_size)
+
+__all__ = ["conv_output_size", "atrous_conv2d_naive", "atrous_conv2d_backward_naive",
+           "atrous_conv2d", "atrous_conv2d_backward"]

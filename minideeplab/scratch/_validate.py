@@ -38,10 +38,14 @@ def conv_output_size(size: int, kernel: int, rate: int = 1, stride: int = 1, pad
         if not _is_int(v) or v < lo:
             raise ValueError(f"conv_output_size: {name} must be an int >= {lo}, got {v!r}")
     p = resolve_padding(padding, kernel, rate, "conv_output_size")
-    footprint = rate * (kernel - 1) + 1  # the dilated kernel covers this many input pixels
+    return _output_size(size, kernel, rate, stride, p, padding, "conv_output_size", "size")
+
+
+def _output_size(size, k, rate, stride, p, padding, fn, axis) -> int:
+    footprint = rate * (k - 1) + 1  # the dilated kernel spans this many input pixels
     if footprint > size + 2 * p:
-        raise ValueError(f"conv_output_size: kernel footprint rate*(kernel-1)+1 = {footprint} is larger than "
-                         f"the padded input {size} + 2*{p} = {size + 2 * p}")
+        raise ValueError(f"{fn}: kernel footprint rate*(k-1)+1 = {footprint} (rate={rate}, k={k}) is larger "
+                         f"than the padded input {axis} {size} + 2*{p} = {size + 2 * p} (padding={padding!r})")
     return (size + 2 * p - footprint) // stride + 1
 
 
@@ -102,13 +106,8 @@ def check_conv2d(fn, x, weight, bias=None, rate=1, stride=1, padding="same", gro
 
     ph = resolve_padding(padding, kh, rate, fn)
     pw = resolve_padding(padding, kw, rate, fn)
-    for axis, size, k, p in (("height", H, kh, ph), ("width", W, kw, pw)):
-        footprint = rate * (k - 1) + 1
-        if footprint > size + 2 * p:
-            raise ValueError(f"{fn}: kernel footprint rate*(k-1)+1 = {footprint} (rate={rate}, k={k}) is larger "
-                             f"than the padded input {axis} {size} + 2*{p} = {size + 2 * p} (padding={padding!r})")
-    Ho = (H + 2 * ph - rate * (kh - 1) - 1) // stride + 1
-    Wo = (W + 2 * pw - rate * (kw - 1) - 1) // stride + 1
+    Ho = _output_size(H, kh, rate, stride, ph, padding, fn, "height of x")
+    Wo = _output_size(W, kw, rate, stride, pw, padding, fn, "width of x")
     if dout is not None and dout.shape != (N, Cout, Ho, Wo):
         raise ValueError(f"{fn}: dout has shape {dout.shape}, expected the forward output shape "
                          f"{(N, Cout, Ho, Wo)}")

@@ -1,0 +1,123 @@
+"""Benchmark: scratch atrous conv (forward and backward) against PyTorch, same thread count.
+
+Each row checks first that scratch and torch agree (max relative error), so a fast but wrong
+kernel cannot look good, then times both: median of ``repeat`` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+# (name, C, Cout, H=W, rate, groups): DeepLab layer shapes, N=1, float32, 3x3, "same", stride 1
+SUITE = [
+    ("aspp 256->256 33x33", 256, 256, 33, 6, 1),
+    ("aspp 256->256 33x33", 256, 256, 33, 12, 1),
+    ("aspp 256->256 33x33", 256, 256, 33, 18, 1),
+    ("aspp 2048->256 33x33", 2048, 256, 33, 12, 1),
+    ("512->256 65x65", 512, 256, 65, 12, 1),
+    ("64->64 129x129", 64, 64, 129, 2, 1),
+    ("depthwise 256 65x65", 256, 256, 65, 12, 256),
+]
+MAX_REL_ERR = 1e-4  # max|scratch - torch| / max|torch|, float32; above this a row is wrong, not slow or fast
+QUICK = [
+    ("quick 16->8 9x9", 16, 8, 9, 2, 1),
+    ("quick depthwise 8 9x9", 8, 8, 9, 3, 8),
+]
+
+
+def _median_ms(fn, repeat):
+    # After a call, OpenBLAS's and OpenMP's worker threads keep spinning for a while (OpenBLAS: up to
+    # ~0.1 s) and steal the cores from whichever library runs next. Let them go idle first, then warm
+    # up the library being timed, so that each side is timed alone.
+    time.sleep(0.3)
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def run(threads=2, repeat=7, as_json=False, quick=False) -> int:
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
+
+    if threads < 1 or repeat < 1:
+        raise ValueError(f"bench atrous: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    suite, repeat = (QUICK, 1) if quick else (SUITE, repeat)
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(limits=threads):
+        for name, C, Cout, size, rate, groups in suite:
+            x = rng.standard_normal((1, C, size, size), dtype=np.float32)
+            w = rng.standard_normal((Cout, C // groups, 3, 3), dtype=np.float32) * np.float32((9 * C / groups) ** -0.5)
+            b = rng.standard_normal(Cout, dtype=np.float32)
+            xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            args = dict(rate=rate, stride=1, padding="same", groups=groups)
+
+            def torch_fwd():
+                with torch.no_grad():
+                    return torch.nn.functional.conv2d(xt, wt, bt, padding=rate, dilation=rate, groups=groups)
+
+            out_t = torch_fwd().numpy()
+            dout = rng.standard_normal(out_t.shape, dtype=np.float32)
+            dt = torch.from_numpy(dout)
+
+            def torch_bwd():
+                return torch.ops.aten.convolution_backward(
+                    dt, xt, wt, [Cout], [1, 1], [rate, rate], [rate, rate], False, [0, 0], groups,
+                    [True, True, True])
+
+            # warm-up (numba compile, oneDNN primitive creation) and the correctness check
+            out_s = atrous_conv2d(x, w, b, **args)
+            grads_s = atrous_conv2d_backward(dout, x, w, **args)
+            grads_t = [g.numpy() for g in torch_bwd()]
+            err_fwd = _rel(out_s, out_t)
+            err_bwd = max(_rel(s, t) for s, t in zip(grads_s, grads_t))
+
+            fwd_s = _median_ms(lambda: atrous_conv2d(x, w, b, **args), repeat)
+            fwd_t = _median_ms(torch_fwd, repeat)
+            bwd_s = _median_ms(lambda: atrous_conv2d_backward(dout, x, w, **args), repeat)
+            bwd_t = _median_ms(torch_bwd, repeat)
+            rows.append(dict(name=name, C=C, Cout=Cout, size=size, rate=rate, groups=groups,
+                             forward_scratch_ms=fwd_s, forward_torch_ms=fwd_t, forward_ratio=fwd_s / fwd_t,
+                             backward_scratch_ms=bwd_s, backward_torch_ms=bwd_t, backward_ratio=bwd_s / bwd_t,
+                             forward_max_rel_err=err_fwd, backward_max_rel_err=err_bwd))
+
+    med_f = float(np.median([r["forward_ratio"] for r in rows]))
+    med_b = float(np.median([r["backward_ratio"] for r in rows]))
+    wrong = [r["name"] for r in rows if max(r["forward_max_rel_err"], r["backward_max_rel_err"]) > MAX_REL_ERR]
+    if as_json:
+        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, dtype="float32",
+                              median_forward_ratio=med_f, median_backward_ratio=med_b,
+                              agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, rows=rows)))
+        return 1 if wrong else 0
+    print(f"atrous conv 3x3, float32, N=1, 'same', stride 1; {threads} threads; median of {repeat}; "
+          f"ratio = scratch / torch (lower is better)")
+    head = (f"{'shape':<22}{'rate':>5} | {'fwd scratch':>11}{'torch':>8}{'ratio':>7}{'rel err':>9} | "
+            f"{'bwd scratch':>11}{'torch':>8}{'ratio':>7}{'rel err':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:<22}{r['rate']:>5} | {r['forward_scratch_ms']:>9.2f}ms{r['forward_torch_ms']:>6.2f}ms"
+              f"{r['forward_ratio']:>7.2f}{r['forward_max_rel_err']:>9.1e} | "
+              f"{r['backward_scratch_ms']:>9.2f}ms{r['backward_torch_ms']:>6.2f}ms"
+              f"{r['backward_ratio']:>7.2f}{r['backward_max_rel_err']:>9.1e}")
+    if wrong:
+        print(f"WRONG: scratch and torch differ by more than {MAX_REL_ERR:g} (relative) on: {', '.join(wrong)}")
+    print(f"median ratio scratch/torch: forward {med_f:.2f}, backward {med_b:.2f}")
+    return 1 if wrong else 0

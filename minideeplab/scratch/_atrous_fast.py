@@ -1,0 +1,354 @@
+"""Fast atrous convolution: BLAS (through ``np.matmul``) for the FLOPs, numba for the data movement.
+
+Per kernel tap t = (i, j), output pixel (y, x) reads input pixel (y*stride + i*rate - ph, x*stride + j*rate - pw).
+The outputs for which that is real input, not zero padding, form a rectangle R_t, so
+
+    out[:, :, R_t] += weight[:, :, i, j] @ x[:, :, R_t shifted by the tap]      (one GEMM over channels)
+
+and taps whose rectangle is empty are skipped. With "same" padding at large rates on small maps most of
+the kernel falls in the padding (33x33 at rate 18: an off-centre tap sees 15 of 33 rows), so skipping it
+saves most of the work; PyTorch's oneDNN kernels do the same.
+
+* stride 1 (``_forward_stride1``): the taps of one kernel column read the same input columns, only
+  shifted by whole rows. Gather those columns once as a (C, rows*cols) matrix and every tap of the column
+  is a row range of it, a view: 3 gathers instead of 9. The centre column of a "same" conv is x itself,
+  and the centre tap writes its GEMM straight into the output.
+* the input gradient of a stride-1 conv is a stride-1 conv of dout with the kernel flipped and its
+  channel axes swapped, so it reuses the forward; dweight_t = dout[R_t] @ x[R_t shifted]^T.
+* any stride (``_forward_strided``): per tap, gather what it reads (im2col restricted to R_t), GEMM, add.
+* depthwise (one input channel per group): no GEMM worth the name, a numba loop per channel.
+
+The numba kernels are serial on purpose: BLAS already uses every core, and a numba parallel region
+(OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms instead of 1 ms for
+a gather + GEMM + scatter on 2 cores). The serial copies cost a few percent of the GEMMs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from minideeplab.scratch._validate import check_conv2d
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+
+
+def _tap_ranges(size, out, k, rate, stride, pad):
+    """[(lo, hi)] for each tap t of one axis: the outputs where it reads real input (lo >= hi: none)."""
+    return [_tap_range(size, out, t * rate - pad, stride) for t in range(k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels. Plain loops and slices only, so that NUMBA_DISABLE_JIT=1 runs them as Python.
+
+
+@numba.njit(cache=True)
+def _gather(x, buf, c0, y0, ny, x0, nx, dy, dx, stride):
+    """buf[c, (y, n, q)] = x[n, c0 + c, (y0+y)*stride + dy, (x0+q)*stride + dx]: the input a tap reads
+    for the output rectangle rows [y0, y0+ny) x cols [x0, x0+nx), as a (channels, pixels) matrix.
+    Pixels are ordered (y, n, q) so that a range of rows is a range of columns, for any batch size."""
+    N = x.shape[0]
+    for c in range(buf.shape[0]):
+        for y in range(ny):
+            row = (y0 + y) * stride + dy
+            for n in range(N):
+                base = (y * N + n) * nx
+                if stride == 1:  # a contiguous run: a slice copy, which vectorises
+                    buf[c, base:base + nx] = x[n, c0 + c, row, x0 + dx:x0 + dx + nx]
+                else:
+                    for q in range(nx):
+                        buf[c, base + q] = x[n, c0 + c, row, (x0 + q) * stride + dx]
+
+
+@numba.njit(cache=True)
+def _scatter_add(out, buf, c0, y0, ny, x0, nx, dy, dx, stride):
+    """The adjoint of ``_gather``: out[n, c0 + c, (y0+y)*stride + dy, (x0+q)*stride + dx] += buf[c, (y, n, q)]."""
+    N = out.shape[0]
+    for c in range(buf.shape[0]):
+        for y in range(ny):
+            row = (y0 + y) * stride + dy
+            for n in range(N):
+                base = (y * N + n) * nx
+                if stride == 1:
+                    out[n, c0 + c, row, x0 + dx:x0 + dx + nx] += buf[c, base:base + nx]
+                else:
+                    for q in range(nx):
+                        out[n, c0 + c, row, (x0 + q) * stride + dx] += buf[c, base + q]
+
+
+@numba.njit(cache=True)
+def _tap_range(size, out, off, stride):
+    """Outputs [lo, hi) whose tap at offset ``off`` reads real input: 0 <= o*stride + off < size."""
+    return max(0, -(off // stride)), min(out, -((off - size) // stride))  # -(a // b) is ceil(-a / b)
+
+
+@numba.njit(cache=True)
+def _depthwise_forward(x, weight, out, rate, stride, ph, pw):
+    """out[n, o] += sum_taps weight[o, 0, i, j] * x[n, o // m] (shifted), m = Cout / C outputs per channel.
+    ``out`` comes in holding the bias."""
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = weight.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    m = Cout // C
+    for n in range(N):
+        for o in range(Cout):
+            c = o // m
+            for i in range(kh):
+                dy = i * rate - ph
+                ylo, yhi = _tap_range(H, Ho, dy, stride)
+                for j in range(kw):
+                    dx = j * rate - pw
+                    xlo, xhi = _tap_range(W, Wo, dx, stride)
+                    wv = weight[o, 0, i, j]
+                    for y in range(ylo, yhi):
+                        # 1-D slices indexed from 0 (no negative-index checks); with stride 1 the slice
+                        # has no step, so numba knows it is contiguous and the loop vectorises (3x here).
+                        # The branches keep separate names: one variable for both would lose that.
+                        orow = out[n, o, y, xlo:xhi]
+                        if stride == 1:
+                            xrow1 = x[n, c, y + dy, xlo + dx:xhi + dx]
+                            for q in range(xhi - xlo):
+                                orow[q] += wv * xrow1[q]
+                        else:
+                            xrow = x[n, c, y * stride + dy, xlo * stride + dx:(xhi - 1) * stride + dx + 1:stride]
+                            for q in range(xhi - xlo):
+                                orow[q] += wv * xrow[q]
+
+
+# reassociation lets LLVM vectorise the dot products (it changes the summation order, nothing else)
+@numba.njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
+def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw):
+    """dx (zeroed on entry) and dweight for the depthwise conv; one (n, c) plane at a time."""
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = weight.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    m = Cout // C
+    for o in range(Cout):
+        c = o // m
+        for i in range(kh):
+            dy = i * rate - ph
+            ylo, yhi = _tap_range(H, Ho, dy, stride)
+            for j in range(kw):
+                ox = j * rate - pw
+                xlo, xhi = _tap_range(W, Wo, ox, stride)
+                wv = weight[o, 0, i, j]
+                acc = 0.0
+                for n in range(N):
+                    for y in range(ylo, yhi):
+                        drow = dout[n, o, y, xlo:xhi]
+                        if stride == 1:  # contiguous slices, as in the forward
+                            xrow1, dxrow1 = x[n, c, y + dy, xlo + ox:xhi + ox], dx[n, c, y + dy, xlo + ox:xhi + ox]
+                            for q in range(xhi - xlo):
+                                acc += drow[q] * xrow1[q]
+                                dxrow1[q] += wv * drow[q]
+                        else:
+                            cols = slice(xlo * stride + ox, (xhi - 1) * stride + ox + 1, stride)
+                            xrow, dxrow = x[n, c, y * stride + dy, cols], dx[n, c, y * stride + dy, cols]
+                            for q in range(xhi - xlo):
+                                acc += drow[q] * xrow[q]
+                                dxrow[q] += wv * drow[q]
+                dweight[o, 0, i, j] = acc
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM path (any groups with more than one input channel per group, any stride)
+
+
+def _init_out(x, wt, bias, rate, ph, pw, groups, Ho, Wo):
+    """A fresh output holding the bias, or, when the conv has a centre tap that reads the whole
+    input unshifted (stride 1, "same"), that tap's GEMM written straight into it: one pass saved."""
+    N, C, H, W = x.shape
+    kh, kw, Cout, cin = wt.shape
+    cout = Cout // groups
+    out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+    centre = [(i, j) for i in range(kh) for j in range(kw) if i * rate == ph and j * rate == pw]
+    if not (centre and (H, W) == (Ho, Wo)):
+        out[...] = 0 if bias is None else bias[None, :, None, None]
+        return out, None
+    i, j = centre[0]
+    x2, out2 = x.reshape(N, C, H * W), out.reshape(N, Cout, H * W)
+    for g in range(groups):
+        for n in range(N):
+            np.matmul(wt[i, j, g * cout:(g + 1) * cout], x2[n, g * cin:(g + 1) * cin],
+                      out=out2[n, g * cout:(g + 1) * cout])
+    if bias is not None:
+        out += bias[None, :, None, None]
+    return out, (i, j)
+
+
+def _columns(x, c0, cin, lo, hi, off, buf):
+    """The input columns [lo + off, hi + off) of x, all rows, as a (cin, (H, N, hi - lo)) matrix:
+    a view of x when that is already its layout, else gathered into ``buf``."""
+    N, C, H, W = x.shape
+    if N == 1 and off == 0 and (lo, hi) == (0, W):
+        return x.reshape(C, H * W)[c0:c0 + cin]
+    b = buf[:cin * H * N * (hi - lo)].reshape(cin, H * N * (hi - lo))
+    _gather(x, b, c0, 0, H, lo, hi - lo, 0, off, 1)
+    return b
+
+
+def _forward_stride1(x, weight, bias, rate, ph, pw, groups, Ho, Wo):
+    """Stride 1, one GEMM per tap that reads real input. All taps of kernel column j read the same
+    input columns, shifted by whole rows: gather those columns once (for every row) and each tap of
+    the column is a row range of that matrix, a view. ph/pw may be negative (the input gradient
+    calls this with a cropping "padding")."""
+    N, C, H, W = x.shape
+    Cout, cin, kh, kw = weight.shape
+    cout = Cout // groups
+    rows = _tap_ranges(H, Ho, kh, rate, 1, ph)
+    cols = _tap_ranges(W, Wo, kw, rate, 1, pw)
+    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))  # (kh, kw, Cout, cin): one GEMM operand per tap
+    out, done = _init_out(x, wt, bias, rate, ph, pw, groups, Ho, Wo)
+    widest = max(hi - lo for lo, hi in cols)
+    xbuf = np.empty(cin * H * N * widest, dtype=x.dtype)
+    gbuf = np.empty(cout * Ho * N * widest, dtype=x.dtype)
+    for g in range(groups):
+        for j, (xlo, xhi) in enumerate(cols):
+            nx = xhi - xlo
+            if nx <= 0:
+                continue  # this kernel column only ever reads padding
+            xc = _columns(x, g * cin, cin, xlo, xhi, j * rate - pw, xbuf)
+            pix = N * nx  # matrix columns per image row
+            for i, (ylo, yhi) in enumerate(rows):
+                if yhi <= ylo or (i, j) == done:
+                    continue
+                dy = i * rate - ph
+                r = np.matmul(wt[i, j, g * cout:(g + 1) * cout], xc[:, (ylo + dy) * pix:(yhi + dy) * pix],
+                              out=gbuf[:cout * (yhi - ylo) * pix].reshape(cout, (yhi - ylo) * pix))
+                _scatter_add(out, r, g * cout, ylo, yhi - ylo, xlo, nx, 0, 0, 1)
+    return out
+
+
+def _backward_stride1(dout, x, weight, rate, ph, pw, groups):
+    """dweight by the same column trick (dweight_t = dout[R_t] @ x[R_t shifted]^T), dx as a stride-1
+    conv of dout with the flipped kernel."""
+    N, C, H, W = x.shape
+    Cout, cin, kh, kw = weight.shape
+    Ho, Wo = dout.shape[2:]
+    cout = Cout // groups
+    dweight = np.zeros((kh, kw, Cout, cin), dtype=x.dtype)
+    rows = _tap_ranges(H, Ho, kh, rate, 1, ph)
+    cols = _tap_ranges(W, Wo, kw, rate, 1, pw)
+    widest = max(hi - lo for lo, hi in cols)
+    xbuf = np.empty(cin * H * N * widest, dtype=x.dtype)
+    dbuf = np.empty(cout * Ho * N * widest, dtype=x.dtype)
+    for g in range(groups):
+        for j, (xlo, xhi) in enumerate(cols):
+            if xhi <= xlo:
+                continue
+            xc = _columns(x, g * cin, cin, xlo, xhi, j * rate - pw, xbuf)
+            dc = _columns(dout, g * cout, cout, xlo, xhi, 0, dbuf)
+            pix = N * (xhi - xlo)
+            for i, (ylo, yhi) in enumerate(rows):
+                if yhi <= ylo:
+                    continue
+                dy = i * rate - ph
+                np.matmul(dc[:, ylo * pix:yhi * pix], xc[:, (ylo + dy) * pix:(yhi + dy) * pix].T,
+                          out=dweight[i, j, g * cout:(g + 1) * cout])
+    dx = _forward_stride1(dout, _flip(weight, groups), None, rate,
+                          rate * (kh - 1) - ph, rate * (kw - 1) - pw, groups, H, W)
+    return dx, np.ascontiguousarray(dweight.transpose(2, 3, 0, 1))
+
+
+def _forward_strided(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
+    """Any stride: per tap, gather the input it reads (im2col restricted to that tap's rectangle),
+    one GEMM, add into the output."""
+    N, C, H, W = x.shape
+    Cout, cin, kh, kw = weight.shape
+    cout = Cout // groups
+    out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+    out[...] = 0 if bias is None else bias[None, :, None, None]
+    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+    rows = _tap_ranges(H, Ho, kh, rate, stride, ph)
+    cols = _tap_ranges(W, Wo, kw, rate, stride, pw)
+    biggest = max(hi - lo for lo, hi in rows) * max(hi - lo for lo, hi in cols) * N
+    buf = np.empty(cin * biggest, dtype=x.dtype)
+    gbuf = np.empty(cout * biggest, dtype=x.dtype)
+    for g in range(groups):
+        for i, (ylo, yhi) in enumerate(rows):
+            for j, (xlo, xhi) in enumerate(cols):
+                ny, nx = yhi - ylo, xhi - xlo
+                if ny <= 0 or nx <= 0:
+                    continue  # the tap only ever reads padding
+                b = buf[:cin * N * ny * nx].reshape(cin, N * ny * nx)
+                _gather(x, b, g * cin, ylo, ny, xlo, nx, i * rate - ph, j * rate - pw, stride)
+                r = np.matmul(wt[i, j, g * cout:(g + 1) * cout], b, out=gbuf[:cout * N * ny * nx].reshape(cout, -1))
+                _scatter_add(out, r, g * cout, ylo, ny, xlo, nx, 0, 0, 1)
+    return out
+
+
+def _backward_strided(dout, x, weight, rate, stride, ph, pw, groups):
+    """Any stride, per tap: dweight_t = D_t @ X_t^T and dX_t = W_t^T @ D_t, scattered back (col2im)."""
+    N, C, H, W = x.shape
+    Cout, cin, kh, kw = weight.shape
+    Ho, Wo = dout.shape[2:]
+    cout = Cout // groups
+    dx = np.zeros_like(x)
+    dweight = np.zeros((kh, kw, Cout, cin), dtype=x.dtype)
+    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+    rows = _tap_ranges(H, Ho, kh, rate, stride, ph)
+    cols = _tap_ranges(W, Wo, kw, rate, stride, pw)
+    biggest = max(hi - lo for lo, hi in rows) * max(hi - lo for lo, hi in cols) * N
+    buf = np.empty(cin * biggest, dtype=x.dtype)
+    dbuf = np.empty(cout * biggest, dtype=x.dtype)
+    for g in range(groups):
+        for i, (ylo, yhi) in enumerate(rows):
+            for j, (xlo, xhi) in enumerate(cols):
+                ny, nx = yhi - ylo, xhi - xlo
+                if ny <= 0 or nx <= 0:
+                    continue
+                m = N * ny * nx
+                dy, dxo = i * rate - ph, j * rate - pw
+                b = buf[:cin * m].reshape(cin, m)
+                _gather(x, b, g * cin, ylo, ny, xlo, nx, dy, dxo, stride)
+                d = dbuf[:cout * m].reshape(cout, m)
+                _gather(dout, d, g * cout, ylo, ny, xlo, nx, 0, 0, 1)
+                np.matmul(d, b.T, out=dweight[i, j, g * cout:(g + 1) * cout])
+                np.matmul(wt[i, j, g * cout:(g + 1) * cout].T, d, out=b)  # b is free again: reuse it
+                _scatter_add(dx, b, g * cin, ylo, ny, xlo, nx, dy, dxo, stride)
+    return dx, np.ascontiguousarray(dweight.transpose(2, 3, 0, 1))
+
+
+def _flip(weight, groups):
+    """The kernel of the stride-1 input gradient: taps reversed, in/out channels swapped per group."""
+    Cout, cin, kh, kw = weight.shape
+    w = weight.reshape(groups, Cout // groups, cin, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    return np.ascontiguousarray(w).reshape(groups * cin, Cout // groups, kh, kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def atrous_conv2d(x, weight, bias=None, rate=1, stride=1, padding="same", groups=1):
+    """Fast atrous conv. x (N, C, H, W), weight (Cout, C/groups, kh, kw), bias (Cout,) or None
+    -> (N, Cout, Ho, Wo), dtype of x."""
+    N, C, H, W, Cout, kh, kw, ph, pw, Ho, Wo = check_conv2d(
+        "atrous_conv2d", x, weight, bias, rate, stride, padding, groups)
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if C == groups:  # depthwise: one input channel per group
+        out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+        out[...] = 0 if bias is None else bias[None, :, None, None]
+        _depthwise_forward(x, weight, out, int(rate), int(stride), ph, pw)
+        return out
+    if stride == 1:
+        return _forward_stride1(x, weight, bias, int(rate), ph, pw, int(groups), Ho, Wo)
+    return _forward_strided(x, weight, bias, int(rate), int(stride), ph, pw, int(groups), Ho, Wo)
+
+
+def atrous_conv2d_backward(dout, x, weight, rate=1, stride=1, padding="same", groups=1):
+    """Fast gradients: dout (N, Cout, Ho, Wo) -> (dx, dweight, dbias) shaped like x, weight, (Cout,)."""
+    N, C, H, W, Cout, kh, kw, ph, pw, Ho, Wo = check_conv2d(
+        "atrous_conv2d_backward", x, weight, None, rate, stride, padding, groups, dout=dout)
+    dout, x, weight = np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if C == groups:
+        dx, dweight = np.zeros_like(x), np.empty_like(weight)
+        _depthwise_backward(dout, x, weight, dx, dweight, int(rate), int(stride), ph, pw)
+        return dx, dweight, dout.sum(axis=(0, 2, 3))
+    if stride == 1:
+        dx, dweight = _backward_stride1(dout, x, weight, int(rate), ph, pw, int(groups))
+    else:
+        dx, dweight = _backward_strided(dout, x, weight, int(rate), int(stride), ph, pw, int(groups))
+    return dx, dweight, dout.sum(axis=(0, 2, 3))

@@ -1,0 +1,204 @@
+"""Atrous convolution: scratch (naive loops and fast kernels) against the PyTorch reference."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from minideeplab.reference import atrous as ref
+from minideeplab.scratch import atrous as scratch
+from minideeplab.scratch import conv_output_size
+
+IMPLS = {
+    "naive": (scratch.atrous_conv2d_naive, scratch.atrous_conv2d_backward_naive),
+    "fast": (scratch.atrous_conv2d, scratch.atrous_conv2d_backward),
+}
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+
+# (N, C, H, W, Cout, (kh, kw), rate, stride, padding, groups, bias)
+CASES = [
+    (1, 3, 7, 11, 4, (3, 3), 1, 1, "same", 1, True),
+    (2, 4, 13, 9, 6, (3, 3), 2, 2, "same", 2, False),
+    (2, 6, 9, 9, 6, (3, 3), 4, 1, "same", 6, True),      # depthwise
+    (1, 4, 10, 12, 8, (3, 3), 24, 1, "same", 1, True),   # every off-centre tap reads only padding
+    (3, 5, 9, 10, 4, (3, 3), 6, 1, "same", 1, False),    # off-centre taps see 3 of 9 rows
+    (2, 3, 12, 12, 5, (3, 3), 5, 1, "valid", 1, True),
+    (1, 6, 11, 8, 6, (3, 3), 3, 2, 2, 3, True),          # int padding, stride 2, 3 groups
+    (2, 4, 8, 8, 8, (3, 3), 1, 1, 0, 4, True),           # depthwise with 2 outputs per channel
+    (1, 4, 16, 16, 4, (3, 3), 12, 2, "same", 1, True),   # stride 2 at a large rate
+    (2, 4, 13, 9, 4, (3, 3), 2, 2, 1, 4, False),         # depthwise, stride 2
+    (1, 3, 9, 11, 4, (3, 5), 2, 1, "same", 1, True),     # non-square kernel
+    (2, 2, 6, 7, 3, (3, 3), 1, 1, 4, 1, True),           # padding wider than the kernel's reach
+    (1, 4, 15, 15, 6, (5, 5), 3, 1, "same", 2, True),
+    (1, 3, 12, 10, 2, (1, 1), 7, 2, "valid", 1, False),  # 1x1: rate changes nothing
+]
+
+
+def _rel(a, b):
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+def _inputs(case, dtype, seed):
+    N, C, H, W, Cout, (kh, kw), rate, stride, padding, groups, has_bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    weight = rng.standard_normal((Cout, C // groups, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(Cout).astype(dtype) if has_bias else None
+    return x, weight, bias, dict(rate=rate, stride=stride, padding=padding, groups=groups)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_reference(impl, dtype, case):
+    forward, backward = IMPLS[impl]
+    x, weight, bias, kw = _inputs(CASES[case], dtype, seed=case)
+    expected = ref.atrous_conv2d(x, weight, bias, **kw)
+    out = forward(x, weight, bias, **kw)
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert _rel(out, expected) < TOL[dtype]
+
+    dout = np.random.default_rng(100 + case).standard_normal(out.shape).astype(dtype)
+    grads = backward(dout, x, weight, **kw)
+    expected_grads = ref.atrous_conv2d_backward(dout, x, weight, **kw)
+    for name, g, e in zip(("dx", "dweight", "dbias"), grads, expected_grads):
+        assert g.shape == e.shape and g.dtype == dtype, name
+        assert _rel(g, e) < TOL[dtype], name
+
+
+def test_output_size_formula():
+    assert conv_output_size(65, 3, rate=12) == 65                      # "same" keeps the size
+    assert conv_output_size(33, 3, rate=12, padding="valid") == 9       # 33 - 24
+    assert conv_output_size(65, 3, rate=2, stride=2) == 33
+    assert conv_output_size(10, 3, rate=1, stride=2, padding=3) == 7    # floor((10 + 6 - 3) / 2) + 1
+    assert conv_output_size(12, 1, rate=7, stride=2, padding="valid") == 6
+    for case in CASES:
+        N, C, H, W, Cout, (kh, kw), rate, stride, padding, groups, _ = case
+        x, weight, bias, kw_ = _inputs(case, np.float64, 0)
+        shape = ref.atrous_conv2d(x, weight, bias, **kw_).shape
+        assert shape[2:] == (conv_output_size(H, kh, rate, stride, padding),
+                             conv_output_size(W, kw, rate, stride, padding))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(size=0), "size must be an int >= 1"),
+    (dict(rate=0), "rate must be an int >= 1"),
+    (dict(stride=1.5), "stride must be an int >= 1"),
+    (dict(padding="full"), "padding must be 'same', 'valid' or an int >= 0"),
+    (dict(kernel=4), "padding='same' needs an odd kernel"),
+    (dict(size=5, rate=3, padding="valid"), "kernel footprint"),
+])
+def test_output_size_errors(bad, message):
+    args = dict(size=9, kernel=3, rate=1, stride=1, padding="same") | bad
+    with pytest.raises(ValueError, match=message):
+        conv_output_size(**args)
+
+
+def test_non_contiguous_input():
+    x, weight, bias, kw = _inputs(CASES[0], np.float64, 0)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, other strides
+    assert not xt.flags.c_contiguous
+    np.testing.assert_allclose(scratch.atrous_conv2d(xt, weight, bias, **kw), ref.atrous_conv2d(x, weight, bias, **kw),
+                               rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _call(fn, x, weight, bias=None, dout=None, **kw):
+    """Call any of the six functions; the backward ones get a dout (of the right shape unless given)."""
+    if fn.__name__.startswith("atrous_conv2d_backward"):
+        if dout is None:
+            dout = np.zeros((1, weight.shape[0], 1, 1), dtype=getattr(x, "dtype", F32))  # shape is checked last
+        return fn(dout, x, weight, **kw)
+    return fn(x, weight, bias, **kw)
+
+
+FUNCTIONS = [scratch.atrous_conv2d_naive, scratch.atrous_conv2d, scratch.atrous_conv2d_backward_naive,
+             scratch.atrous_conv2d_backward, ref.atrous_conv2d, ref.atrous_conv2d_backward]
+F32 = np.float32
+
+
+def _arr(*shape, dtype=F32):
+    return np.ones(shape, dtype=dtype)
+
+
+BAD = [
+    ("x 3-D", dict(x=_arr(3, 5, 5)), "x must be 4-D"),
+    ("weight 3-D", dict(weight=_arr(4, 3, 3)), "weight must be 4-D"),
+    ("x empty", dict(x=_arr(0, 3, 5, 5)), "x has an empty axis"),
+    ("x list", dict(x=[[[[1.0]]]]), "x must be a numpy array"),
+    ("C % groups", dict(x=_arr(1, 6, 5, 5), weight=_arr(4, 1, 3, 3), groups=4), "x has 6 channels, not divisible by groups=4"),
+    ("Cout % groups", dict(x=_arr(1, 6, 5, 5), weight=_arr(5, 3, 3, 3), groups=2), "weight has 5 output channels, not divisible by groups=2"),
+    ("weight channels", dict(x=_arr(1, 6, 5, 5), weight=_arr(4, 4, 3, 3), groups=2),
+     r"weight has 4 input channels per group, expected 3 \(x has 6 channels, groups=2\)"),
+    ("rate 0", dict(rate=0), "rate must be an int >= 1, got 0"),
+    ("rate float", dict(rate=2.0), "rate must be an int >= 1, got 2.0"),
+    ("rate bool", dict(rate=True), "rate must be an int >= 1, got True"),
+    ("stride 0", dict(stride=0), "stride must be an int >= 1"),
+    ("stride float", dict(stride=1.5), "stride must be an int >= 1"),
+    ("groups 0", dict(groups=0), "groups must be an int >= 1"),
+    ("padding word", dict(padding="full"), "padding must be 'same', 'valid' or an int >= 0, got 'full'"),
+    ("padding negative", dict(padding=-1), "padding must be .* got -1"),
+    ("padding float", dict(padding=1.0), "padding must be .* got 1.0"),
+    ("same even kernel", dict(weight=_arr(4, 3, 2, 2)), "padding='same' needs an odd kernel size, got kernel size 2"),
+    ("footprint", dict(rate=3, padding="valid"), r"kernel footprint rate\*\(k-1\)\+1 = 7 .* padded input height of x 5 \+ 2\*0"),
+    ("weight dtype", dict(weight=_arr(4, 3, 3, 3, dtype=np.float64)), "weight has dtype float64 but x has dtype float32"),
+    ("x dtype", dict(x=_arr(1, 3, 5, 5, dtype=np.float16), weight=_arr(4, 3, 3, 3, dtype=np.float16)),
+     "x has dtype float16, expected float32 or float64"),
+    ("x int", dict(x=np.ones((1, 3, 5, 5), dtype=np.int64)), "x has dtype int64"),
+]
+BAD_FORWARD = [
+    ("bias dtype", dict(bias=_arr(4, dtype=np.float64)), "bias has dtype float64"),
+    ("bias shape", dict(bias=_arr(5)), r"bias has shape \(5,\), expected \(4,\)"),
+    ("bias 2-D", dict(bias=_arr(4, 1)), r"bias has shape \(4, 1\)"),
+]
+BAD_BACKWARD = [
+    ("dout dtype", dict(dout=_arr(1, 4, 5, 5, dtype=np.float64)), "dout has dtype float64"),
+    ("dout shape", dict(dout=_arr(1, 4, 3, 3)), r"dout has shape \(1, 4, 3, 3\), expected the forward output shape \(1, 4, 5, 5\)"),
+    ("dout 3-D", dict(dout=_arr(4, 5, 5)), r"dout has shape \(4, 5, 5\)"),
+]
+
+
+def _bad_params():
+    for fn in FUNCTIONS:
+        backward = fn.__name__.startswith("atrous_conv2d_backward")
+        for label, bad, message in BAD + (BAD_BACKWARD if backward else BAD_FORWARD):
+            yield pytest.param(fn, bad, message, id=f"{fn.__module__.split('.')[1]}.{fn.__name__}-{label}")
+
+
+@pytest.mark.parametrize("fn, bad, message", list(_bad_params()))
+def test_bad_input(fn, bad, message):
+    args = dict(x=_arr(1, 3, 5, 5), weight=_arr(4, 3, 3, 3)) | bad
+    with pytest.raises(ValueError, match=message) as info:
+        _call(fn, **args)
+    assert str(info.value).startswith(fn.__name__ + ":")  # the message names the function called
+
+
+def test_numba_disabled_runs_as_python():
+    """Students step through the kernels with NUMBA_DISABLE_JIT=1: the fast path must still be right."""
+    script = textwrap.dedent("""
+        import numpy as np
+        import numba
+        assert numba.config.DISABLE_JIT
+        from minideeplab.reference import atrous as ref
+        from minideeplab.scratch import atrous as scratch
+        rng = np.random.default_rng(0)
+        for (C, Cout, groups, rate, stride, padding) in [(4, 6, 1, 2, 1, "same"), (4, 4, 2, 3, 2, 1), (4, 4, 4, 2, 1, "same")]:
+            x = rng.standard_normal((2, C, 9, 11))
+            w = rng.standard_normal((Cout, C // groups, 3, 3))
+            b = rng.standard_normal(Cout)
+            kw = dict(rate=rate, stride=stride, padding=padding, groups=groups)
+            out = scratch.atrous_conv2d(x, w, b, **kw)
+            assert np.abs(out - ref.atrous_conv2d(x, w, b, **kw)).max() < 1e-10
+            dout = rng.standard_normal(out.shape)
+            for g, e in zip(scratch.atrous_conv2d_backward(dout, x, w, **kw), ref.atrous_conv2d_backward(dout, x, w, **kw)):
+                assert np.abs(g - e).max() < 1e-10 * np.abs(e).max()
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"

@@ -1,0 +1,26 @@
+"""The atrous benchmark runs and reports what it promises (no timing assertions: benchmarks are not tests)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_atrous_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "atrous", "--quick", "--json", "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)  # exactly one JSON object, nothing else on stdout
+    assert report["threads"] == 1
+    assert report["rows"]
+    for key in ("median_forward_ratio", "median_backward_ratio"):
+        assert math.isfinite(report[key]) and report[key] > 0
+    for row in report["rows"]:
+        for key in ("forward_scratch_ms", "forward_torch_ms", "backward_scratch_ms", "backward_torch_ms",
+                    "forward_ratio", "backward_ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["forward_max_rel_err"] < 1e-5 and row["backward_max_rel_err"] < 1e-5
+    assert report["agree"] is True
