@@ -6,7 +6,7 @@ import pytest
 
 from minideeplab.grading import ExerciseNotDone, ExerciseWrong, checks
 from minideeplab.scratch import atrous_conv2d_backward_naive, atrous_conv2d_naive, conv_output_size
-from minideeplab.scratch import receptive_field as rfm
+from minideeplab.scratch import receptive as rfm
 
 
 def stub(*args, **kwargs):

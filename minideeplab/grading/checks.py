@@ -27,7 +27,7 @@ _RF_CASES = [  # (kernel, stride, rate, padding) per layer; simple first
 
 
 def _measured(layers):
-    from minideeplab.reference.receptive_field import measure_receptive_field
+    from minideeplab.reference.receptive import measure_receptive_field
 
     return measure_receptive_field(layers)
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from minideeplab.scratch.receptive_field import receptive_field, sampled_pixels
+from minideeplab.scratch.receptive import receptive_field, sampled_pixels
 
 
 def _stack(kernel: int, rate: int, layers: int, rates=None) -> list[tuple[int, int, int]]:

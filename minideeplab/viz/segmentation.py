@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
 
-from minideeplab.scratch.receptive_field import receptive_field
+from minideeplab.scratch.receptive import receptive_field
 
 CLASSES = ("background", "road", "car", "person")
 COLORS = np.array([[0.75, 0.85, 0.95], [0.45, 0.45, 0.45], [0.85, 0.15, 0.15], [0.15, 0.55, 0.2]])

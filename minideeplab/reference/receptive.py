@@ -1,6 +1,6 @@
 """Receptive fields measured with PyTorch: backpropagate from one output pixel, read the input gradient.
 
-The twin of ``minideeplab.scratch.receptive_field``, sharing nothing with it but the layer
+The twin of ``minideeplab.scratch.receptive``, sharing nothing with it but the layer
 format and the padding rule: the stack is built as ``torch.nn.functional.conv2d`` layers with
 all-ones weights, and the field is wherever the input gradient is non-zero. With positive
 weights no two paths can cancel, so the non-zero set is exactly the set of sampled pixels and
@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minideeplab.scratch.receptive_field import as_layers
+from minideeplab.scratch.receptive import as_layers
 
 
 class MeasuredRF(NamedTuple):
     """A receptive field read off a gradient.
 
-    size, jump, start: as in ``minideeplab.scratch.receptive_field.RF``.
+    size, jump, start: as in ``minideeplab.scratch.receptive.RF``.
     grad: (size, size) float64 input gradient over the field of one output pixel, path counts.
     footprint: (size, size) bool, ``grad > 0``.
     """

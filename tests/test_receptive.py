@@ -1,10 +1,10 @@
-"""Receptive-field arithmetic (minideeplab.scratch.receptive_field) against torch gradient measurements."""
+"""Receptive-field arithmetic (minideeplab.scratch.receptive) against torch gradient measurements."""
 
 import numpy as np
 import pytest
 
-from minideeplab.reference.receptive_field import input_gradient, measure_receptive_field
-from minideeplab.scratch.receptive_field import (RF, coverage, effective_kernel_size, footprint,
+from minideeplab.reference.receptive import input_gradient, measure_receptive_field
+from minideeplab.scratch.receptive import (RF, coverage, effective_kernel_size, footprint,
                                                  receptive_field, sampled_pixels)
 
 STACKS = [
