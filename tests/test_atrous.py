@@ -34,11 +34,16 @@ CASES = [
     (2, 2, 6, 7, 3, (3, 3), 1, 1, 4, 1, True),           # padding wider than the kernel's reach
     (1, 4, 15, 15, 6, (5, 5), 3, 1, "same", 2, True),
     (1, 3, 12, 10, 2, (1, 1), 7, 2, "valid", 1, False),  # 1x1: rate changes nothing
+    (1, 2, 1, 1, 3, (2, 2), 10, 1, 5, 1, True),          # no tap ever reads real input: bias only
+    (1, 4, 9, 1, 2, (1, 2), 7, 2, 4, 2, False),          # the same, strided and grouped
+    (2, 4, 9, 8, 6, (3, 3), 2, 1, "same", 2, True),      # stride-1 GEMM path with N > 1 and groups
 ]
 
 
 def _rel(a, b):
-    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+    """max |a - b| relative to max |b| (absolute when b is all zeros, e.g. a gradient nothing reaches)."""
+    scale = np.max(np.abs(b))
+    return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
 
 
 def _inputs(case, dtype, seed):

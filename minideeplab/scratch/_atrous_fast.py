@@ -36,8 +36,10 @@ from minideeplab.scratch._validate import check_conv2d
 
 
 def _tap_ranges(size, out, k, rate, stride, pad):
-    """[(lo, hi)] for each tap t of one axis: the outputs where it reads real input (lo >= hi: none)."""
-    return [_tap_range(size, out, t * rate - pad, stride) for t in range(k)]
+    """[(lo, hi)] for each tap t of one axis: the outputs where it reads real input (lo == hi: none).
+    Empty ranges are clamped to lo == hi, so every width hi - lo is >= 0 (buffer sizes rely on it)."""
+    ranges = [_tap_range(size, out, t * rate - pad, stride) for t in range(k)]
+    return [(lo, max(lo, hi)) for lo, hi in ranges]
 
 
 # ---------------------------------------------------------------------------------------------
