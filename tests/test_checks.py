@@ -58,6 +58,8 @@ def conv_student(x, weight, bias=None, rate=1, stride=1, padding="same", groups=
         weight = weight[:, :, ::-1, ::-1]
     if padding == "same":
         ph, pw = ((kh - 1) // 2, (kw - 1) // 2) if mistake == "pad" else (rate * (kh - 1) // 2, rate * (kw - 1) // 2)
+        if mistake == "one_pad":  # one padding computed from kh, used for both axes
+            pw = ph
     else:
         ph = pw = 0 if padding == "valid" else padding
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
@@ -98,8 +100,12 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
                 dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
                 dw[o, :, i, j] += np.einsum("nhw,nchw->c", dout[:, o], xp[:, g * cg:(g + 1) * cg, rows, cols])
     dx = dxp if mistake == "no_crop" else dxp[:, :, ph:ph + H, pw:pw + W]
+    if mistake == "crop_ph":  # cropped with the row padding on both axes
+        dx = dxp[:, :, ph:ph + H, ph:ph + W]
     if mistake == "dw_flip":
         dw = dw[:, :, ::-1, ::-1].copy()
+    if mistake == "dw_last":  # `=` instead of `+=` over the batch: the last sample wins
+        dw = backward_student(dout[-1:], x[-1:], weight, rate, stride, padding, groups)[1]
     db = dout.sum(axis=(2, 3)) if mistake == "db_batch" else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
 
@@ -140,6 +146,9 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="no_crop"), "crop the padding"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="dw_flip"), "dweight is flipped"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="db_batch"), "sum over the batch"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="dw_last"), "matches sample -1"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="crop_ph"), "values differ"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="one_pad"), "shape"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
 ]
 
