@@ -102,12 +102,17 @@ def test_output_size_errors(bad, message):
         conv_output_size(**args)
 
 
-def test_non_contiguous_input():
-    x, weight, bias, kw = _inputs(CASES[0], np.float64, 0)
+@pytest.mark.parametrize("case", [0, 1])
+def test_non_contiguous_input(case):
+    x, weight, bias, kw = _inputs(CASES[case], np.float64, case)
     xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, other strides
     assert not xt.flags.c_contiguous
-    np.testing.assert_allclose(scratch.atrous_conv2d(xt, weight, bias, **kw), ref.atrous_conv2d(x, weight, bias, **kw),
-                               rtol=1e-12, atol=1e-12)
+    out = ref.atrous_conv2d(x, weight, bias, **kw)
+    np.testing.assert_allclose(scratch.atrous_conv2d(xt, weight, bias, **kw), out, rtol=1e-12, atol=1e-12)
+    dout = np.random.default_rng(case).standard_normal(out.shape)[..., ::-1]  # negative strides
+    for got, expected in zip(scratch.atrous_conv2d_backward(dout, xt, weight, **kw),
+                             ref.atrous_conv2d_backward(np.ascontiguousarray(dout), x, weight, **kw)):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- bad input

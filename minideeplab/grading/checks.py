@@ -173,9 +173,14 @@ def _torch_output_size(size, kernel, rate, stride, padding):
     import torch
     import torch.nn.functional as F
 
-    p = {"same": rate * (kernel - 1) // 2, "valid": 0}.get(padding, padding)
+    p = _pad(padding, kernel, rate)
     x = torch.zeros(1, 1, size, 1)
     return F.conv2d(x, torch.zeros(1, 1, kernel, 1), stride=stride, padding=(p, 0), dilation=(rate, 1)).shape[2]
+
+
+def _pad(padding, kernel, rate):
+    """Zeros added on each side: "same" -> rate*(kernel-1)//2, "valid" -> 0, an int as it is."""
+    return {"same": rate * (kernel - 1) // 2, "valid": 0}.get(padding, padding)
 
 
 def exercise_2_1(conv_output_size):
@@ -186,14 +191,14 @@ def exercise_2_1(conv_output_size):
             for rate in (1, 2, 6):
                 for stride in (1, 2, 3):
                     for padding in ("same", "valid", 2):
-                        p = {"same": rate * (kernel - 1) // 2, "valid": 0}.get(padding, padding)
+                        p = _pad(padding, kernel, rate)
                         if rate * (kernel - 1) + 1 <= size + 2 * p:
                             cases.append((size, kernel, rate, stride, padding))
     got = np.array([_as_number(conv_output_size(*c), "2.1", f"conv_output_size{c}") for c in cases], dtype=float)
     expected = np.array([_torch_output_size(*c) for c in cases], dtype=float)
 
     def variant(size, kernel, rate, stride, padding, mistake):
-        p = {"same": rate * (kernel - 1) // 2, "valid": 0}.get(padding, padding)
+        p = _pad(padding, kernel, rate)
         if mistake == "pad" and padding == "same":
             p = (kernel - 1) // 2
         k_eff = kernel if mistake == "rate" else rate * (kernel - 1) + 1
@@ -266,7 +271,7 @@ def exercise_2_2(atrous_conv2d_naive):
         got = atrous_conv2d_naive(x.copy(), w.copy(), None if bias is None else bias.copy(), **kw)
         expected = ref(x, w, bias, **kw)
         rate, stride, padding, groups = kw["rate"], kw["stride"], kw["padding"], kw.get("groups", 1)
-        p = {"same": rate * (w.shape[2] - 1) // 2, "valid": 0}.get(padding, padding)
+        p = _pad(padding, w.shape[2], rate)
         known = {
             "the kernel is flipped: a conv layer computes a cross-correlation, weight[i, j] multiplies "
             "xpad[y*stride + i*rate, x*stride + j*rate] (no flip).":
@@ -313,8 +318,8 @@ def exercise_2_3(atrous_conv2d_backward_naive):
                                 "expected a tuple (dx, dweight, dbias)")
         dx, dw, db = ref_backward(dout, x, w, **kw)
         rate, stride, padding, groups = kw["rate"], kw["stride"], kw["padding"], kw.get("groups", 1)
-        p = {"same": rate * (w.shape[2] - 1) // 2, "valid": 0}.get(padding, padding)
-        pw = {"same": rate * (w.shape[3] - 1) // 2, "valid": 0}.get(padding, padding)
+        p = _pad(padding, w.shape[2], rate)
+        pw = _pad(padding, w.shape[3], rate)
         # gradient w.r.t. the padded input: what you get if you forget to crop the padding away
         xpad = torch.from_numpy(np.pad(x, ((0, 0), (0, 0), (p, p), (pw, pw)))).requires_grad_(True)
         F.conv2d(xpad, torch.from_numpy(w), stride=stride, dilation=rate, groups=groups).backward(
