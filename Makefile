@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.minideeplab-installed
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 # JupyterLab: loopback only, fixed port that fails fast when taken, root needs --allow-root.
 LAB_PORT  ?= 8888
@@ -19,7 +20,7 @@ endif
 .PHONY: lab test setup course lock bench clean
 
 lab: setup course
-	$(BIN)/jupyter lab $(LAB_FLAGS)
+	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
