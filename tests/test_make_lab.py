@@ -1,0 +1,71 @@
+"""`make lab` as a person runs it: prints the URL, serves course/, stops on one Ctrl-C, and refuses a
+port that is already in use instead of hanging or moving to another one."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_lab(port, log):
+    return subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_PORT={port}", "LAB_ARGS=--no-browser"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(predicate, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_make_lab_refuses_a_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with open(tmp_path / "lab.log", "w") as log:
+            proc = _make_lab(port, log)
+            try:
+                code = proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "lab.log").read_text()
+    assert code != 0, out
+    assert f"port {port} is not available" in out, out
+
+
+def test_make_lab_prints_the_url_serves_the_course_and_stops_on_ctrl_c(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "lab.log"
+    with open(log_path, "w") as log:
+        proc = _make_lab(port, log)
+        try:
+            url = _wait_for(lambda: re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", log_path.read_text()),
+                            120, "the URL in make lab's output")
+            token = url.group(1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=30) as r:
+                names = {item["name"] for item in json.load(r)["content"]}
+            assert "01_receptive_fields.ipynb" in names, f"JupyterLab does not open on course/: {names}"
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does to the foreground group
+            proc.wait(timeout=30)  # one Ctrl-C is enough: no "Shutdown this Jupyter server (y/[n])?" prompt
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise AssertionError("make lab was still running 30 s after Ctrl-C:\n" + log_path.read_text())
+    with socket.socket() as s:  # nothing listens any more (SO_REUSEADDR: our own request left a TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
