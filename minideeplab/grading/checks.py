@@ -1,7 +1,7 @@
 """One check per exercise: ``checks.exercise_N_K(student_function)``.
 
 Each check runs the student's function on fixed, seeded inputs and compares it with a PyTorch
-measurement or reference (never with the scratch package), shape first, then dtype and NaN,
+measurement or reference (never with the scratch implementations), shape first, then dtype and NaN,
 then values. It prints one line on success and raises ExerciseWrong otherwise, with a hint
 when the answer matches a known mistake; an ExerciseNotDone from an unfinished stub passes
 through untouched.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.scratch._validate import resolve_padding  # the one padding rule, shared with the reference
 
 # ---------------------------------------------------------------- notebook 01: receptive fields
 
@@ -173,14 +174,9 @@ def _torch_output_size(size, kernel, rate, stride, padding):
     import torch
     import torch.nn.functional as F
 
-    p = _pad(padding, kernel, rate)
+    p = resolve_padding(padding, kernel, rate)
     x = torch.zeros(1, 1, size, 1)
     return F.conv2d(x, torch.zeros(1, 1, kernel, 1), stride=stride, padding=(p, 0), dilation=(rate, 1)).shape[2]
-
-
-def _pad(padding, kernel, rate):
-    """Zeros added on each side: "same" -> rate*(kernel-1)//2, "valid" -> 0, an int as it is."""
-    return {"same": rate * (kernel - 1) // 2, "valid": 0}.get(padding, padding)
 
 
 def exercise_2_1(conv_output_size):
@@ -191,14 +187,14 @@ def exercise_2_1(conv_output_size):
             for rate in (1, 2, 6):
                 for stride in (1, 2, 3):
                     for padding in ("same", "valid", 2):
-                        p = _pad(padding, kernel, rate)
+                        p = resolve_padding(padding, kernel, rate)
                         if rate * (kernel - 1) + 1 <= size + 2 * p:
                             cases.append((size, kernel, rate, stride, padding))
     got = np.array([_as_number(conv_output_size(*c), "2.1", f"conv_output_size{c}") for c in cases], dtype=float)
     expected = np.array([_torch_output_size(*c) for c in cases], dtype=float)
 
     def variant(size, kernel, rate, stride, padding, mistake):
-        p = _pad(padding, kernel, rate)
+        p = resolve_padding(padding, kernel, rate)
         if mistake == "pad" and padding == "same":
             p = (kernel - 1) // 2
         k_eff = kernel if mistake == "rate" else rate * (kernel - 1) + 1
@@ -271,7 +267,7 @@ def exercise_2_2(atrous_conv2d_naive):
         got = atrous_conv2d_naive(x.copy(), w.copy(), None if bias is None else bias.copy(), **kw)
         expected = ref(x, w, bias, **kw)
         rate, stride, padding, groups = kw["rate"], kw["stride"], kw["padding"], kw.get("groups", 1)
-        p = _pad(padding, w.shape[2], rate)
+        p = resolve_padding(padding, w.shape[2], rate)
         known = {
             "the kernel is flipped: a conv layer computes a cross-correlation, weight[i, j] multiplies "
             "xpad[y*stride + i*rate, x*stride + j*rate] (no flip).":
@@ -318,8 +314,8 @@ def exercise_2_3(atrous_conv2d_backward_naive):
                                 "expected a tuple (dx, dweight, dbias)")
         dx, dw, db = ref_backward(dout, x, w, **kw)
         rate, stride, padding, groups = kw["rate"], kw["stride"], kw["padding"], kw.get("groups", 1)
-        p = _pad(padding, w.shape[2], rate)
-        pw = _pad(padding, w.shape[3], rate)
+        p = resolve_padding(padding, w.shape[2], rate)
+        pw = resolve_padding(padding, w.shape[3], rate)
         # gradient w.r.t. the padded input: what you get if you forget to crop the padding away
         xpad = torch.from_numpy(np.pad(x, ((0, 0), (0, 0), (p, p), (pw, pw)))).requires_grad_(True)
         F.conv2d(xpad, torch.from_numpy(w), stride=stride, dilation=rate, groups=groups).backward(

@@ -254,18 +254,25 @@ def _backward_stride1(dout, x, weight, rate, ph, pw, groups):
     return dx, np.ascontiguousarray(dweight.transpose(2, 3, 0, 1))
 
 
+def _tap_plan(x, weight, rate, stride, ph, pw, Ho, Wo):
+    """What the strided forward and backward share: the weights as one (Cout, cin) matrix per tap
+    (kh, kw, Cout, cin), each axis' tap ranges, and the largest tap rectangle in pixels (over the batch)."""
+    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+    rows = _tap_ranges(x.shape[2], Ho, weight.shape[2], rate, stride, ph)
+    cols = _tap_ranges(x.shape[3], Wo, weight.shape[3], rate, stride, pw)
+    biggest = x.shape[0] * max(hi - lo for lo, hi in rows) * max(hi - lo for lo, hi in cols)
+    return wt, rows, cols, biggest
+
+
 def _forward_strided(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
     """Any stride: per tap, gather the input it reads (im2col restricted to that tap's rectangle),
     one GEMM, add into the output."""
-    N, C, H, W = x.shape
-    Cout, cin, kh, kw = weight.shape
+    N = x.shape[0]
+    Cout, cin = weight.shape[:2]
     cout = Cout // groups
     out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
     out[...] = 0 if bias is None else bias[None, :, None, None]
-    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-    rows = _tap_ranges(H, Ho, kh, rate, stride, ph)
-    cols = _tap_ranges(W, Wo, kw, rate, stride, pw)
-    biggest = max(hi - lo for lo, hi in rows) * max(hi - lo for lo, hi in cols) * N
+    wt, rows, cols, biggest = _tap_plan(x, weight, rate, stride, ph, pw, Ho, Wo)
     buf = np.empty(cin * biggest, dtype=x.dtype)
     gbuf = np.empty(cout * biggest, dtype=x.dtype)
     for g in range(groups):
@@ -283,16 +290,12 @@ def _forward_strided(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
 
 def _backward_strided(dout, x, weight, rate, stride, ph, pw, groups):
     """Any stride, per tap: dweight_t = D_t @ X_t^T and dX_t = W_t^T @ D_t, scattered back (col2im)."""
-    N, C, H, W = x.shape
+    N = x.shape[0]
     Cout, cin, kh, kw = weight.shape
-    Ho, Wo = dout.shape[2:]
     cout = Cout // groups
     dx = np.zeros_like(x)
     dweight = np.zeros((kh, kw, Cout, cin), dtype=x.dtype)
-    wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-    rows = _tap_ranges(H, Ho, kh, rate, stride, ph)
-    cols = _tap_ranges(W, Wo, kw, rate, stride, pw)
-    biggest = max(hi - lo for lo, hi in rows) * max(hi - lo for lo, hi in cols) * N
+    wt, rows, cols, biggest = _tap_plan(x, weight, rate, stride, ph, pw, *dout.shape[2:])
     buf = np.empty(cin * biggest, dtype=x.dtype)
     dbuf = np.empty(cout * biggest, dtype=x.dtype)
     for g in range(groups):
