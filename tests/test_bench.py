@@ -24,3 +24,16 @@ def test_bench_atrous_quick_json():
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert row["forward_max_rel_err"] < 1e-5 and row["backward_max_rel_err"] < 1e-5
     assert report["agree"] is True
+
+
+def test_bench_crf_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--quick", "--json", "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["threads"] == 1 and report["agree"] is True
+    assert set(report["sets"]) == {"deeplab-v2-resnet", "pydensecrf-readme"}
+    for row in list(report["sets"].values()) + [report]:
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert row["argmax_agreement"] >= 0.999 and row["max_abs_dq"] <= 1e-3
+    assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())

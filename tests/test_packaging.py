@@ -35,8 +35,8 @@ def _environment_requirements() -> dict[str, str]:
         if re.match(r"^\s*- pip:\s*$", stripped):
             in_pip = True
             continue
-        m = re.match(r"^  - (\S.*)$", stripped)
-        if m and in_deps and not in_pip:
+        m = re.match(r"^  - (\S.*)$", stripped) or (in_pip and re.match(r"^      - (\S.*)$", stripped))
+        if m and in_deps and m.group(1) != "-e .":
             name, bound = _requirement(m.group(1))
             if name not in ("python", "pip"):
                 reqs[CONDA_NAMES.get(name, name)] = bound
@@ -54,7 +54,7 @@ def test_environment_yml_is_conda_forge_only_and_installs_the_package():
     text = (ROOT / "environment.yml").read_text()
     channels = re.search(r"channels:\n((?:\s+- .*\n)+)", text).group(1).split()
     assert [c for c in channels if c != "-"] == ["conda-forge"]
-    assert re.search(r"- pip:\n\s+- -e \.", text), "environment.yml must pip-install the package editable"
+    assert re.search(r"- pip:\n(\s+- .*\n)*\s+- -e \.", text), "environment.yml must pip-install the package editable"
 
 
 def test_pyproject_declares_lower_bounds_only():

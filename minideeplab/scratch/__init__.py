@@ -3,7 +3,8 @@
 
 from minideeplab.scratch.atrous import (atrous_conv2d, atrous_conv2d_backward, atrous_conv2d_backward_naive,
                                         atrous_conv2d_naive, conv_output_size)
+from minideeplab.scratch.crf import dense_crf
 from minideeplab.scratch.receptive import RF, receptive_field
 
 __all__ = ["conv_output_size", "atrous_conv2d_naive", "atrous_conv2d_backward_naive",
-           "atrous_conv2d", "atrous_conv2d_backward", "RF", "receptive_field"]
+           "atrous_conv2d", "atrous_conv2d_backward", "RF", "receptive_field", "dense_crf"]

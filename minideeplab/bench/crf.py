@@ -1,0 +1,95 @@
+"""Benchmark: the scratch dense CRF (numba permutohedral lattice) against pydensecrf2 (C++) in the same run.
+
+The input is what DeepLab post-processes: a PASCAL-sized photograph (375x500) with 21-label probabilities
+that look like a network's at output stride 8. Both sides get the same probabilities, image and
+parameters, are checked to agree (argmax agreement, max |dQ|) and are timed whole: lattice construction,
+unaries and 10 mean-field iterations, median of ``repeat`` runs after a warm-up. pydensecrf is
+single-threaded; the scratch lattice uses ``threads`` numba threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from minideeplab.scratch.crf import PARAMETER_SETS, PROB_FLOOR
+
+BENCH_SETS = ("deeplab-v2-resnet", "pydensecrf-readme")
+MIN_AGREEMENT, MAX_DQ = 0.999, 1e-3  # below / above this a row is wrong, not slow or fast
+
+
+def _median_s(fn, repeat):
+    time.sleep(0.3)  # let the other side's worker threads go idle before timing this one
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std):
+    """The same CRF through pydensecrf2: unary -log(max(p, 1e-5)), Potts, symmetric normalisation."""
+    import pydensecrf.densecrf as dcrf
+
+    C, H, W = probs.shape
+    d = dcrf.DenseCRF2D(W, H, C)
+    d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs.reshape(C, -1), PROB_FLOOR)), dtype=np.float32))
+    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=image, compat=bi_w)
+    return np.asarray(d.inference(n_iters), dtype=np.float32).reshape(C, H, W)
+
+
+def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
+    import numba
+
+    from minideeplab.data.photos import coarse_probs, photograph, region_labels
+    from minideeplab.scratch.crf import dense_crf
+
+    if threads < 1 or repeat < 1:
+        raise ValueError(f"bench crf: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        print("bench crf needs pydensecrf2 (pip install pydensecrf2, or the locked install: make test)")
+        return 2
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
+    size, n_labels, n_iters = ((60, 80), 21, 10) if quick else ((375, 500), 21, 10)
+    repeat = 1 if quick else repeat
+    image = photograph("coffee", size)
+    probs = coarse_probs(region_labels(image, n_labels), n_labels, stride=8, seed=0)
+    sets = {}
+    for name in BENCH_SETS:
+        params = PARAMETER_SETS[name]
+        q_s = dense_crf(probs, image, n_iters=n_iters, **params)
+        q_p = pydensecrf_crf(probs, image, n_iters, **params)
+        t_s = _median_s(lambda: dense_crf(probs, image, n_iters=n_iters, **params), repeat)
+        t_p = _median_s(lambda: pydensecrf_crf(probs, image, n_iters, **params), repeat)
+        sets[name] = dict(params=params, scratch_s=t_s, pydensecrf_s=t_p, ratio=t_s / t_p,
+                          argmax_agreement=float(np.mean(q_s.argmax(0) == q_p.argmax(0))),
+                          max_abs_dq=float(np.abs(q_s - q_p).max()),
+                          crf_changed=float(np.mean(q_p.argmax(0) != probs.argmax(0))))
+    wrong = [n for n, r in sets.items() if r["argmax_agreement"] < MIN_AGREEMENT or r["max_abs_dq"] > MAX_DQ]
+    summary = dict(ratio=max(r["ratio"] for r in sets.values()),
+                   argmax_agreement=min(r["argmax_agreement"] for r in sets.values()),
+                   max_abs_dq=max(r["max_abs_dq"] for r in sets.values()))
+    if as_json:
+        print(json.dumps(dict(threads=threads, pydensecrf_threads=1, repeat=repeat, quick=quick,
+                              image=f"coffee {size[0]}x{size[1]}", labels=n_labels, n_iters=n_iters,
+                              agree=not wrong, **summary, sets=sets)))
+        return 1 if wrong else 0
+    print(f"dense CRF, {size[1]}x{size[0]} photograph, {n_labels} labels, {n_iters} iterations; scratch lattice on "
+          f"{threads} numba threads, pydensecrf2 single-threaded; median of {repeat}; ratio = scratch / pydensecrf")
+    head = f"{'parameters':<20}{'scratch':>10}{'pydensecrf':>12}{'ratio':>7}{'argmax agree':>14}{'max |dQ|':>10}"
+    print(head)
+    print("-" * len(head))
+    for name, r in sets.items():
+        print(f"{name:<20}{r['scratch_s']:>9.3f}s{r['pydensecrf_s']:>11.3f}s{r['ratio']:>7.2f}"
+              f"{100 * r['argmax_agreement']:>13.3f}%{r['max_abs_dq']:>10.1e}")
+    if wrong:
+        print(f"WRONG: below {100 * MIN_AGREEMENT}% argmax agreement or above {MAX_DQ:g} max |dQ| on: {', '.join(wrong)}")
+    return 1 if wrong else 0

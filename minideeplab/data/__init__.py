@@ -1,0 +1,1 @@
+"""Data for the course: photographs with labels (``photos``)."""

@@ -1,0 +1,349 @@
+"""The fully-connected CRF of Kraehenbuehl and Koltun (2011), as DeepLab v1/v2 use it to sharpen boundaries.
+
+Energy over labellings x of the N pixels, with unary U_i = -log P_i from the network:
+
+    E(x) = sum_i U_i(x_i) + sum_{i<j} mu(x_i, x_j) sum_m w_m k_m(f_i, f_j)
+
+with two Gaussian kernels on pixel positions p and colours I (RGB, 0..255):
+
+    appearance  k_1 = exp(-|p_i - p_j|^2 / 2 bi_xy_std^2 - |I_i - I_j|^2 / 2 bi_rgb_std^2)    weight bi_w
+    smoothness  k_2 = exp(-|p_i - p_j|^2 / 2 pos_xy_std^2)                                      weight pos_w
+
+Mean-field inference keeps a factorised Q_i(l) and updates every pixel in parallel:
+
+    Q_i(l)  <-  softmax_l( -U_i(l) - sum_l' mu(l, l') sum_m w_m (K~_m Q)_i(l') )
+
+where K~_m is the kernel matrix, normalised. With the Potts model mu = 1 - I the message is, up to a
+per-pixel constant that the softmax removes, +sum_m w_m (K~_m Q)_i(l): a pixel is pulled towards the
+labels of the pixels that look like it and sit near it.
+
+Two ways to compute K~ Q:
+
+* ``method="exact"``: the N x N kernel, O(N^2) per iteration, in chunks. For small images and for teaching.
+* ``method="lattice"``: the permutohedral lattice (Adams et al. 2010). Splat each pixel's values onto the
+  d+1 vertices of the simplex around its feature vector, blur along the lattice's d+1 directions, slice
+  back: O(N d) per iteration. The readable steps are ``build_lattice``, ``lattice_splat``,
+  ``lattice_blur`` and ``lattice_slice`` below; ``dense_crf`` runs the fused numba versions from
+  ``_lattice_fast.py`` on both cores.
+
+Conventions, chosen to agree with pydensecrf (the C++ library DeepLab's releases used):
+
+* the kernel includes the pixel itself (k(f_i, f_i) = 1), as the lattice cannot leave it out;
+* features are (x/xy_std, y/xy_std[, r/rgb_std, g/rgb_std, b/rgb_std]), x the column;
+* ``normalization="symmetric"`` (default, pydensecrf's default) uses D^-1/2 K D^-1/2 with D = diag(K 1);
+  ``"after"`` uses D^-1 K, the per-pixel normalisation of the NIPS'11 paper, which DeepLab's code used.
+  The lattice is normalised by its own response to ones: its raw output underestimates the exact sum,
+  and by different amounts in different places (about 0.85x in 2-D, 0.6-0.7x in 5-D);
+* probabilities are floored at 1e-5 before the log, as ``pydensecrf.utils.unary_from_softmax`` does.
+
+``compat`` is the label compatibility mu as in the paper (a penalty: 0 on the diagonal for Potts). Note
+that pydensecrf's ``compat=`` matrix is a reward, the negative of this one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minideeplab.scratch import _lattice_fast as fast
+
+PROB_FLOOR = 1e-5
+NORMALIZATIONS = ("symmetric", "after")
+METHODS = ("lattice", "exact")
+EXACT_MAX_PIXELS = 65_536  # 256 x 256: beyond this the O(N^2) method takes minutes per image
+# Parameter sets in use. DeepLab v2's from its released prototxts; the README example of pydensecrf.
+PARAMETER_SETS = {
+    "deeplab-v2-resnet": dict(pos_w=3.0, pos_xy_std=1.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0),
+    "deeplab-v2-vgg": dict(pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=49.0, bi_rgb_std=5.0),
+    "pydensecrf-readme": dict(pos_w=3.0, pos_xy_std=3.0, bi_w=10.0, bi_xy_std=80.0, bi_rgb_std=13.0),
+}
+_EXACT_CHUNK = 2048  # rows of the kernel matrix held at once by the exact method
+_EXACT_CACHE_PIXELS = 4096  # up to here the exact method keeps the N x N matrix (128 MiB in float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# features and the exact kernel
+
+
+def pixel_features(image: np.ndarray, xy_std: float, rgb_std: float | None = None,
+                   dtype=np.float64) -> np.ndarray:
+    """(H, W, 3) image -> (H*W, 2) features (x/xy_std, y/xy_std), or (H*W, 5) with the colours
+    (r, g, b)/rgb_std appended when rgb_std is given. Pixels in row-major order."""
+    H, W = image.shape[:2]
+    y, x = np.mgrid[0:H, 0:W].astype(dtype)
+    cols = [x.ravel() / dtype(xy_std), y.ravel() / dtype(xy_std)]
+    if rgb_std is not None:
+        rgb = image.reshape(H * W, 3).astype(dtype) / dtype(rgb_std)
+        cols += [rgb[:, 0], rgb[:, 1], rgb[:, 2]]
+    return np.stack(cols, axis=1)
+
+
+def gaussian_kernel(features: np.ndarray) -> np.ndarray:
+    """(N, d) features -> (N, N) matrix K[i, j] = exp(-|f_i - f_j|^2 / 2), self term included."""
+    sq = np.sum(features**2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * features @ features.T, 0.0)
+    return np.exp(-0.5 * d2)
+
+
+def normalize_kernel(kernel: np.ndarray, normalization: str = "symmetric") -> np.ndarray:
+    """K -> D^-1/2 K D^-1/2 ("symmetric") or D^-1 K ("after"), with D = diag(K 1)."""
+    _check_choice("normalize_kernel", "normalization", normalization, NORMALIZATIONS)
+    norm = kernel.sum(axis=1)
+    if normalization == "symmetric":
+        s = 1.0 / np.sqrt(norm)
+        return s[:, None] * kernel * s[None, :]
+    return kernel / norm[:, None]
+
+
+def mean_field_update(q: np.ndarray, unary: np.ndarray, kernels, weights, compat=None) -> np.ndarray:
+    """One parallel mean-field step. q, unary: (C, N); kernels: normalised (N, N) matrices; weights: one
+    per kernel; compat: (C, C) penalty mu or None for Potts. -> new q, (C, N), each column sums to 1."""
+    message = sum(w * (q @ k.T) for w, k in zip(weights, kernels))  # (C, N): sum_m w_m (K_m Q)
+    energy = -unary + message if compat is None else -unary - compat @ message
+    energy = energy - energy.max(axis=0, keepdims=True)
+    e = np.exp(energy)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the permutohedral lattice, readable version
+
+
+class Lattice(NamedTuple):
+    """The lattice points around N feature vectors in d dimensions. Point 0 stands for "none".
+
+    offsets    (N, d+1) int32    the lattice points (1..M) at the vertices of each pixel's simplex
+    weights    (N, d+1) float32  barycentric weights of those vertices (>= 0, summing to 1 per pixel)
+    neighbours (d+1, M+1, 2)     the two neighbours of each point along each lattice direction (0: none)
+    keys       (M+1, d) int32    the first d coordinates of each point in the lattice (the last is minus their sum)
+    """
+
+    offsets: np.ndarray
+    weights: np.ndarray
+    neighbours: np.ndarray
+    keys: np.ndarray
+
+    @property
+    def n_points(self) -> int:
+        return self.keys.shape[0] - 1
+
+    @property
+    def dim(self) -> int:
+        return self.keys.shape[1]
+
+
+def build_lattice(features: np.ndarray) -> Lattice:
+    """(N, d) features (already divided by their standard deviations) -> Lattice. Built in float32."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    keys, weights = fast._simplex_vertices(features)
+    offsets, point_keys, table, mask = fast._number_points(keys)
+    neighbours = fast._neighbours(point_keys, table, mask)
+    return Lattice(offsets, weights, neighbours, point_keys)
+
+
+def lattice_splat(lattice: Lattice, values: np.ndarray) -> np.ndarray:
+    """(N, C) values -> (M+1, C): each pixel adds weight * value to the vertices of its simplex."""
+    out = np.zeros((lattice.n_points + 1, values.shape[1]), values.dtype)
+    for r in range(lattice.offsets.shape[1]):
+        np.add.at(out, lattice.offsets[:, r], lattice.weights[:, r, None] * values)
+    out[0] = 0.0
+    return out
+
+
+def lattice_blur(lattice: Lattice, values: np.ndarray) -> np.ndarray:
+    """(M+1, C) -> (M+1, C): along each of the d+1 directions, v[m] + (v[left] + v[right]) / 2.
+    Each pass reads the previous pass's values only (a new array, never in place)."""
+    for j in range(lattice.neighbours.shape[0]):
+        left, right = lattice.neighbours[j, :, 0], lattice.neighbours[j, :, 1]
+        values = values + 0.5 * (values[left] + values[right])
+        values[0] = 0.0
+    return values
+
+
+def lattice_slice(lattice: Lattice, lattice_values: np.ndarray) -> np.ndarray:
+    """(M+1, C) -> (N, C): each pixel reads its simplex's vertices with the splat weights."""
+    return np.einsum("nr,nrc->nc", lattice.weights, lattice_values[lattice.offsets])
+
+
+def lattice_filter(lattice: Lattice, values: np.ndarray) -> np.ndarray:
+    """(N, C) -> (N, C), approximately K @ values for the Gaussian kernel K of the features.
+    The 1/(1 + 2^-d) rescales the blur's [1/2, 1, 1/2] passes so that a constant maps near itself."""
+    alpha = 1.0 / (1.0 + 2.0 ** -lattice.dim)
+    return alpha * lattice_slice(lattice, lattice_blur(lattice, lattice_splat(lattice, values)))
+
+
+# ---------------------------------------------------------------------------------------------
+# dense CRF
+
+
+def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
+              method="lattice", compat=None, normalization="symmetric") -> np.ndarray:
+    """Mean-field inference in the fully-connected CRF.
+
+    probs: (C, H, W) float probabilities (>= 0, summing to 1 over C at every pixel);
+    image: (H, W, 3) uint8 RGB. Defaults: DeepLab v2's ResNet-101 appearance kernel (bi_w 4, bi_xy_std 67,
+    bi_rgb_std 3) with the paper's smoothness kernel (pos_w 3, pos_xy_std 3). -> Q, (C, H, W) float32.
+    n_iters=0 returns the normalised (floored) input probabilities.
+    """
+    C, H, W = _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
+                            method, compat, normalization)
+    N = H * W
+    unary = -np.log(np.maximum(probs.reshape(C, N).T, PROB_FLOOR))  # (N, C), pixel-major
+    # the lattice works in float32 (as pydensecrf does, see _lattice_fast._simplex_vertices), the exact method in float64
+    dtype = np.float64 if method == "exact" else np.float32
+    kernels = [(pos_w, pixel_features(image, pos_xy_std, dtype=dtype)),
+               (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std, dtype=dtype))]
+    kernels = [(w, f) for w, f in kernels if w != 0]
+    mu = None if compat is None else np.asarray(compat, np.float64)
+    if method == "exact":
+        q = _exact_mean_field(unary, kernels, n_iters, mu, normalization)
+    else:
+        q = _lattice_mean_field(unary.astype(np.float32), kernels, n_iters, mu, normalization)
+    return np.ascontiguousarray(q.T.reshape(C, H, W), dtype=np.float32)
+
+
+def _softmax_rows(e):
+    e = np.exp(e - e.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _exact_filter(features, values):
+    """K @ values for the Gaussian kernel of `features`, a block of rows at a time: (N, C) -> (N, C)."""
+    out = np.empty_like(values)
+    for a in range(0, features.shape[0], _EXACT_CHUNK):
+        out[a:a + _EXACT_CHUNK] = _gaussian_rows(features[a:a + _EXACT_CHUNK], features) @ values
+    return out
+
+
+def _gaussian_rows(fa, fb):
+    d2 = np.sum(fa**2, 1)[:, None] + np.sum(fb**2, 1)[None, :] - 2.0 * fa @ fb.T
+    return np.exp(-0.5 * np.maximum(d2, 0.0))
+
+
+def _exact_mean_field(unary, kernels, n_iters, mu, normalization):
+    N = unary.shape[0]
+    ones = np.ones((N, 1))
+    prepared = []  # (weight, features, scale before, scale after): K~ v = after * (K (before * v))
+    for w, f in kernels:
+        norm = _exact_filter(f, ones)
+        if normalization == "symmetric":
+            s = 1.0 / np.sqrt(norm)
+            prepared.append((w, f, s, s))
+        else:
+            prepared.append((w, f, 1.0, 1.0 / norm))
+
+    def message(q):  # sum_m w_m K~_m q, (N, C)
+        return sum(w * after * _exact_filter(f, before * q) for w, f, before, after in prepared)
+
+    if N <= _EXACT_CACHE_PIXELS:  # small enough to keep sum_m w_m K~_m as one matrix: each iteration one GEMM
+        combined = np.zeros((N, N))
+        for w, f, before, after in prepared:
+            combined += w * after * _gaussian_rows(f, f) * np.reshape(before, (1, -1))
+
+        def message(q):  # noqa: F811
+            return combined @ q
+
+    q = _softmax_rows(-unary)
+    for _ in range(n_iters):
+        m = message(q)
+        q = _softmax_rows(-unary + m if mu is None else -unary - m @ mu.T)
+    return q
+
+
+def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
+    N, C = unary.shape
+    prepared = []
+    for w, f in kernels:
+        lat = build_lattice(f)
+        start, pixels, cw = fast._transpose(lat.offsets, lat.weights, lat.n_points)
+        alpha = 1.0 / (1.0 + 2.0 ** -lat.dim)
+        # the lattice's own response to ones, to normalise by (never by the exact one)
+        norm = _fast_filter(np.ones((N, 1), np.float32), start, pixels, cw, lat, lat.weights) * alpha
+        norm = norm[:, 0].astype(np.float64) + 1e-20
+        if normalization == "symmetric":
+            before, after = 1.0 / np.sqrt(norm), w * alpha / np.sqrt(norm)
+        else:
+            before, after = np.ones(N), w * alpha / norm
+        # fold the per-pixel scales into the splat and slice weights
+        cw = (cw * before[pixels]).astype(np.float32)
+        sw = (lat.weights * after[:, None]).astype(np.float32)
+        prepared.append((start, pixels, cw, lat, sw))
+    q = np.empty((N, C), np.float32)
+    fast._softmax_update(unary, np.zeros((N, C), np.float32), q)
+    message = np.empty((N, C), np.float32)
+    for _ in range(n_iters):
+        message[:] = 0.0
+        for start, pixels, cw, lat, sw in prepared:
+            _fast_filter(q, start, pixels, cw, lat, sw, out=message)
+        if mu is not None:
+            message = np.ascontiguousarray(-(message @ mu.T.astype(np.float32)))
+        fast._softmax_update(unary, message, q)
+    return q
+
+
+def _fast_filter(values, start, pixels, cw, lat, sw, out=None):
+    """slice(blur(splat(values))) with the given splat (cw) and slice (sw) weights, added to `out`."""
+    M1, C = lat.n_points + 1, values.shape[1]
+    a = np.empty((M1, C), np.float32)
+    fast._splat(values, start, pixels, cw, a)
+    blurred = fast._blur(a, np.empty_like(a), lat.neighbours)
+    if out is None:
+        out = np.zeros((values.shape[0], C), np.float32)
+    fast._slice_add(blurred, lat.offsets, sw, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_choice(fn, name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{fn}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method, compat,
+                  normalization):
+    fn = "dense_crf"
+    if not isinstance(probs, np.ndarray) or probs.ndim != 3 or probs.dtype.kind != "f":
+        got = (f"{type(probs).__name__} of shape {probs.shape} and dtype {probs.dtype}"
+               if isinstance(probs, np.ndarray) else type(probs).__name__)
+        raise ValueError(f"{fn}: probs must be a float array of shape (C, H, W), got {got}")
+    C, H, W = probs.shape
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (H, W, 3):
+        got = (f"shape {image.shape} and dtype {image.dtype}" if isinstance(image, np.ndarray)
+               else type(image).__name__)
+        raise ValueError(f"{fn}: image must be a uint8 RGB array of shape (H, W, 3) = ({H}, {W}, 3) to match "
+                         f"probs {probs.shape}, got {got}")
+    if not np.all(np.isfinite(probs)):
+        bad = np.argwhere(~np.isfinite(probs))[0]
+        raise ValueError(f"{fn}: probs contains NaN or inf (first at label, row, col = {tuple(bad.tolist())})")
+    if probs.min() < 0:
+        bad = np.unravel_index(np.argmin(probs), probs.shape)
+        raise ValueError(f"{fn}: probs must be >= 0, got {probs[bad]:.4g} at label, row, col = "
+                         f"{tuple(int(i) for i in bad)}")
+    sums = probs.sum(axis=0, dtype=np.float64)
+    worst = np.unravel_index(np.argmax(np.abs(sums - 1.0)), sums.shape)
+    if abs(sums[worst] - 1.0) > 1e-3:
+        raise ValueError(f"{fn}: probs must sum to 1 over the labels at every pixel, got {sums[worst]:.6g} at "
+                         f"row, col = {tuple(int(i) for i in worst)} (pass softmax probabilities, not logits)")
+    if isinstance(n_iters, (bool, np.bool_)) or not isinstance(n_iters, (int, np.integer)) or n_iters < 0:
+        raise ValueError(f"{fn}: n_iters must be an int >= 0, got {n_iters!r}")
+    for name, v in (("pos_xy_std", pos_xy_std), ("bi_xy_std", bi_xy_std), ("bi_rgb_std", bi_rgb_std)):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{fn}: {name} must be a finite number > 0, got {v!r}")
+    for name, v in (("pos_w", pos_w), ("bi_w", bi_w)):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {v!r}")
+    _check_choice(fn, "method", method, METHODS)
+    _check_choice(fn, "normalization", normalization, NORMALIZATIONS)
+    if compat is not None:
+        mu = np.asarray(compat)
+        if mu.shape != (C, C) or mu.dtype.kind not in "fiu" or not np.all(np.isfinite(mu)):
+            raise ValueError(f"{fn}: compat must be a finite ({C}, {C}) matrix (one row and column per label) "
+                             f"or None for Potts, got shape {mu.shape} and dtype {mu.dtype}")
+    if method == "exact" and H * W > EXACT_MAX_PIXELS:
+        raise ValueError(f"{fn}: method='exact' is O(N^2) and meant for small images; {H}x{W} = {H * W} pixels is "
+                         f"more than {EXACT_MAX_PIXELS}. Use method='lattice'.")
+    return C, H, W
