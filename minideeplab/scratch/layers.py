@@ -1,0 +1,502 @@
+"""The layers of a DeepLab network from scratch, forward and backward, in NumPy.
+
+Every forward returns what its backward needs (a cache, a mask) or the backward takes the
+forward's inputs again. Arrays are NCHW, float32 or float64, and every output has the dtype of
+the input. Each function has a PyTorch twin in ``minideeplab.reference.layers``.
+
+* ``batch_norm2d``: per-channel normalisation; batch statistics when training, running ones in eval.
+* ``relu``, ``dropout``: elementwise.
+* ``max_pool2d``, ``global_avg_pool``: pooling (ResNet stem 3/2/1, VGG 2/2/0, DeepLab-LargeFOV 3/1/1).
+* ``resize_bilinear``: y = Ah @ x @ Aw^T with 1-D interpolation matrices, so the backward is the transpose.
+* ``concat``: along channels, for ASPP and the v3+ decoder.
+* ``separable_conv2d``: depthwise atrous conv then pointwise 1x1 (Xception, DeepLab v3+).
+* ``softmax_cross_entropy``: the per-pixel loss, mean over the pixels not labelled ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
+from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int, check_conv2d
+
+__all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "relu_backward",
+           "MaxPoolCache", "pool_output_size", "max_pool2d", "max_pool2d_backward",
+           "global_avg_pool", "global_avg_pool_backward", "bilinear_matrix", "resize_bilinear",
+           "resize_bilinear_backward", "concat", "concat_backward", "dropout", "dropout_backward",
+           "separable_conv2d", "separable_conv2d_backward", "softmax_cross_entropy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks: ValueError naming the function, the argument, what was received and what was expected
+
+
+def _float_array(fn, name, a, ndim=None, layout="", like=None):
+    """``a`` must be a float32/float64 numpy array with ``ndim`` axes (``layout`` says which), none
+    empty; with ``like=(other_name, other_array)`` it must also have the other's dtype."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+    if like is None:
+        if a.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected float32 or float64")
+    elif a.dtype != like[1].dtype:
+        raise ValueError(f"{fn}: {name} has dtype {a.dtype} but {like[0]} has dtype {like[1].dtype}; "
+                         f"they must share one dtype (float32 or float64)")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{fn}: {name} has an empty axis, shape {a.shape}")
+
+
+def _same_shape(fn, name, a, expected, what):
+    if a.shape != tuple(expected):
+        raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {tuple(expected)} ({what})")
+
+
+def _int(fn, name, v, lo):
+    if not _is_int(v) or v < lo:
+        raise ValueError(f"{fn}: {name} must be an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _bool(fn, name, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{fn}: {name} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _real(fn, name, v, lo, hi, hi_open=False):
+    """A number in [lo, hi] (or [lo, hi) with ``hi_open``)."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if not ok or not (lo <= v and (v < hi if hi_open else v <= hi)):
+        raise ValueError(f"{fn}: {name} must be a number in [{lo}, {hi}{')' if hi_open else ']'}, got {v!r}")
+    return float(v)
+
+
+def _shape_arg(fn, name, shape, n):
+    """A shape argument: a tuple/list of ``n`` ints >= 1."""
+    if (not isinstance(shape, (tuple, list)) or len(shape) != n
+            or not all(_is_int(s) and s >= 1 for s in shape)):
+        raise ValueError(f"{fn}: {name} must be a tuple of {n} ints >= 1, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _cache(fn, cache, cls, maker):
+    if not isinstance(cache, cls):
+        raise ValueError(f"{fn}: cache must be the {cls.__name__} returned by {maker}, got {type(cache).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# batch norm
+
+
+class BatchNormCache(NamedTuple):
+    """What ``batch_norm2d_backward`` needs."""
+
+    xhat: np.ndarray    # (N, C, H, W) the normalised input (x - mean) * invstd
+    invstd: np.ndarray  # (C,) 1 / sqrt(var + eps), var the batch (training) or running (eval) variance
+    gamma: np.ndarray   # (C,)
+    training: bool      # whether mean and var were the batch statistics (and so depend on x)
+
+
+def batch_norm2d(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
+
+    x (N, C, H, W); gamma, beta, running_mean, running_var (C,) -> (y (N, C, H, W), BatchNormCache).
+
+    training: mean, var are the batch statistics over (N, H, W) (var biased, divided by N*H*W), and the
+    running statistics are updated in place as torch does: r = momentum * batch + (1 - momentum) * r,
+    with the unbiased variance (divided by N*H*W - 1) for running_var.
+    eval: mean, var = running_mean, running_var, left untouched.
+    """
+    fn = "batch_norm2d"
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        _float_array(fn, name, a, like=("x", x))
+        _same_shape(fn, name, a, (C,), "one per channel of x")
+    training = _bool(fn, "training", training)
+    momentum = _real(fn, "momentum", momentum, 0, 1)
+    if not isinstance(eps, (float, int, np.floating)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"{fn}: eps must be a number > 0, got {eps!r}")
+
+    if training:
+        m = N * H * W  # values per channel
+        if m < 2:
+            raise ValueError(f"{fn}: training needs more than 1 value per channel, got x of shape {x.shape}")
+        for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+            if not a.flags.writeable:
+                raise ValueError(f"{fn}: {name} is read-only, but training updates it in place")
+        mean = x.mean(axis=(0, 2, 3))
+        var = ((x - mean[:, None, None]) ** 2).mean(axis=(0, 2, 3))  # biased: the batch's own spread
+        running_mean[...] = momentum * mean + (1 - momentum) * running_mean
+        running_var[...] = momentum * (var * m / (m - 1)) + (1 - momentum) * running_var
+    else:
+        mean, var = running_mean, running_var
+    invstd = 1 / np.sqrt(var + x.dtype.type(eps))
+    xhat = (x - mean[:, None, None]) * invstd[:, None, None]
+    y = gamma[:, None, None] * xhat + beta[:, None, None]
+    return y, BatchNormCache(xhat, invstd, gamma, training)
+
+
+def batch_norm2d_backward(dy, cache):
+    """dy (N, C, H, W) -> (dx (N, C, H, W), dgamma (C,), dbeta (C,)).
+
+    eval: dx = dy * gamma * invstd. training: mean and var depend on x too, and with M = N*H*W
+    dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)), sums over (N, H, W).
+    """
+    fn = "batch_norm2d_backward"
+    _cache(fn, cache, BatchNormCache, "batch_norm2d")
+    xhat, invstd, gamma, training = cache
+    _float_array(fn, "dy", dy, like=("the forward's x", xhat))
+    _same_shape(fn, "dy", dy, xhat.shape, "the forward's output shape")
+    dbeta = dy.sum(axis=(0, 2, 3))
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    if not training:
+        return dy * (gamma * invstd)[:, None, None], dgamma, dbeta
+    m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+    dx = (gamma * invstd / m)[:, None, None] * (m * dy - dbeta[:, None, None] - xhat * dgamma[:, None, None])
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------------------------
+# relu
+
+
+def relu(x):
+    """max(x, 0), any shape."""
+    _float_array("relu", "x", x)
+    return np.maximum(x, x.dtype.type(0))
+
+
+def relu_backward(dy, x):
+    """dy, x (the forward's input), same shape -> dx = dy where x > 0, else 0 (0 at x == 0, as torch)."""
+    fn = "relu_backward"
+    _float_array(fn, "x", x)
+    _float_array(fn, "dy", dy, like=("x", x))
+    _same_shape(fn, "dy", dy, x.shape, "the shape of x")
+    return np.where(x > 0, dy, dy.dtype.type(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# max pooling
+
+
+class MaxPoolCache(NamedTuple):
+    """What ``max_pool2d_backward`` needs."""
+
+    indices: np.ndarray  # (N, C, Ho, Wo) int64: where each max came from, a flat index into the H*W
+                         # plane of its (n, c) (what torch's max_pool2d(return_indices=True) gives)
+    input_shape: tuple   # (N, C, H, W)
+
+
+def pool_output_size(size, kernel, stride, padding, ceil_mode=False, fn="pool_output_size") -> int:
+    """Output length of one axis, as torch: (size + 2p - kernel) / stride + 1 rounded down, or up with
+    ``ceil_mode`` except that a last window starting in the right padding is dropped."""
+    size, kernel, stride = _int(fn, "size", size, 1), _int(fn, "kernel", kernel, 1), _int(fn, "stride", stride, 1)
+    padding, ceil_mode = _int(fn, "padding", padding, 0), _bool(fn, "ceil_mode", ceil_mode)
+    if padding > kernel // 2:
+        raise ValueError(f"{fn}: padding must be at most kernel // 2 = {kernel // 2} (as torch), got {padding}")
+    span = size + 2 * padding - kernel
+    if span < 0:
+        raise ValueError(f"{fn}: kernel {kernel} is larger than the padded input {size} + 2*{padding}")
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # that window would start in the right padding and see no input
+    return out
+
+
+def max_pool2d(x, kernel=3, stride=2, padding=1, ceil_mode=False):
+    """Max over kernel x kernel windows, padded with -inf. x (N, C, H, W) -> (y (N, C, Ho, Wo), MaxPoolCache).
+
+    The max is taken over the real pixels of a window; ties go to the first in scan order (row by row),
+    and a NaN wins (the last NaN of the window), as in torch.
+    """
+    fn = "max_pool2d"
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    Ho = pool_output_size(H, kernel, stride, padding, ceil_mode, fn)
+    Wo = pool_output_size(W, kernel, stride, padding, ceil_mode, fn)
+    k, s, p = kernel, stride, padding
+    # pad with -inf on top/left, and on bottom/right as far as the last window reaches (a ceil_mode
+    # window may hang over the padding); ``real`` marks the input pixels of the padded plane
+    Hp, Wp = max((Ho - 1) * s + k, H + p), max((Wo - 1) * s + k, W + p)
+    xpad = np.full((N, C, Hp, Wp), -np.inf, dtype=x.dtype)
+    xpad[:, :, p:p + H, p:p + W] = x
+    real = np.zeros((Hp, Wp), dtype=bool)
+    real[p:p + H, p:p + W] = True
+
+    def windows(a):  # (..., Hp, Wp) -> (..., Ho, Wo, k*k), each window flattened in scan order
+        v = np.lib.stride_tricks.sliding_window_view(a, (k, k), axis=(-2, -1))[..., ::s, ::s, :, :][..., :Ho, :Wo, :, :]
+        return v.reshape(v.shape[:-2] + (k * k,))
+
+    win, real = windows(xpad), windows(real)
+    y = win.max(axis=-1)
+    first = np.argmax((win == y[..., None]) & real, axis=-1)  # first real pixel equal to the max
+    nan = np.isnan(y)
+    if nan.any():  # win == NaN is never true: take the last NaN of the window instead
+        last_nan = k * k - 1 - np.argmax(np.isnan(win[..., ::-1]), axis=-1)
+        first = np.where(nan, last_nan, first)
+    rows = np.arange(Ho)[:, None] * s - p + first // k  # back to input coordinates
+    cols = np.arange(Wo)[None, :] * s - p + first % k
+    return y, MaxPoolCache((rows * W + cols).astype(np.int64), (N, C, H, W))
+
+
+def max_pool2d_backward(dy, cache):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to the pixel its max came from (summed where
+    overlapping windows picked the same pixel)."""
+    fn = "max_pool2d_backward"
+    _cache(fn, cache, MaxPoolCache, "max_pool2d")
+    _float_array(fn, "dy", dy)
+    _same_shape(fn, "dy", dy, cache.indices.shape, "the forward's output shape")
+    N, C, H, W = cache.input_shape
+    dx = np.zeros((N * C, H * W), dtype=dy.dtype)
+    planes = np.arange(N * C)[:, None]
+    np.add.at(dx, (planes, cache.indices.reshape(N * C, -1)), dy.reshape(N * C, -1))
+    return dx.reshape(N, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------
+# global average pooling (the image-level branch of ASPP)
+
+
+def global_avg_pool(x):
+    """Mean over (H, W). x (N, C, H, W) -> (N, C, 1, 1)."""
+    _float_array("global_avg_pool", "x", x, 4, "(N, C, H, W)")
+    return x.mean(axis=(2, 3), keepdims=True)
+
+
+def global_avg_pool_backward(dy, input_shape):
+    """dy (N, C, 1, 1), input_shape (N, C, H, W) -> dx (N, C, H, W) = dy / (H*W) everywhere."""
+    fn = "global_avg_pool_backward"
+    N, C, H, W = _shape_arg(fn, "input_shape", input_shape, 4)
+    _float_array(fn, "dy", dy)
+    _same_shape(fn, "dy", dy, (N, C, 1, 1), "the forward's output shape for input_shape")
+    return np.broadcast_to(dy / (H * W), (N, C, H, W)).copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# bilinear resizing
+
+
+def bilinear_matrix(in_size, out_size, align_corners) -> np.ndarray:
+    """(out_size, in_size) float64 A with resize(v) = A @ v for a 1-D signal v, as torch's bilinear.
+
+    Output pixel o samples the input at
+      align_corners=True:  src = o * (in - 1) / (out - 1)   (corner pixel centres meet; 0 if out == 1)
+      align_corners=False: src = (o + 0.5) * in / out - 0.5 (pixel areas meet), clamped at 0
+    and mixes its two neighbours floor(src) and floor(src) + 1 (clamped at in - 1) linearly.
+    """
+    fn = "bilinear_matrix"
+    in_size, out_size = _int(fn, "in_size", in_size, 1), _int(fn, "out_size", out_size, 1)
+    align_corners = _bool(fn, "align_corners", align_corners)
+    o = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        src = o * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
+    else:
+        src = np.maximum((o + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = src - i0  # weight of the right neighbour
+    A = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    A[rows, i0] += 1 - w1  # two statements: where i0 == i1 (the last input pixel) both weights add up
+    A[rows, i1] += w1
+    return A
+
+
+def resize_bilinear(x, size, align_corners):
+    """x (N, C, H, W), size (Ho, Wo) -> y (N, C, Ho, Wo) = Ah @ x @ Aw^T, as
+    ``F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`` (no antialiasing)."""
+    fn = "resize_bilinear"
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    Ho, Wo = _shape_arg(fn, "size", size, 2)
+    align_corners = _bool(fn, "align_corners", align_corners)
+    Ah = bilinear_matrix(x.shape[2], Ho, align_corners).astype(x.dtype)
+    Aw = bilinear_matrix(x.shape[3], Wo, align_corners).astype(x.dtype)
+    return Ah @ x @ Aw.T
+
+
+def resize_bilinear_backward(dy, input_shape, align_corners):
+    """dy (N, C, Ho, Wo), input_shape (N, C, H, W) -> dx (N, C, H, W) = Ah^T @ dy @ Aw."""
+    fn = "resize_bilinear_backward"
+    N, C, H, W = _shape_arg(fn, "input_shape", input_shape, 4)
+    _float_array(fn, "dy", dy, 4, "(N, C, Ho, Wo)")
+    if dy.shape[:2] != (N, C):
+        raise ValueError(f"{fn}: dy has shape {dy.shape}, expected (N, C) = {(N, C)} as in input_shape")
+    align_corners = _bool(fn, "align_corners", align_corners)
+    Ah = bilinear_matrix(H, dy.shape[2], align_corners).astype(dy.dtype)
+    Aw = bilinear_matrix(W, dy.shape[3], align_corners).astype(dy.dtype)
+    return Ah.T @ dy @ Aw
+
+
+# ---------------------------------------------------------------------------------------------
+# concatenation
+
+
+def concat(xs, axis=1):
+    """Join arrays along ``axis`` (channels by default); all other axes must agree.
+    xs: a list of (N, C_i, H, W) -> (N, sum C_i, H, W)."""
+    fn = "concat"
+    if not isinstance(xs, (list, tuple)) or len(xs) == 0:
+        raise ValueError(f"{fn}: xs must be a non-empty list of arrays, got {type(xs).__name__}"
+                         + (" of length 0" if isinstance(xs, (list, tuple)) else ""))
+    _float_array(fn, "xs[0]", xs[0])
+    nd = xs[0].ndim
+    if not _is_int(axis) or not -nd <= axis < nd:
+        raise ValueError(f"{fn}: axis must be an int in [{-nd}, {nd}) for {nd}-D arrays, got {axis!r}")
+    axis = int(axis) % nd
+    for i, a in enumerate(xs[1:], start=1):
+        _float_array(fn, f"xs[{i}]", a, like=("xs[0]", xs[0]))
+        if a.ndim != nd or any(a.shape[d] != xs[0].shape[d] for d in range(nd) if d != axis):
+            expected = ", ".join("*" if d == axis else str(n) for d, n in enumerate(xs[0].shape))
+            raise ValueError(f"{fn}: xs[{i}] has shape {a.shape}, expected ({expected}) "
+                             f"(the shape of xs[0] on every axis but axis {axis})")
+    return np.concatenate(xs, axis=axis)
+
+
+def concat_backward(dy, sizes, axis=1):
+    """Split dy back: sizes (the C_i of the inputs) -> a list of arrays, the i-th of size sizes[i] on ``axis``."""
+    fn = "concat_backward"
+    _float_array(fn, "dy", dy)
+    nd = dy.ndim
+    if not _is_int(axis) or not -nd <= axis < nd:
+        raise ValueError(f"{fn}: axis must be an int in [{-nd}, {nd}) for {nd}-D dy, got {axis!r}")
+    if (not isinstance(sizes, (list, tuple)) or len(sizes) == 0
+            or not all(_is_int(s) and s >= 1 for s in sizes)):
+        raise ValueError(f"{fn}: sizes must be a non-empty list of ints >= 1, got {sizes!r}")
+    if sum(sizes) != dy.shape[axis]:
+        raise ValueError(f"{fn}: sizes {list(sizes)} add up to {sum(sizes)}, but dy has shape {dy.shape}, "
+                         f"{dy.shape[axis]} along axis {axis}")
+    return [part.copy() for part in np.split(dy, np.cumsum(sizes)[:-1], axis=axis)]
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout
+
+
+def dropout(x, p, training, rng):
+    """Inverted dropout: zero each value with probability p and scale the rest by 1 / (1 - p), so that
+    the expectation is unchanged and eval is the identity.
+
+    x any shape, rng a ``np.random.Generator`` (may be None in eval) -> (y, mask), y = x * mask, where
+    mask holds 0 or 1 / (1 - p) in x's dtype; mask is None in eval.
+    """
+    fn = "dropout"
+    _float_array(fn, "x", x)
+    p = _real(fn, "p", p, 0, 1, hi_open=True)
+    if not _bool(fn, "training", training):
+        return x.copy(), None
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)) "
+                         f"when training, got {type(rng).__name__}")
+    keep = rng.random(x.shape) >= p  # True with probability 1 - p
+    mask = keep.astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dy, mask):
+    """dy and the forward's mask (same shape, or None for eval) -> dx = dy * mask."""
+    fn = "dropout_backward"
+    _float_array(fn, "dy", dy)
+    if mask is None:
+        return dy.copy()
+    _float_array(fn, "mask", mask, like=("dy", dy))
+    _same_shape(fn, "mask", mask, dy.shape, "the shape of dy")
+    return dy * mask
+
+
+# ---------------------------------------------------------------------------------------------
+# depthwise separable convolution
+
+
+def _check_separable(fn, x, depthwise_weight, pointwise_weight, rate, padding, stride, dout=None):
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    _float_array(fn, "depthwise_weight", depthwise_weight, 4, "(C, 1, kh, kw)", like=("x", x))
+    _float_array(fn, "pointwise_weight", pointwise_weight, 4, "(Cout, C, 1, 1)", like=("x", x))
+    N, C = x.shape[:2]
+    dw, pw = depthwise_weight.shape, pointwise_weight.shape
+    if dw[:2] != (C, 1):
+        raise ValueError(f"{fn}: depthwise_weight has shape {dw}, expected ({C}, 1, kh, kw) "
+                         f"(one kernel per channel of x)")
+    if pw[1:] != (C, 1, 1):
+        raise ValueError(f"{fn}: pointwise_weight has shape {pw}, expected (Cout, {C}, 1, 1)")
+    # rate, stride, padding and the output size: the depthwise conv's checks
+    g = check_conv2d(fn, x, depthwise_weight, None, rate, stride, padding, groups=C)
+    if dout is not None:
+        _float_array(fn, "dout", dout, like=("x", x))
+        _same_shape(fn, "dout", dout, (N, pw[0], g.Ho, g.Wo), "the forward's output shape")
+
+
+def separable_conv2d(x, depthwise_weight, pointwise_weight, rate=1, stride=1, padding="same"):
+    """Depthwise atrous conv (each channel its own kh x kw kernel) then a pointwise 1x1 conv mixing channels.
+
+    x (N, C, H, W), depthwise_weight (C, 1, kh, kw), pointwise_weight (Cout, C, 1, 1) -> (N, Cout, Ho, Wo).
+    rate, padding, stride apply to the depthwise conv, as in ``atrous_conv2d``. No bias.
+    """
+    fn = "separable_conv2d"
+    _check_separable(fn, x, depthwise_weight, pointwise_weight, rate, padding, stride)
+    h = atrous_conv2d(x, depthwise_weight, None, rate, stride, padding, groups=x.shape[1])
+    return atrous_conv2d(h, pointwise_weight, None, 1, 1, 0)
+
+
+def separable_conv2d_backward(dout, x, depthwise_weight, pointwise_weight, rate=1, stride=1, padding="same"):
+    """dout (N, Cout, Ho, Wo) -> (dx, d_depthwise, d_pointwise) shaped like x and the two weights.
+    Recomputes the depthwise output, then backpropagates through the 1x1 conv and the depthwise one."""
+    fn = "separable_conv2d_backward"
+    _check_separable(fn, x, depthwise_weight, pointwise_weight, rate, padding, stride, dout)
+    C = x.shape[1]
+    h = atrous_conv2d(x, depthwise_weight, None, rate, stride, padding, groups=C)
+    dh, d_pointwise, _ = atrous_conv2d_backward(dout, h, pointwise_weight, 1, 1, 0)
+    dx, d_depthwise, _ = atrous_conv2d_backward(dh, x, depthwise_weight, rate, stride, padding, groups=C)
+    return dx, d_depthwise, d_pointwise
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+
+
+def softmax_cross_entropy(logits, target, ignore_index=255):
+    """Mean over the pixels whose label is not ``ignore_index`` of -log softmax(logits)[label], as
+    ``F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="mean")``.
+
+    logits (N, C, H, W) float, target (N, H, W) integer labels in [0, C) or ignore_index
+    -> (loss, dlogits): loss a scalar of logits' dtype, dlogits (N, C, H, W) its gradient,
+    (softmax - onehot(target)) / #counted on counted pixels, 0 on ignored ones.
+    Every pixel ignored: loss is NaN (0 / 0) and dlogits all 0, as torch.
+    log softmax = logits - max - log(sum(exp(logits - max))): no overflow.
+    """
+    fn = "softmax_cross_entropy"
+    _float_array(fn, "logits", logits, 4, "(N, C, H, W)")
+    N, C, H, W = logits.shape
+    if not isinstance(target, np.ndarray):
+        raise ValueError(f"{fn}: target must be a numpy array, got {type(target).__name__}")
+    if not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"{fn}: target has dtype {target.dtype}, expected an integer dtype (class labels)")
+    _same_shape(fn, "target", target, (N, H, W), "(N, H, W) of logits")
+    if not _is_int(ignore_index):
+        raise ValueError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    t = target.astype(np.int64)
+    counted = t != ignore_index
+    bad = counted & ((t < 0) | (t >= C))
+    if bad.any():
+        n, y, x = np.argwhere(bad)[0]
+        raise ValueError(f"{fn}: target has label {t[n, y, x]} at (n, y, x) = {(int(n), int(y), int(x))}, "
+                         f"expected a label in [0, {C}) or ignore_index={ignore_index}")
+
+    count = int(counted.sum())
+    if count == 0:
+        return logits.dtype.type(np.nan), np.zeros_like(logits)
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    sum_e = e.sum(axis=1, keepdims=True)
+    t = np.where(counted, t, 0)[:, None]  # any class for ignored pixels: they are masked out below
+    nll = np.log(sum_e) - np.take_along_axis(shifted, t, axis=1)  # (N, 1, H, W): -log p[label]
+    dlogits = e / sum_e
+    np.put_along_axis(dlogits, t, np.take_along_axis(dlogits, t, axis=1) - 1, axis=1)  # softmax - onehot
+    loss = nll[:, 0][counted].sum() / count
+    dlogits *= counted[:, None] / logits.dtype.type(count)
+    return logits.dtype.type(loss), dlogits
