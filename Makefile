@@ -39,6 +39,7 @@ course: setup
 
 bench: setup
 	$(BIN)/minideeplab bench atrous
+	$(BIN)/minideeplab bench crf
 
 # Re-resolve requirements.in into requirements.lock in a scratch venv.
 lock:
