@@ -1,16 +1,17 @@
 """The course the way a student meets it: JupyterLab in a real (headless) Chromium.
 
 Starts JupyterLab as ``make lab`` does (loopback only, no port retries, ``--allow-root`` as root) on
-a temporary copy of ``course/``, a free port and a fresh token, opens notebook 01 in Debian's
+a temporary copy of ``course/``, a free port and a fresh token, opens a notebook in Debian's
 Chromium driven by Playwright, runs every cell in turn and checks that
 
 1. no cell shows an error except the expected "Exercise N.K not done" ones (ExerciseNotDone raised
    by an exercise or check cell the student has not done yet);
-2. the dilation visualiser renders as a widget (sliders in the page), not as its text repr;
-3. pressing ArrowRight on the focused "rate" slider changes the readout and the drawn figure.
+2. the notebook's explorer renders as a widget (sliders in the page), not as its text repr;
+3. pressing ArrowRight on one focused slider changes its readout and the drawn figure.
 
-Screenshots for a person go to ``results/browser/``. Run alone with
-``.venv/bin/python -m pytest tests/test_browser.py`` or ``make test PYTEST_ARGS="-m browser"``.
+Once per notebook in ``CASES``: 01 (the dilation visualiser, its "rate" slider) and 08 (the dense CRF
+explorer, its "theta_beta" slider). Screenshots for a person go to ``results/browser/<NN>_*.png``.
+Run alone with ``.venv/bin/python -m pytest tests/test_browser.py`` or ``make test PYTEST_ARGS="-m browser"``.
 Skipped when Chromium or Playwright is missing, except under CI (env CI set), where that fails.
 """
 
@@ -33,7 +34,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-NOTEBOOK = "01_receptive_fields.ipynb"
+
+# notebook -> what a student should see: the check cells stopped by "not done", the explorer widget's cell
+# id, its slider labels in order and the slider that ArrowRight moves.
+CASES = {
+    "01_receptive_fields.ipynb": dict(not_done=["check-1-1", "check-1-2", "check-1-3"], widget="explorer-widget",
+                                      labels=["kernel", "rate", "layers"], slider="rate"),
+    "08_dense_crf.ipynb": dict(not_done=["check-8-1", "check-8-2", "check-8-3"], widget="explorer-widget",
+                               labels=["theta_alpha", "theta_beta", "w1", "w2"], slider="theta_beta"),
+}
 RESULTS = ROOT / "results" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -137,8 +146,13 @@ def lab(tmp_path):
         log.close()
 
 
+@pytest.fixture(params=sorted(CASES))
+def notebook(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def page(lab):
+def page(lab, notebook):
     from playwright.sync_api import sync_playwright
 
     base, token = lab
@@ -148,7 +162,7 @@ def page(lab):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.set_default_timeout(30_000)
-            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded")
+            page.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="domcontentloaded")
             yield page
         finally:
             browser.close()
@@ -241,48 +255,50 @@ def _run_cells(page) -> int:
     return stops
 
 
-def test_student_runs_notebook_01_in_jupyterlab(page):
+def test_student_runs_notebook_in_jupyterlab(page, notebook):
+    case, prefix = CASES[notebook], notebook[:2]
     t0 = time.monotonic()
     page.wait_for_function(_js(_KERNEL_READY), timeout=60_000, polling=200)
     stops = _run_cells(page)
     cells = _cells(page)
-    page.screenshot(path=RESULTS / "01_page.png", full_page=True)
+    page.screenshot(path=RESULTS / f"{prefix}_page.png", full_page=True)
     ids = [c["id"] for c in cells]
-    if "check-1-1" in ids:  # what a student sees at an unfinished exercise
-        _show(page, ids.index("check-1-1"))
-        page.screenshot(path=RESULTS / "01_not_done.png")
+    if case["not_done"][0] in ids:  # what a student sees at an unfinished exercise
+        _show(page, ids.index(case["not_done"][0]))
+        page.screenshot(path=RESULTS / f"{prefix}_not_done.png")
 
-    # (1) errors: only the three unfinished exercises, each shown as "not done".
+    # (1) errors: only the unfinished exercises, each shown as "not done".
     assert not _unexpected_errors(cells), "\n".join(_unexpected_errors(cells))
     not_done = sorted(c["id"] for c in cells if c["errors"])
-    assert not_done == ["check-1-1", "check-1-2", "check-1-3"], not_done
+    assert not_done == case["not_done"], not_done
     assert all(c["count"] is not None for c in cells if c["type"] == "code"), "a code cell never ran"
 
-    # (2) the visualiser is a live widget, not its text repr.
-    widget_cell = next(c for c in cells if c["id"] == "explorer-widget")
-    assert "VBox(children=" not in widget_cell["text"], "the widget shows as text: is the widget manager missing?"
-    cell_index = ids.index("explorer-widget")
+    # (2) the explorer is a live widget, not its text repr.
+    widget_cell = next(c for c in cells if c["id"] == case["widget"])
+    assert "VBox(children=" not in widget_cell["text"], \
+        "the widget shows as text: is the widget manager missing?"
+    cell_index = ids.index(case["widget"])
     out = page.locator(".jp-Notebook .jp-Cell").nth(cell_index).locator(".jp-OutputArea-output")
     sliders = out.locator(".widget-slider")
     sliders.first.wait_for(state="visible", timeout=20_000)
     labels = [t.strip() for t in sliders.locator(".widget-label").all_text_contents()]
-    assert labels == ["kernel", "rate", "layers"], labels
-    assert out.locator(".noUi-handle").count() == 3
+    assert labels == case["labels"], labels
+    assert out.locator(".noUi-handle").count() == len(case["labels"])
     image = out.locator("img").first
     _show(page, cell_index)
     image.wait_for(state="visible")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
 
-    # (3) moving the rate slider redraws the figure.
+    # (3) moving a slider redraws the figure.
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    rate = sliders.nth(1)
-    readout = rate.locator(".widget-readout")
+    slider = sliders.nth(case["labels"].index(case["slider"]))
+    readout = slider.locator(".widget-readout")
     before_value, before_src = readout.text_content().strip(), image.get_attribute("src")
     expect_value = str(int(before_value) + 1)
-    out.screenshot(path=RESULTS / "01_widget_before.png")
+    out.screenshot(path=RESULTS / f"{prefix}_widget_before.png")
     before_png = image.screenshot()
-    rate.locator(".noUi-handle").focus()
+    slider.locator(".noUi-handle").focus()
     page.keyboard.press("ArrowRight")
     try:
         page.wait_for_function("([el, v]) => el.textContent.trim() === v",
@@ -294,13 +310,15 @@ def test_student_runs_notebook_01_in_jupyterlab(page):
                                polling=200)
     except PlaywrightTimeout:
         pass  # the assertions below say what did not happen
-    out.screenshot(path=RESULTS / "01_widget_after.png")
+    out.screenshot(path=RESULTS / f"{prefix}_widget_after.png")
     after_png = image.screenshot()
-    page.screenshot(path=RESULTS / "01_page_after.png", full_page=True)
+    page.screenshot(path=RESULTS / f"{prefix}_page_after.png", full_page=True)
+    name = case["slider"]
     assert readout.text_content().strip() == expect_value, \
-        f"rate readout {readout.text_content().strip()!r} after ArrowRight, expected {expect_value!r}"
-    assert image.get_attribute("src") != before_src, "the widget image was not replaced after the rate moved"
+        f"{name} readout {readout.text_content().strip()!r} after ArrowRight, expected {expect_value!r}"
+    assert image.get_attribute("src") != before_src, f"the widget image was not replaced after {name} moved"
     assert hashlib.sha256(before_png).digest() != hashlib.sha256(after_png).digest(), \
-        "the figure did not change when the rate slider moved"
+        f"the figure did not change when the {name} slider moved"
     assert not _unexpected_errors(_cells(page)), "moving the slider raised in the kernel"
-    print(f"browser test: {time.monotonic() - t0:.1f} s in the page, {stops} cell(s) stopped at not-done exercises")
+    print(f"browser test {notebook}: {time.monotonic() - t0:.1f} s in the page, {stops} cell(s) stopped "
+          "at not-done exercises")

@@ -6,6 +6,7 @@ import pytest
 
 from minideeplab.grading import ExerciseNotDone, ExerciseWrong, checks
 from minideeplab.scratch import atrous_conv2d_backward_naive, atrous_conv2d_naive, conv_output_size
+from minideeplab.scratch import crf
 from minideeplab.scratch import receptive as rfm
 
 
@@ -110,6 +111,62 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
     return dx, dw, db
 
 
+def kernel_student(image, xy_std, rgb_std, mistake=None):
+    """The appearance kernel as a student writes it (x and y in either order), one optional mistake."""
+    H, W = image.shape[:2]
+    rows, cols = np.divmod(np.arange(H * W), W)
+    pos = np.stack([rows, cols] if mistake == "yx" else [cols, rows], axis=1).astype(np.float64)
+    rgb = image.reshape(-1, 3)
+    if mistake != "uint8":
+        rgb = rgb.astype(np.float64)
+    d_pos = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    d_rgb = ((rgb[:, None] - rgb[None]) ** 2).sum(-1)
+    two = 1.0 if mistake == "half" else 2.0
+    vx, vc = (xy_std, rgb_std) if mistake == "std" else (xy_std ** 2, rgb_std ** 2)
+    k = np.exp(-d_pos / (two * vx) - d_rgb / (two * vc))
+    if mistake == "diag":
+        np.fill_diagonal(k, 0.0)
+    return k
+
+
+def update_student(q, unary, kernels, weights, mistake=None):
+    """A Potts mean-field update as a student writes it, one optional mistake."""
+    message = np.zeros_like(q)
+    for w, k in zip(weights, kernels):
+        message += w * (q @ (k if mistake == "transpose" else k.T))
+    if mistake == "in_place":
+        unary *= -1
+        energy = unary + message
+    else:
+        energy = {"unary_sign": unary + message, "subtract": -unary - message}.get(mistake, -unary + message)
+    axis = 1 if mistake == "pixels" else 0
+    e = np.exp(energy - energy.max(axis=axis, keepdims=True))
+    return e if mistake == "no_norm" else e / e.sum(axis=axis, keepdims=True)
+
+
+def blur_student(lattice, values, mistake=None):
+    """The lattice blur as a student writes it, one optional mistake."""
+    nb = lattice.neighbours
+    passes = {"first_only": 1, "d_dirs": lattice.dim}.get(mistake, nb.shape[0])
+    v = values if mistake == "augmented" else values.copy()
+    for j in range(passes):
+        left, right = nb[j, :, 0], nb[j, :, 1]
+        if mistake == "inplace":
+            for m in range(1, v.shape[0]):
+                v[m] += 0.5 * (v[left[m]] + v[right[m]])
+        elif mistake == "augmented":  # right values, but the caller's array is changed
+            v += 0.5 * (v[left] + v[right])
+        elif mistake == "no_half":
+            v = v + v[left] + v[right]
+        elif mistake == "float64":
+            new = np.zeros(v.shape)
+            new[:] = v + 0.5 * (v[left] + v[right])
+            v = new
+        else:
+            v = v + 0.5 * (v[left] + v[right])
+    return v
+
+
 # ------------------------------------------------------------------ the table of cases
 
 CORRECT = {
@@ -119,8 +176,13 @@ CORRECT = {
     "exercise_2_1": conv_output_size,
     "exercise_2_2": atrous_conv2d_naive,
     "exercise_2_3": atrous_conv2d_backward_naive,
+    "exercise_8_1": lambda image, xy_std, rgb_std: crf.gaussian_kernel(crf.pixel_features(image, xy_std, rgb_std)),
+    "exercise_8_2": crf.mean_field_update,
+    "exercise_8_3": crf.lattice_blur,
 }
-STUDENT_STYLE = {"exercise_2_2": conv_student, "exercise_2_3": backward_student}
+STUDENT_STYLE = {"exercise_2_2": conv_student, "exercise_2_3": backward_student,
+                 "exercise_8_1": lambda *a: kernel_student(*a, mistake="yx"),  # x/y swapped: same distances
+                 "exercise_8_2": update_student, "exercise_8_3": blur_student}
 
 WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_1_1", lambda k, r: k * r, "kernel*rate"),
@@ -150,6 +212,23 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="crop_ph"), "values differ"),
     ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="one_pad"), "shape"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
+    ("exercise_8_1", lambda *a: kernel_student(*a, mistake="uint8"), "wraps around to 246"),
+    ("exercise_8_1", lambda *a: kernel_student(*a, mistake="half"), "factor 1/2 is missing"),
+    ("exercise_8_1", lambda *a: kernel_student(*a, mistake="std"), "2 * std**2"),
+    ("exercise_8_1", lambda *a: kernel_student(*a, mistake="diag"), "includes the pixel"),
+    ("exercise_8_1", lambda *a: kernel_student(*a).astype(np.float32)[:, :-1], "shape"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="unary_sign"), "wrong sign"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="subtract"), "message is subtracted"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="pixels"), "over the pixels"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="no_norm"), "not normalised"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="transpose"), "q @ K.T"),
+    ("exercise_8_2", lambda *a: update_student(*a, mistake="in_place"), "changed its argument `unary`"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="inplace"), "blur was done in place"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="no_half"), "[1/2, 1, 1/2]"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="first_only"), "only the first direction"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="d_dirs"), "d+1 directions"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="augmented"), "changed the array it was given"),
+    ("exercise_8_3", lambda *a: blur_student(*a, mistake="float64"), "dtype float64, expected float32"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Figures build, and the dilation widget really redraws when a slider moves."""
+"""Figures build, and the widgets (dilation, dense CRF) really redraw when a slider moves."""
 
 import io
 
@@ -65,5 +65,89 @@ def test_widget_has_named_sliders_and_redraws_on_rate_change():
     np.testing.assert_array_equal(_pixels(box.image.value), before)  # same settings, same picture
     sliders["layers"].value = 3
     sliders["kernel"].value = 5
+    assert not np.array_equal(_pixels(box.image.value), before)
+    assert len(plt.get_fignums()) == n_open, "the widget must not leave pyplot figures open"
+
+
+# ------------------------------------------------------------------ notebook 08: the dense CRF
+
+@pytest.fixture(scope="module")
+def crf_scene():
+    from minideeplab.data.photos import coarse_probs, photograph, region_labels
+
+    image = photograph("coffee", size=(48, 64))
+    labels = region_labels(image, 6)
+    return image, labels, coarse_probs(labels, 6)
+
+
+def test_crf_figures_build(crf_scene):
+    from minideeplab.scratch.crf import dense_crf
+    from minideeplab.viz.crf import plot_crf, plot_crf_settings, plot_kernel_rows, plot_lattice_steps, plot_trimap
+
+    image, labels, probs = crf_scene
+    q = dense_crf(probs, image)
+    for args, n_axes in (((image, probs), 2), ((image, probs, None, labels), 3), ((image, probs, q), 3),
+                         ((image, probs, q, labels), 5)):
+        fig = plot_crf(*args)
+        fig.canvas.draw()
+        assert len(fig.axes) == n_axes
+    plot_kernel_rows(image, (20, 30)).canvas.draw()
+    plot_lattice_steps(shape=(10, 12), xy_std=2.0, pixels=((3, 3), (6, 8))).canvas.draw()
+    widths = np.arange(1, 5)
+    plot_trimap(image, labels, widths, {"a": np.linspace(0.7, 0.9, 4), "b": np.linspace(0.8, 0.95, 4)}).canvas.draw()
+    fig = plot_crf_settings(image, probs, {"defaults": {}, "w1 0": dict(bi_w=0)}, labels)
+    fig.canvas.draw()
+    assert len(fig.axes) == 2
+
+
+def test_lattice_points_are_the_simplex_corners():
+    from minideeplab.scratch import crf
+    from minideeplab.viz.crf import lattice_points_2d
+
+    features = crf.pixel_features(np.zeros((9, 11, 3), np.uint8), 2.0)
+    lattice = crf.build_lattice(features)
+    points = lattice_points_2d(lattice, features)
+    # every pixel is the barycentric combination of its simplex's corners (splat weights are float32)
+    rebuilt = np.einsum("nr,nrk->nk", lattice.weights, points[lattice.offsets])
+    np.testing.assert_allclose(rebuilt, features, atol=1e-5)
+    # neighbours along a lattice direction are one lattice step apart, the same step everywhere
+    right = lattice.neighbours[0, :, 1]
+    has = np.flatnonzero(right[1:]) + 1
+    steps = np.linalg.norm(points[right[has]] - points[has], axis=1)
+    assert has.size and np.ptp(steps) < 1e-6 * steps.max()
+    with pytest.raises(ValueError, match="only 2-D"):
+        lattice_points_2d(crf.build_lattice(crf.pixel_features(np.zeros((4, 4, 3), np.uint8), 2.0, 5.0)),
+                          np.zeros((16, 5)))
+
+
+def _int_sliders(widget):
+    found, todo = {}, [widget]
+    while todo:
+        w = todo.pop()
+        todo.extend(getattr(w, "children", ()))
+        if type(w).__name__ == "IntSlider":
+            found[w.description] = w
+    return found
+
+
+def test_crf_explorer_has_named_sliders_and_reruns_the_crf(crf_scene):
+    from minideeplab.viz.crf import crf_explorer
+
+    image, labels, probs = crf_scene
+    n_open = len(plt.get_fignums())
+    box = crf_explorer(image, probs, labels)
+    sliders = _int_sliders(box)
+    assert list(box.sliders) == ["theta_alpha", "theta_beta", "w1", "w2"]
+    assert set(sliders) == set(box.sliders) and all(not s.continuous_update for s in sliders.values())
+    assert [sliders[n].value for n in box.sliders] == [67, 3, 4, 3]  # DeepLab v2's parameters
+    before = _pixels(box.image.value)
+    sliders["w1"].value = 0                          # smoothness only: the labels change
+    after = _pixels(box.image.value)
+    assert before.shape == after.shape and before.ndim == 3
+    assert np.abs(before - after).sum() > 100, "moving w1 did not change the picture"
+    sliders["w1"].value = 4
+    np.testing.assert_array_equal(_pixels(box.image.value), before)  # same settings, same picture
+    for name in ("theta_alpha", "theta_beta", "w2"):
+        sliders[name].value = sliders[name].max
     assert not np.array_equal(_pixels(box.image.value), before)
     assert len(plt.get_fignums()) == n_open, "the widget must not leave pyplot figures open"
