@@ -203,8 +203,9 @@ def test_no_iterations_or_no_weights_return_the_input():
             np.testing.assert_allclose(dense_crf(probs, image, method=method, **kw), floored, atol=1e-6)
 
 
-def test_lattice_is_deterministic_whatever_the_thread_count():
+def test_lattice_is_deterministic_whatever_the_thread_count(monkeypatch):
     image, _, probs = _scene("astronaut", (60, 80), n_labels=5)
+    monkeypatch.setattr(crf, "PARALLEL_MIN_PIXELS", 0)  # parallel even on this small image
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -214,6 +215,13 @@ def test_lattice_is_deterministic_whatever_the_thread_count():
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(one, many)
+
+
+def test_small_images_leave_the_thread_count_as_it_was():
+    image, _, probs = _scene("coffee", (16, 20), n_labels=3)
+    threads = numba.get_num_threads()
+    dense_crf(probs, image)
+    assert numba.get_num_threads() == threads
 
 
 def test_float64_probs_and_output_dtype():

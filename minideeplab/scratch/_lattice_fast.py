@@ -101,10 +101,16 @@ def _simplex_vertices(features):
 
 @numba.njit(cache=True)
 def _hash(key, mask):
+    """Slot of a lattice point. Neighbouring points have keys that differ by a fixed step, so a linear
+    hash would put them at evenly spaced slots and make linear probing crawl; the final xor-shift-multiply
+    scatters them. Everything stays below 2^62, so the JIT and plain Python give the same slots."""
     h = 0
     for k in range(key.shape[0]):
-        h = ((h + key[k]) * 2531011) & mask
-    return h
+        h = ((h + key[k]) * 2531011) & 0x7FFFFFFF
+    h ^= h >> 15
+    h = (h * 0x2C1B3C6D) & 0x7FFFFFFF
+    h ^= h >> 13
+    return h & mask
 
 
 @numba.njit(cache=True)
@@ -126,12 +132,24 @@ def _find(table, table_keys, key, mask):
 
 
 @numba.njit(cache=True)
+def _table_for(point_keys, M, cap):
+    """An open-addressing table of `cap` slots (a power of two) holding points 1..M."""
+    mask = cap - 1
+    table = np.zeros(cap, np.int32)
+    for m in range(1, M + 1):
+        table[_find(table, point_keys, point_keys[m], mask)] = m
+    return table
+
+
+@numba.njit(cache=True)
 def _number_points(keys):
     """Give every distinct lattice point a number 1..M (0 means "none").
-    -> offsets (N, d+1) int32, point_keys (M+1, d) int32, table, mask."""
+    -> offsets (N, d+1) int32, point_keys (M+1, d) int32, table, mask.
+    The table is kept at most half full and no larger: a small table stays in cache, and lookups
+    into it are most of the build's time."""
     N, V, d = keys.shape
-    cap = 1
-    while cap < 2 * N * V:
+    cap = 1024
+    while cap < 2 * N:
         cap *= 2
     mask = cap - 1
     table = np.zeros(cap, np.int32)
@@ -142,11 +160,17 @@ def _number_points(keys):
         for r in range(V):
             key = keys[n, r]
             h = _find(table, point_keys, key, mask)
-            if table[h] == 0:
+            idx = table[h]
+            if idx == 0:
                 M += 1
+                idx = M
                 table[h] = M
                 point_keys[M] = key
-            offsets[n, r] = table[h]
+                if 2 * M > cap:  # grow and re-insert
+                    cap *= 2
+                    mask = cap - 1
+                    table = _table_for(point_keys, M, cap)
+            offsets[n, r] = idx
     return offsets, point_keys[:M + 1].copy(), table, mask
 
 
@@ -236,21 +260,21 @@ def _slice_add(lattice_values, offsets, sw, out):
                 out[n, c] += w * lattice_values[o, c]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, fastmath=True)
 def _softmax_update(unary, message, q):
-    """q[n] = softmax(-unary[n] + message[n]) over labels, for every pixel."""
+    """q[n] = softmax(-unary[n] + message[n]) over labels, for every pixel (float32 throughout)."""
     C = q.shape[1]
     for n in prange(q.shape[0]):
-        top = -np.inf
+        top = np.float32(-np.inf)
         for c in range(C):
             e = message[n, c] - unary[n, c]
             message[n, c] = e
             top = max(top, e)
-        s = 0.0
+        s = np.float32(0.0)
         for c in range(C):
             v = np.exp(message[n, c] - top)
             q[n, c] = v
             s += v
-        inv = 1.0 / s
+        inv = np.float32(1.0) / s
         for c in range(C):
             q[n, c] *= inv

@@ -42,8 +42,10 @@ that pydensecrf's ``compat=`` matrix is a reward, the negative of this one.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from minideeplab.scratch import _lattice_fast as fast
@@ -58,6 +60,7 @@ PARAMETER_SETS = {
     "deeplab-v2-vgg": dict(pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=49.0, bi_rgb_std=5.0),
     "pydensecrf-readme": dict(pos_w=3.0, pos_xy_std=3.0, bi_w=10.0, bi_xy_std=80.0, bi_rgb_std=13.0),
 }
+PARALLEL_MIN_PIXELS = 40_000  # below this the lattice runs on one thread (see _threads_for)
 _EXACT_CHUNK = 2048  # rows of the kernel matrix held at once by the exact method
 _EXACT_CACHE_PIXELS = 4096  # up to here the exact method keeps the N x N matrix (128 MiB in float64)
 
@@ -199,8 +202,25 @@ def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_
     if method == "exact":
         q = _exact_mean_field(unary, kernels, n_iters, mu, normalization)
     else:
-        q = _lattice_mean_field(unary.astype(np.float32), kernels, n_iters, mu, normalization)
+        with _threads_for(N):
+            q = _lattice_mean_field(unary.astype(np.float32), kernels, n_iters, mu, normalization)
     return np.ascontiguousarray(q.T.reshape(C, H, W), dtype=np.float32)
+
+
+@contextmanager
+def _threads_for(n_pixels):
+    """One numba thread for small images. An iteration is some 20 short parallel loops; on a small image
+    each lasts microseconds, and when the other core is busy (a browser, a second kernel) every loop
+    waits for a thread the OS has not scheduled: measured 1.6 s instead of 0.01 s on 48x64."""
+    if n_pixels >= PARALLEL_MIN_PIXELS:
+        yield
+        return
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 def _softmax_rows(e):
@@ -268,26 +288,28 @@ def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
         # fold the per-pixel scales into the splat and slice weights
         cw = (cw * before[pixels]).astype(np.float32)
         sw = (lat.weights * after[:, None]).astype(np.float32)
-        prepared.append((start, pixels, cw, lat, sw))
+        buffers = np.empty((2, lat.n_points + 1, C), np.float32)  # splat/blur ping-pong, reused every iteration
+        prepared.append((start, pixels, cw, lat, sw, buffers))
     q = np.empty((N, C), np.float32)
     fast._softmax_update(unary, np.zeros((N, C), np.float32), q)
     message = np.empty((N, C), np.float32)
     for _ in range(n_iters):
         message[:] = 0.0
-        for start, pixels, cw, lat, sw in prepared:
-            _fast_filter(q, start, pixels, cw, lat, sw, out=message)
+        for start, pixels, cw, lat, sw, buffers in prepared:
+            _fast_filter(q, start, pixels, cw, lat, sw, out=message, buffers=buffers)
         if mu is not None:
             message = np.ascontiguousarray(-(message @ mu.T.astype(np.float32)))
         fast._softmax_update(unary, message, q)
     return q
 
 
-def _fast_filter(values, start, pixels, cw, lat, sw, out=None):
+def _fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None):
     """slice(blur(splat(values))) with the given splat (cw) and slice (sw) weights, added to `out`."""
     M1, C = lat.n_points + 1, values.shape[1]
-    a = np.empty((M1, C), np.float32)
-    fast._splat(values, start, pixels, cw, a)
-    blurred = fast._blur(a, np.empty_like(a), lat.neighbours)
+    if buffers is None:
+        buffers = np.empty((2, M1, C), np.float32)
+    fast._splat(values, start, pixels, cw, buffers[0])
+    blurred = fast._blur(buffers[0], buffers[1], lat.neighbours)
     if out is None:
         out = np.zeros((values.shape[0], C), np.float32)
     fast._slice_add(blurred, lat.offsets, sw, out)
