@@ -15,8 +15,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_lab(port, log):
-    return subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_PORT={port}", "LAB_ARGS=--no-browser"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """`make lab` with a terminal for stdin, as a person runs it: JupyterLab installs its own Ctrl-C
+    handler (the one `answer_yes` applies to) only when stdin is a terminal. Without one, Ctrl-C is a
+    KeyboardInterrupt, and under load the server then hung for more than 30 s (a startup probe of
+    jupyter_lsp, `npm prefix -g`, was running). The terminal stays open until `_finish`."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_PORT={port}", "LAB_ARGS=--no-browser"],
+                                cwd=ROOT, stdin=terminal, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        os.close(terminal)
+    proc.terminal = controller
+    return proc
+
+
+def _finish(proc):
+    """Kill what is left of `make lab` and close its terminal. True if something had to be killed."""
+    running = proc.poll() is None
+    if running:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    os.close(proc.terminal)
+    return running
 
 
 def _wait_for(predicate, timeout, what):
@@ -39,8 +62,7 @@ def test_make_lab_refuses_a_port_in_use(tmp_path):
             try:
                 code = proc.wait(timeout=120)
             finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                _finish(proc)
     out = (tmp_path / "lab.log").read_text()
     assert code != 0, out
     assert f"port {port} is not available" in out, out
@@ -63,9 +85,9 @@ def test_make_lab_prints_the_url_serves_the_course_and_stops_on_ctrl_c(tmp_path)
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does to the foreground group
             proc.wait(timeout=30)  # one Ctrl-C is enough: no "Shutdown this Jupyter server (y/[n])?" prompt
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            if _finish(proc):
                 raise AssertionError("make lab was still running 30 s after Ctrl-C:\n" + log_path.read_text())
+    assert "Shutting down..." in log_path.read_text(), "Ctrl-C did not go through JupyterLab's own handler"
     with socket.socket() as s:  # nothing listens any more (SO_REUSEADDR: our own request left a TIME_WAIT)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
