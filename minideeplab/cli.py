@@ -27,15 +27,10 @@ def _grade(args) -> int:
     return grade_notebooks([Path(p) for p in args.notebooks], timeout=args.timeout)
 
 
-def _bench_atrous(args) -> int:
-    from minideeplab.bench.atrous import run
+def _bench(args) -> int:
+    import importlib
 
-    return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick)
-
-
-def _bench_crf(args) -> int:
-    from minideeplab.bench.crf import run
-
+    run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
     return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick)
 
 
@@ -80,28 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time scratch code against the PyTorch reference",
                            description="Benchmarks: scratch against PyTorch in the same run, same threads.")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="SUITE", required=True)
-    atrous = bench_sub.add_parser(
-        "atrous", help="atrous convolution on DeepLab layer shapes, forward and backward",
-        description="Time minideeplab.scratch.atrous_conv2d (forward and backward) against "
-                    "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes, with the "
-                    "same thread count for numba, NumPy's BLAS and torch. Prints a table and the "
-                    "median ratio scratch/torch.")
-    atrous.add_argument("--threads", type=int, default=2, help="threads for every library (default: %(default)s)")
-    atrous.add_argument("--repeat", type=int, default=7, help="timed runs per case; the median is kept (default: %(default)s)")
-    atrous.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    atrous.add_argument("--quick", action="store_true", help="small shapes, one repeat: a smoke test of the benchmark")
-    atrous.set_defaults(func=_bench_atrous)
-    crf = bench_sub.add_parser(
-        "crf", help="dense CRF (permutohedral lattice) against pydensecrf2",
-        description="Time minideeplab.scratch.crf.dense_crf (numba permutohedral lattice) against "
-                    "pydensecrf2 on a 375x500 photograph with 21 labels and 10 iterations, for DeepLab v2's "
-                    "parameters and pydensecrf's README example, after checking that they agree. "
-                    "Prints a table and the ratio scratch/pydensecrf.")
-    crf.add_argument("--threads", type=int, default=2, help="numba threads for the scratch CRF (default: %(default)s)")
-    crf.add_argument("--repeat", type=int, default=5, help="timed runs per case; the median is kept (default: %(default)s)")
-    crf.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    crf.add_argument("--quick", action="store_true", help="a 60x80 image, one repeat: a smoke test of the benchmark")
-    crf.set_defaults(func=_bench_crf)
+    suites = {
+        "atrous": ("atrous convolution on DeepLab layer shapes, forward and backward",
+                   "Time minideeplab.scratch.atrous_conv2d (forward and backward) against "
+                   "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes, with the "
+                   "same thread count for numba, NumPy's BLAS and torch. Prints a table and the "
+                   "median ratio scratch/torch.",
+                   "threads for every library", 7, "small shapes, one repeat"),
+        "crf": ("dense CRF (permutohedral lattice) against pydensecrf2",
+                "Time minideeplab.scratch.crf.dense_crf (numba permutohedral lattice) against "
+                "pydensecrf2 on a 375x500 photograph with 21 labels and 10 iterations, for DeepLab v2's "
+                "parameters and pydensecrf's README example, after checking that they agree. "
+                "Prints a table and the ratio scratch/pydensecrf.",
+                "numba threads for the scratch CRF", 5, "a 60x80 image, one repeat"),
+    }
+    for name, (help_, description, threads_help, repeat, quick_help) in suites.items():
+        suite = bench_sub.add_parser(name, help=help_, description=description)
+        suite.add_argument("--threads", type=int, default=2, help=f"{threads_help} (default: %(default)s)")
+        suite.add_argument("--repeat", type=int, default=repeat,
+                           help="timed runs per case; the median is kept (default: %(default)s)")
+        suite.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+        suite.add_argument("--quick", action="store_true", help=f"{quick_help}: a smoke test of the benchmark")
+        suite.set_defaults(func=_bench)
     return parser
 
 

@@ -302,19 +302,11 @@ def _pydensecrf():
     return dcrf
 
 
-def pydensecrf_inference(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
-                         normalization="symmetric"):
-    """The same CRF through pydensecrf: unary -log(max(p, 1e-5)), Potts kernels, DIAG_KERNEL."""
-    dcrf = _pydensecrf()
-    C, H, W = probs.shape
-    d = dcrf.DenseCRF2D(W, H, C)
-    unary = -np.log(np.maximum(probs.reshape(C, -1), crf.PROB_FLOOR))
-    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
-    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w, kernel=dcrf.DIAG_KERNEL, normalization=norm)
-    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w,
-                           kernel=dcrf.DIAG_KERNEL, normalization=norm)
-    return np.asarray(d.inference(n_iters), dtype=np.float32).reshape(C, H, W)
+def pydensecrf_inference(probs, image, n_iters, **params):
+    _pydensecrf()
+    from minideeplab.bench.crf import pydensecrf_crf
+
+    return pydensecrf_crf(probs, image, n_iters, **params)
 
 
 @pytest.mark.parametrize("name, size", [("coffee", (375, 500)), ("astronaut", (240, 240)), ("chelsea", (200, 300))])

@@ -120,23 +120,13 @@ def test_lattice_points_are_the_simplex_corners():
                           np.zeros((16, 5)))
 
 
-def _int_sliders(widget):
-    found, todo = {}, [widget]
-    while todo:
-        w = todo.pop()
-        todo.extend(getattr(w, "children", ()))
-        if type(w).__name__ == "IntSlider":
-            found[w.description] = w
-    return found
-
-
 def test_crf_explorer_has_named_sliders_and_reruns_the_crf(crf_scene):
     from minideeplab.viz.crf import crf_explorer
 
     image, labels, probs = crf_scene
     n_open = len(plt.get_fignums())
     box = crf_explorer(image, probs, labels)
-    sliders = _int_sliders(box)
+    sliders = _sliders(box)
     assert list(box.sliders) == ["theta_alpha", "theta_beta", "w1", "w2"]
     assert set(sliders) == set(box.sliders) and all(not s.continuous_update for s in sliders.values())
     assert [sliders[n].value for n in box.sliders] == [67, 3, 4, 3]  # DeepLab v2's parameters

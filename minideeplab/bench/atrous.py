@@ -28,7 +28,8 @@ QUICK = [
 ]
 
 
-def _median_ms(fn, repeat):
+def median_seconds(fn, repeat):
+    """Median wall time of `repeat` calls of fn, after a pause and one warm-up call."""
     # After a call, OpenBLAS's and OpenMP's worker threads keep spinning for a while (OpenBLAS: up to
     # ~0.1 s) and steal the cores from whichever library runs next. Let them go idle first, then warm
     # up the library being timed, so that each side is timed alone.
@@ -39,7 +40,11 @@ def _median_ms(fn, repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+    return float(np.median(times))
+
+
+def _median_ms(fn, repeat):
+    return 1e3 * median_seconds(fn, repeat)
 
 
 def _rel(a, b):

@@ -10,36 +10,28 @@ single-threaded; the scratch lattice uses ``threads`` numba threads.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
+from minideeplab.bench.atrous import median_seconds
 from minideeplab.scratch.crf import PARAMETER_SETS, PROB_FLOOR
 
 BENCH_SETS = ("deeplab-v2-resnet", "pydensecrf-readme")
 MIN_AGREEMENT, MAX_DQ = 0.999, 1e-3  # below / above this a row is wrong, not slow or fast
 
 
-def _median_s(fn, repeat):
-    time.sleep(0.3)  # let the other side's worker threads go idle before timing this one
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std):
-    """The same CRF through pydensecrf2: unary -log(max(p, 1e-5)), Potts, symmetric normalisation."""
+def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization="symmetric"):
+    """The same CRF through pydensecrf2: unary -log(max(p, 1e-5)), Potts, diagonal kernels, the same
+    normalisation ("symmetric" is pydensecrf's default, "after" its NORMALIZE_AFTER)."""
     import pydensecrf.densecrf as dcrf
 
     C, H, W = probs.shape
+    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
     d = dcrf.DenseCRF2D(W, H, C)
     d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs.reshape(C, -1), PROB_FLOOR)), dtype=np.float32))
-    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
-    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=image, compat=bi_w)
+    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w, kernel=dcrf.DIAG_KERNEL, normalization=norm)
+    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w,
+                           kernel=dcrf.DIAG_KERNEL, normalization=norm)
     return np.asarray(d.inference(n_iters), dtype=np.float32).reshape(C, H, W)
 
 
@@ -67,8 +59,8 @@ def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
         params = PARAMETER_SETS[name]
         q_s = dense_crf(probs, image, n_iters=n_iters, **params)
         q_p = pydensecrf_crf(probs, image, n_iters, **params)
-        t_s = _median_s(lambda: dense_crf(probs, image, n_iters=n_iters, **params), repeat)
-        t_p = _median_s(lambda: pydensecrf_crf(probs, image, n_iters, **params), repeat)
+        t_s = median_seconds(lambda: dense_crf(probs, image, n_iters=n_iters, **params), repeat)
+        t_p = median_seconds(lambda: pydensecrf_crf(probs, image, n_iters, **params), repeat)
         sets[name] = dict(params=params, scratch_s=t_s, pydensecrf_s=t_p, ratio=t_s / t_p,
                           argmax_agreement=float(np.mean(q_s.argmax(0) == q_p.argmax(0))),
                           max_abs_dq=float(np.abs(q_s - q_p).max()),
