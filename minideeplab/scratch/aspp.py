@@ -1,0 +1,526 @@
+"""Atrous spatial pyramid pooling from scratch, forward and backward: DeepLab v3's ASPP and DeepLab v2's
+ASPP-L, in NumPy on top of ``atrous``, ``layers`` and ``backbone``.
+
+One feature map, looked at through several atrous rates at once: each branch sees the same pixels with
+a different field of view, and the branches are fused.
+
+* ``ASPP`` (v3, v3+): a 1x1 branch, one 3x3 branch per rate in ``atrous_rates`` and ``image_pooling``
+  (global average pool, 1x1, BN, ReLU, broadcast back to the map), each conv without bias and followed
+  by BN + ReLU; the branches are concatenated and a 1x1 ``project``ion (+ BN, ReLU, dropout) fuses them.
+  ``separable=True`` makes each 3x3 branch depthwise 3x3 + pointwise 1x1 (Xception, v3+).
+* ``ASPPL`` (v2, "ASPP-L"): one branch per rate, each fc6 (3x3 at the rate) -> ReLU -> dropout -> fc7
+  (1x1) -> ReLU -> dropout -> fc8 (1x1 to the classes), all with bias; the branches' logits are summed.
+
+Parameters live in flat dicts keyed by ``state_dict`` names below a ``prefix`` (``"classifier.0"`` in
+torchvision's DeepLab v3), as in ``backbone``, so real weights load by name:
+
+    ASPP   convs.0.0.weight                   1x1 conv            convs.0.1.*   its BN
+           convs.{i}.0.weight  (i = 1..R)     3x3 conv at rate i  convs.{i}.1.* its BN
+             separable: convs.{i}.0.0.weight  depthwise (C, 1, 3, 3)  (smp's SeparableConv2d layout,
+                        convs.{i}.0.1.weight  pointwise (256, C, 1, 1) read from its source)
+           convs.{R+1}.1.weight               image pooling 1x1   convs.{R+1}.2.* its BN  (.0 is the pool)
+           project.0.weight                   1x1 fusion          project.1.*   its BN  (.3 is the dropout)
+    ASPPL  branches.{i}.fc6.weight/.bias, branches.{i}.fc7.weight/.bias, branches.{i}.fc8.weight/.bias
+           (dropouts: branches.{i}.drop6, branches.{i}.drop7)
+
+BN ``*`` = weight, bias (params), running_mean, running_var, num_batches_tracked (buffers). This is
+torchvision's ``ASPP`` module exactly (``classifier.0`` of ``deeplabv3_resnet50``), and smp's with
+``separable=True``. ASPP-L's names are ours (the paper's layer names per branch).
+
+Dropout runs only when training (``rng``, a ``np.random.Generator``, draws the masks); the caches keep
+each mask under its module's name (``dropout_masks``), so that a PyTorch twin can replay them.
+
+Functions, CS231n style: ``aspp_forward(spec, params, buffers, x, training, rng, prefix) -> (y, cache)``,
+``aspp_backward(dy, cache) -> (dx, grads)``; the same for ``aspp_l``. ``grads`` is keyed like the params.
+The PyTorch twin is ``minideeplab.reference.aspp``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int
+from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
+from minideeplab.scratch.backbone import (ConvBNCache, conv_bn_backward, conv_bn_forward,
+                                          conv_relu_backward, conv_relu_forward)
+from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm2d, batch_norm2d_backward,
+                                        concat, concat_backward, dropout, dropout_backward, global_avg_pool,
+                                        global_avg_pool_backward, relu, relu_backward, resize_bilinear,
+                                        resize_bilinear_backward, separable_conv2d, separable_conv2d_backward)
+
+__all__ = ["ASPP", "ASPPL", "join", "parameter_shapes", "init_params", "init_aspp", "check_subset",
+           "ConvUnitCache", "conv_unit_shapes", "conv_unit_forward", "conv_unit_backward",
+           "conv1x1_forward", "conv1x1_backward", "maybe_dropout",
+           "ASPPCache", "aspp_forward", "aspp_backward", "ASPPLCache", "aspp_l_forward", "aspp_l_backward"]
+
+
+# ---------------------------------------------------------------------------------------------
+# specs
+
+
+def _spec_error(cls, msg):
+    return ValueError(f"{cls}: {msg}")
+
+
+def _check_rates(cls, rates):
+    if (not isinstance(rates, (tuple, list)) or len(rates) == 0
+            or not all(_is_int(r) and r >= 1 for r in rates)):
+        raise _spec_error(cls, f"atrous_rates must be a non-empty tuple of ints >= 1, got {rates!r}")
+    return tuple(int(r) for r in rates)
+
+
+def _check_positive(cls, name, v):
+    if not _is_int(v) or v < 1:
+        raise _spec_error(cls, f"{name} must be an int >= 1, got {v!r}")
+    return int(v)
+
+
+def _check_p(cls, name, p):
+    ok = isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, (bool, np.bool_))
+    if not ok or not 0 <= p < 1:
+        raise _spec_error(cls, f"{name} must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _check_flag(cls, name, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise _spec_error(cls, f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
+@dataclass(frozen=True)
+class ASPP:
+    """DeepLab v3's atrous spatial pyramid pooling (torchvision's ``ASPP``).
+
+    in_channels: channels of the features (2048 for ResNet-50/101).
+    out_channels: of every branch and of the projection (256).
+    atrous_rates: one 3x3 branch per rate; (6, 12, 18) at output stride 16, (12, 24, 36) at 8. Any
+      number of rates (torchvision accepts any; smp and the paper use 3).
+    image_pooling: the image-level branch (global average pool); False drops it (an ablation).
+    separable: 3x3 branches as depthwise 3x3 + pointwise 1x1, both without bias (smp, DeepLab v3+).
+    dropout: after the projection, when training: 0.5 (torchvision, smp) or 0.1 (TF DeepLab).
+    """
+
+    in_channels: int
+    out_channels: int = 256
+    atrous_rates: tuple[int, ...] = (6, 12, 18)
+    image_pooling: bool = True
+    separable: bool = False
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "in_channels", _check_positive("ASPP", "in_channels", self.in_channels))
+        set_(self, "out_channels", _check_positive("ASPP", "out_channels", self.out_channels))
+        set_(self, "atrous_rates", _check_rates("ASPP", self.atrous_rates))
+        set_(self, "image_pooling", _check_flag("ASPP", "image_pooling", self.image_pooling))
+        set_(self, "separable", _check_flag("ASPP", "separable", self.separable))
+        set_(self, "dropout", _check_p("ASPP", "dropout", self.dropout))
+
+    @property
+    def num_branches(self) -> int:
+        """1x1 + one per rate + image pooling (if any): the projection sees num_branches * out_channels."""
+        return 1 + len(self.atrous_rates) + int(self.image_pooling)
+
+    @property
+    def pooling_index(self) -> int | None:
+        """The image pooling branch is ``convs.{pooling_index}``, after the atrous ones (torchvision);
+        None without it."""
+        return 1 + len(self.atrous_rates) if self.image_pooling else None
+
+
+@dataclass(frozen=True)
+class ASPPL:
+    """DeepLab v2's ASPP-L: per rate, fc6 (3x3 at the rate, ``fc_channels``) -> ReLU -> dropout -> fc7
+    (1x1, ``fc_channels``) -> ReLU -> dropout -> fc8 (1x1 to ``num_classes``), all with bias; the
+    branches' logits are summed. Rates (6, 12, 18, 24) (ASPP-L; the paper's ASPP-S is (2, 4, 8, 12)).
+    dropout: drop6 and drop7 (0.5 in the paper), when training.
+    """
+
+    in_channels: int
+    num_classes: int
+    atrous_rates: tuple[int, ...] = (6, 12, 18, 24)
+    fc_channels: int = 1024
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for name in ("in_channels", "num_classes", "fc_channels"):
+            set_(self, name, _check_positive("ASPPL", name, getattr(self, name)))
+        set_(self, "atrous_rates", _check_rates("ASPPL", self.atrous_rates))
+        set_(self, "dropout", _check_p("ASPPL", "dropout", self.dropout))
+
+
+def _check_spec(fn, spec, cls=(ASPP, ASPPL)):
+    if not isinstance(spec, cls):
+        names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise ValueError(f"{fn}: spec must be an {names}, got {type(spec).__name__}")
+
+
+def join(prefix: str, name: str) -> str:
+    """``prefix.name``, or ``name`` for an empty prefix."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def _bn_shapes(params, buffers, name, c):
+    params[f"{name}.weight"], params[f"{name}.bias"] = (c,), (c,)
+    buffers.update({f"{name}.running_mean": (c,), f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+
+
+def conv_unit_shapes(params, buffers, prefix, cin, cout, kernel, separable=False, conv="0", bn="1"):
+    """Add the shapes of a conv-BN-ReLU unit to ``params``/``buffers``: conv ``prefix.conv`` (no bias;
+    separable: ``.0`` depthwise (cin, 1, k, k), ``.1`` pointwise (cout, cin, 1, 1)), BN ``prefix.bn``."""
+    c = join(prefix, conv)
+    if separable:
+        params[f"{c}.0.weight"] = (cin, 1, kernel, kernel)
+        params[f"{c}.1.weight"] = (cout, cin, 1, 1)
+    else:
+        params[f"{c}.weight"] = (cout, cin, kernel, kernel)
+    _bn_shapes(params, buffers, join(prefix, bn), cout)
+
+
+def parameter_shapes(spec, prefix="") -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(params, buffers) name -> shape in the twin's state_dict order, names below ``prefix``."""
+    _check_spec("parameter_shapes", spec)
+    params, buffers = {}, {}
+    if isinstance(spec, ASPPL):
+        for i in range(len(spec.atrous_rates)):
+            b = join(prefix, f"branches.{i}")
+            fc = spec.fc_channels
+            for name, shape in (("fc6", (fc, spec.in_channels, 3, 3)), ("fc7", (fc, fc, 1, 1)),
+                                ("fc8", (spec.num_classes, fc, 1, 1))):
+                params[f"{b}.{name}.weight"], params[f"{b}.{name}.bias"] = shape, shape[:1]
+        return params, buffers
+    cin, cout = spec.in_channels, spec.out_channels
+    conv_unit_shapes(params, buffers, join(prefix, "convs.0"), cin, cout, 1)
+    for i in range(1, len(spec.atrous_rates) + 1):
+        conv_unit_shapes(params, buffers, join(prefix, f"convs.{i}"), cin, cout, 3, spec.separable)
+    if spec.image_pooling:
+        conv_unit_shapes(params, buffers, join(prefix, f"convs.{spec.pooling_index}"), cin, cout, 1, conv="1", bn="2")
+    conv_unit_shapes(params, buffers, join(prefix, "project"), spec.num_branches * cout, cout, 1)
+    return params, buffers
+
+
+def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params"):
+    """Fresh arrays for the given shapes, as ``init_backbone``: conv weights Kaiming normal, fan-out mode,
+    std sqrt(2 / (Cout/groups * kh * kw)) (a depthwise kernel (C, 1, k, k) counts k * k), conv biases 0;
+    BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                         f"got {type(rng).__name__}")
+    if np.dtype(dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"{fn}: dtype must be float32 or float64, got {np.dtype(dtype)}")
+    params = {}
+    for name, shape in shapes.items():
+        if len(shape) == 4:
+            depthwise = shape[1] == 1 and shape[2] > 1
+            fan_out = (1 if depthwise else shape[0]) * shape[2] * shape[3]
+            params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
+        elif name.endswith(".weight") and name[:-len(".weight")] + ".running_mean" in buffer_shapes:
+            params[name] = np.ones(shape, dtype=dtype)
+        else:
+            params[name] = np.zeros(shape, dtype=dtype)
+    buffers = {}
+    for name, shape in buffer_shapes.items():
+        if name.endswith("num_batches_tracked"):
+            buffers[name] = np.zeros((), dtype=np.int64)
+        else:
+            buffers[name] = (np.ones if name.endswith("running_var") else np.zeros)(shape, dtype=dtype)
+    return params, buffers
+
+
+def init_aspp(spec, rng, dtype=np.float32, prefix=""):
+    """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (see ``init_params``)."""
+    _check_spec("init_aspp", spec)
+    return init_params(*parameter_shapes(spec, prefix), rng, dtype, "init_aspp")
+
+
+def _names(keys, limit=6):
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_subset(fn, what, shapes, buffer_shapes, params, buffers, dtype, prefix=""):
+    """The keys of ``shapes``/``buffer_shapes`` must be in params/buffers with those shapes and ``dtype``
+    (num_batches_tracked: an integer 0-D array); keys below ``prefix`` that are not expected are an error
+    too (all keys when the prefix is empty). Other keys (the rest of a model) are left alone."""
+    below = (lambda k: k.startswith(prefix + ".")) if prefix else (lambda k: True)
+    for kind, d, expected in (("params", params, shapes), ("buffers", buffers, buffer_shapes)):
+        if not isinstance(d, dict):
+            raise ValueError(f"{fn}: {kind} must be a dict of numpy arrays, got {type(d).__name__}")
+        missing = [k for k in expected if k not in d]
+        unexpected = [k for k in d if below(k) and k not in expected]
+        if missing or unexpected:
+            parts = ([f"missing {_names(missing)}"] if missing else []) + (
+                [f"unexpected {_names(unexpected)}"] if unexpected else [])
+            raise ValueError(f"{fn}: {kind} do not match {what}: {'; '.join(parts)}")
+        for name, shape in expected.items():
+            a = d[name]
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{fn}: {kind}[{name!r}] must be a numpy array, got {type(a).__name__}")
+            if a.shape != shape:
+                raise ValueError(f"{fn}: {kind}[{name!r}] has shape {a.shape}, expected {shape} for {what}")
+            if name.endswith("num_batches_tracked"):
+                if not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype}, expected an integer dtype")
+            elif a.dtype != dtype:
+                raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype} but x has dtype {np.dtype(dtype)}; "
+                                 f"they must share one dtype (float32 or float64)")
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks: conv-BN-ReLU units, 1x1 convs with bias, dropout
+
+
+class SeparableBNCache(NamedTuple):
+    conv: str               # the separable conv's name (its ``.0`` depthwise and ``.1`` pointwise)
+    bn: str
+    x: np.ndarray
+    depthwise: np.ndarray
+    pointwise: np.ndarray
+    rate: int
+    bn_cache: BatchNormCache
+
+
+class ConvUnitCache(NamedTuple):
+    """What ``conv_unit_backward`` needs: the conv-BN part's cache and the ReLU's output."""
+
+    inner: ConvBNCache | SeparableBNCache
+    y: np.ndarray
+
+
+def conv_unit_forward(x, params, buffers, prefix, rate, separable, training, conv="0", bn="1"):
+    """ReLU(BN(conv(x))): conv ``prefix.conv`` (kernel from its weight, "same" padding at ``rate``, no
+    bias; separable: depthwise ``.0`` at ``rate`` then pointwise ``.1``), BN ``prefix.bn``.
+    x (N, Cin, H, W) -> (y (N, Cout, H, W), ConvUnitCache). Training updates the BN's buffers in place."""
+    c, b = join(prefix, conv), join(prefix, bn)
+    if not separable:
+        h, inner = conv_bn_forward(x, params, buffers, c, b, 1, rate, training)
+    else:
+        dw, pw = params[f"{c}.0.weight"], params[f"{c}.1.weight"]
+        h = separable_conv2d(x, dw, pw, rate)
+        h, bn_cache = batch_norm2d(h, params[f"{b}.weight"], params[f"{b}.bias"],
+                                   buffers[f"{b}.running_mean"], buffers[f"{b}.running_var"], training)
+        if training:
+            buffers[f"{b}.num_batches_tracked"] += 1
+        inner = SeparableBNCache(c, b, x, dw, pw, rate, bn_cache)
+    y = relu(h)
+    return y, ConvUnitCache(inner, y)
+
+
+def conv_unit_backward(dy, cache):
+    """dy (N, Cout, H, W) -> (dx (N, Cin, H, W), grads of the unit's conv and BN)."""
+    dh = relu_backward(dy, cache.y)
+    c = cache.inner
+    if isinstance(c, ConvBNCache):
+        return conv_bn_backward(dh, c)
+    dh, dgamma, dbeta = batch_norm2d_backward(dh, c.bn_cache)
+    dx, ddw, dpw = separable_conv2d_backward(dh, c.x, c.depthwise, c.pointwise, c.rate)
+    return dx, {f"{c.conv}.0.weight": ddw, f"{c.conv}.1.weight": dpw, f"{c.bn}.weight": dgamma, f"{c.bn}.bias": dbeta}
+
+
+class Conv1x1Cache(NamedTuple):
+    name: str
+    x: np.ndarray
+    weight: np.ndarray
+
+
+def conv1x1_forward(x, params, name):
+    """A 1x1 conv with bias (a classifier): x (N, C, H, W) -> (N, Cout, H, W)."""
+    w = params[f"{name}.weight"]
+    return atrous_conv2d(x, w, params[f"{name}.bias"], 1, 1, 0), Conv1x1Cache(name, x, w)
+
+
+def conv1x1_backward(dy, cache):
+    dx, dw, db = atrous_conv2d_backward(dy, cache.x, cache.weight, 1, 1, 0)
+    return dx, {f"{cache.name}.weight": dw, f"{cache.name}.bias": db}
+
+
+def maybe_dropout(x, p, training, rng, fn):
+    """Dropout when training with p > 0 (then ``rng`` must be a Generator), else the identity with
+    mask None (torch's F.dropout with p = 0 is the identity too)."""
+    if not training or p == 0:
+        return x, None
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)) when "
+                         f"training with dropout {p}, got {type(rng).__name__}")
+    return dropout(x, p, True, rng)
+
+
+def _check_call(fn, spec, cls, params, buffers, x, training, prefix):
+    _check_spec(fn, spec, cls)
+    if not isinstance(prefix, str):
+        raise ValueError(f"{fn}: prefix must be a str, got {type(prefix).__name__}")
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    if x.shape[1] != spec.in_channels:
+        raise ValueError(f"{fn}: x has shape {x.shape}, expected {spec.in_channels} channels "
+                         f"(spec.in_channels) in (N, C, H, W)")
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"{fn}: training must be True or False, got {training!r}")
+    check_subset(fn, repr(spec) + (f" below {prefix!r}" if prefix else ""), *parameter_shapes(spec, prefix),
+                 params, buffers, x.dtype, prefix)
+
+
+def _check_dy(fn, dy, shape, dtype):
+    _float_array(fn, "dy", dy)
+    if dy.dtype != dtype:
+        raise ValueError(f"{fn}: dy has dtype {dy.dtype} but the forward's x had {dtype}")
+    if dy.shape != shape:
+        raise ValueError(f"{fn}: dy has shape {dy.shape}, expected {shape} (the forward's output shape)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ASPP (v3)
+
+
+class ASPPCache(NamedTuple):
+    """What ``aspp_backward`` needs."""
+
+    spec: ASPP
+    prefix: str
+    branches: list          # ConvUnitCache of convs.0 .. convs.R
+    pool: ConvUnitCache | None  # the image pooling branch's conv unit (on the pooled (N, C, 1, 1) map)
+    project: ConvUnitCache
+    mask: np.ndarray | None  # the dropout mask (None in eval)
+    x_shape: tuple
+    y_shape: tuple
+    dtype: np.dtype
+
+    @property
+    def masks(self) -> dict:
+        """{dropout module name: mask} for the masks drawn (none in eval)."""
+        return {} if self.mask is None else {join(self.prefix, "project.3"): self.mask}
+
+
+def aspp_forward(spec, params, buffers, x, training, rng=None, prefix=""):
+    """x (N, in_channels, H, W) -> (y (N, out_channels, H, W), ASPPCache).
+
+    branches: convs.0 = ReLU(BN(1x1 conv)); convs.i = ReLU(BN(3x3 conv at atrous_rates[i-1])) (or the
+    separable conv); image pooling = bilinear resize (align_corners=False: a broadcast) to (H, W) of
+    ReLU(BN(1x1 conv(mean over H, W))). y = dropout(ReLU(BN(1x1 conv(concat(branches))))).
+    training: BN with batch statistics (updating the running ones in ``buffers`` in place) and dropout
+    with masks from ``rng``; the image pooling BN then sees one value per image and channel, so N >= 2.
+    """
+    fn = "aspp_forward"
+    _check_call(fn, spec, ASPP, params, buffers, x, training, prefix)
+    training = bool(training)
+    N, _, H, W = x.shape
+    if training and spec.image_pooling and N < 2:
+        raise ValueError(f"{fn}: x has shape {x.shape}: training with image_pooling needs N >= 2 (its batch "
+                         f"norm sees one value per image and channel)")
+    if training and N * H * W < 2:
+        raise ValueError(f"{fn}: x has shape {x.shape}: training (batch norm) needs N * H * W >= 2")
+    outs, branches = [], []
+    h, c = conv_unit_forward(x, params, buffers, join(prefix, "convs.0"), 1, False, training)
+    outs.append(h)
+    branches.append(c)
+    for i, rate in enumerate(spec.atrous_rates, start=1):
+        h, c = conv_unit_forward(x, params, buffers, join(prefix, f"convs.{i}"), rate, spec.separable, training)
+        outs.append(h)
+        branches.append(c)
+    pool = None
+    if spec.image_pooling:
+        g, pool = conv_unit_forward(global_avg_pool(x), params, buffers, join(prefix, f"convs.{spec.pooling_index}"),
+                                    1, False, training, conv="1", bn="2")
+        outs.append(resize_bilinear(g, (H, W), False))
+    h, project = conv_unit_forward(concat(outs), params, buffers, join(prefix, "project"), 1, False, training)
+    y, mask = maybe_dropout(h, spec.dropout, training, rng, fn)
+    return y, ASPPCache(spec, prefix, branches, pool, project, mask, x.shape, y.shape, x.dtype)
+
+
+def aspp_backward(dy, cache):
+    """dy (N, out_channels, H, W) -> (dx (N, in_channels, H, W), grads), grads keyed and ordered like
+    the params. Every branch read x, so dx sums the branches' input gradients."""
+    fn = "aspp_backward"
+    if not isinstance(cache, ASPPCache):
+        raise ValueError(f"{fn}: cache must be the ASPPCache returned by aspp_forward, got {type(cache).__name__}")
+    _check_dy(fn, dy, cache.y_shape, cache.dtype)
+    spec, grads = cache.spec, {}
+    d = dy if cache.mask is None else dropout_backward(dy, cache.mask)
+    d, g = conv_unit_backward(d, cache.project)
+    grads.update(g)
+    parts = concat_backward(d, [spec.out_channels] * spec.num_branches)
+    dx = np.zeros(cache.x_shape, dtype=cache.dtype)
+    for part, c in zip(parts, cache.branches):
+        dxi, g = conv_unit_backward(part, c)
+        grads.update(g)
+        dx += dxi
+    if cache.pool is not None:
+        N, C, H, W = cache.x_shape
+        dg = resize_bilinear_backward(parts[-1], (N, spec.out_channels, 1, 1), False)
+        dp, g = conv_unit_backward(dg, cache.pool)
+        grads.update(g)
+        dx += global_avg_pool_backward(dp, cache.x_shape)
+    order = parameter_shapes(spec, cache.prefix)[0]
+    return dx, {k: grads[k] for k in order}
+
+
+# ---------------------------------------------------------------------------------------------
+# ASPP-L (v2)
+
+
+class ASPPLCache(NamedTuple):
+    """What ``aspp_l_backward`` needs: per branch the fc6, fc7 caches, the two dropout masks and fc8's."""
+
+    spec: ASPPL
+    prefix: str
+    branches: list          # (ConvReLUCache fc6, mask6, ConvReLUCache fc7, mask7, Conv1x1Cache fc8)
+    x_shape: tuple
+    y_shape: tuple
+    dtype: np.dtype
+
+    @property
+    def masks(self) -> dict:
+        out = {}
+        for i, (_, m6, _, m7, _) in enumerate(self.branches):
+            for name, m in (("drop6", m6), ("drop7", m7)):
+                if m is not None:
+                    out[join(self.prefix, f"branches.{i}.{name}")] = m
+        return out
+
+
+def aspp_l_forward(spec, params, buffers, x, training, rng=None, prefix=""):
+    """x (N, in_channels, H, W) -> (y (N, num_classes, H, W) = sum over the rates of
+    fc8(drop7(ReLU(fc7(drop6(ReLU(fc6_rate(x))))))), ASPPLCache). No BN: training only turns dropout on.
+    ``buffers`` is unused (ASPP-L has none); pass {}."""
+    fn = "aspp_l_forward"
+    _check_call(fn, spec, ASPPL, params, buffers, x, training, prefix)
+    training = bool(training)
+    y, branches = None, []
+    for i, rate in enumerate(spec.atrous_rates):
+        b = join(prefix, f"branches.{i}")
+        h, c6 = conv_relu_forward(x, params, f"{b}.fc6", rate)
+        h, m6 = maybe_dropout(h, spec.dropout, training, rng, fn)
+        h, c7 = conv_relu_forward(h, params, f"{b}.fc7", 1)
+        h, m7 = maybe_dropout(h, spec.dropout, training, rng, fn)
+        s, c8 = conv1x1_forward(h, params, f"{b}.fc8")
+        y = s if y is None else y + s
+        branches.append((c6, m6, c7, m7, c8))
+    return y, ASPPLCache(spec, prefix, branches, x.shape, y.shape, x.dtype)
+
+
+def aspp_l_backward(dy, cache):
+    """dy (N, num_classes, H, W) -> (dx (N, in_channels, H, W), grads): the sum sends dy to every branch."""
+    fn = "aspp_l_backward"
+    if not isinstance(cache, ASPPLCache):
+        raise ValueError(f"{fn}: cache must be the ASPPLCache returned by aspp_l_forward, got {type(cache).__name__}")
+    _check_dy(fn, dy, cache.y_shape, cache.dtype)
+    grads, dx = {}, np.zeros(cache.x_shape, dtype=cache.dtype)
+    for c6, m6, c7, m7, c8 in cache.branches:
+        d, g8 = conv1x1_backward(dy, c8)
+        d = d if m7 is None else dropout_backward(d, m7)
+        d, g7 = conv_relu_backward(d, c7)
+        d = d if m6 is None else dropout_backward(d, m6)
+        d, g6 = conv_relu_backward(d, c6)
+        grads.update(g6 | g7 | g8)
+        dx += d
+    order = parameter_shapes(cache.spec, cache.prefix)[0]
+    return dx, {k: grads[k] for k in order}
