@@ -8,6 +8,9 @@ params + buffers keys: for v3, exactly torchvision's ``deeplabv3_resnet50/101`` 
 Forward returns ``{"out": logits}``, plus ``"aux"`` for v3 with aux=True when training (torchvision
 computes aux in eval too; here it is a training-only output, as in the scratch model).
 
+``decoder_layout="smp"`` (v3, v3plus) builds segmentation_models_pytorch's structure (see the scratch
+module); ``minideeplab.interop`` loads torchvision's and smp's models into the scratch one.
+
 Weights move either way with ``params_to_torch`` / ``params_from_torch`` (from ``reference.backbone``;
 they work for any module) or, whole models, ``to_torch(scratch_model)`` / ``to_scratch(module)``.
 """
@@ -58,13 +61,17 @@ class _V1Head(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """v3+: low_level 1x1 projection (+ BN, ReLU), fuse: two 3x3 conv units after the concat."""
+    """v3+: low_level 1x1 projection (+ BN, ReLU), fuse: two 3x3 conv units after the concat
+    (decoder_layout "paper"); or (decoder_layout "smp") aspp_conv, a 3x3 conv unit on the ASPP output before
+    the upsampling, and one 3x3 conv unit after the concat."""
 
     def __init__(self, config: DeepLabConfig):
         super().__init__()
         a, low, d, sep = config.aspp_channels, config.low_level_channels, config.decoder_channels, config.decoder_separable
+        self.aspp_conv = conv_unit(a, a, 3, 1, sep) if config.decoder_layout == "smp" else None
         self.low_level = conv_unit(config.backbone.low_level_channels, low, 1)
-        self.fuse = nn.ModuleList([conv_unit(a + low, d, 3, 1, sep), conv_unit(d, d, 3, 1, sep)])
+        n = scratch._n_fuse(config)
+        self.fuse = nn.ModuleList([conv_unit(d if i else a + low, d, 3, 1, sep) for i in range(n)])
 
 
 class DeepLabModule(nn.Module):
@@ -112,10 +119,16 @@ class DeepLabModule(nn.Module):
 
     def forward(self, x):
         size, ac, name = x.shape[-2:], self.config.align_corners, self.config.name
+        os_ = self.config.output_stride
+        if self.config.decoder_layout == "smp" and (size[0] % os_ or size[1] % os_):
+            raise ValueError(f"DeepLabModule.forward: x has shape {tuple(x.shape)}, but {self.config.describe()} with "
+                             f"decoder_layout='smp' needs H and W divisible by {os_} (smp's rule)")
         f = self._features(x)
         result = OrderedDict()
         if name == "v3plus":
             a = self.aspp(f["out"])
+            if self.decoder.aspp_conv is not None:
+                a = self.decoder.aspp_conv(a)
             low = f["low_level"]
             h = torch.cat([F.interpolate(a, size=low.shape[-2:], mode="bilinear", align_corners=ac),
                            self.decoder.low_level(low)], dim=1)

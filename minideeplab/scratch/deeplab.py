@@ -31,9 +31,18 @@ Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`
         decoder.fuse.{0,1}.0.weight, decoder.fuse.{0,1}.1.* the two 3x3 convs + BN
                                 (separable: .0.0 depthwise, .0.1 pointwise, as smp's SeparableConv2d)
         classifier.weight, classifier.bias                   1x1 to the classes
-      These v3+ names are ours; ``minideeplab.interop`` (to come) maps torchvision's and smp's onto them.
-      (smp's DeepLabV3Plus differs in structure, not only in names: it puts its first 3x3 conv on the
-      ASPP output before the upsampling (``decoder.aspp.1``) and only one after the concat.)
+      These v3+ names are ours; ``minideeplab.interop`` maps smp's onto them.
+    v3plus, decoder_layout="smp" (segmentation_models_pytorch's ``DeepLabV3Plus``, whose structure differs):
+        aspp.*                                  the ASPP (smp: decoder.aspp.0.*)
+        decoder.aspp_conv.0.weight, .1.*        a 3x3 conv + BN + ReLU on the ASPP output, BEFORE the
+                                                upsampling (separable: .0.0/.0.1; smp: decoder.aspp.1, .2)
+        decoder.low_level.*                     as above (smp: decoder.block1)
+        decoder.fuse.0.*                        ONE 3x3 conv + BN + ReLU after the concat (smp: decoder.block2)
+        classifier.weight, classifier.bias      (smp: segmentation_head.0)
+    v3, decoder_layout="smp" (smp's ``DeepLabV3``): torchvision's structure and names (smp: decoder.aspp,
+        decoder.conv, decoder.bn, segmentation_head.0); only the input rule differs (below).
+    decoder_layout="smp" also takes smp's input rule: H and W must be multiples of the output stride (its
+    upsamplings are scale factors, and it refuses other sizes).
 
 Bilinear resizing: ``align_corners`` (config) applies to the final resize of every model and to the v3+
 decoder's upsampling of the ASPP output; default False (torchvision). The ASPP's image pooling branch
@@ -76,6 +85,7 @@ MODELS = ("v1", "v2", "v3", "v3plus")
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini")
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
+DECODER_LAYOUTS = ("paper", "smp")
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
@@ -85,6 +95,7 @@ _APPLIES = {
     "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
     "fc_channels": ("v2",), "aux": ("v3",),
     "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus",), "decoder_separable": ("v3plus",),
+    "decoder_layout": ("v3", "v3plus"),
 }
 
 
@@ -120,7 +131,12 @@ class DeepLabConfig:
       dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training.
     low_level_channels: the v3+ decoder's projection of the stride-4 features, 48.
     decoder_channels: of the v3+ decoder's two 3x3 convs, 256.
-    decoder_separable: depthwise-separable 3x3 convs in the v3+ decoder.
+    decoder_separable: depthwise-separable 3x3 convs in the v3+ decoder (with decoder_layout="smp": its
+      conv on the ASPP output and its one conv after the concat, as smp's SeparableConv2d).
+    decoder_layout: "paper" (default): v3 as torchvision, v3+ as the paper (concat, then two 3x3 convs).
+      "smp": segmentation_models_pytorch's. v3+: a 3x3 conv + BN + ReLU on the ASPP output before the
+      upsampling, then the concat and ONE 3x3 conv (see the module's docstring for the names); v3: the
+      same structure as "paper". Either way H and W must be multiples of the output stride (smp's rule).
     align_corners: of the bilinear resizes (see the module's docstring); False (torchvision) by default,
       True as smp and TF DeepLab.
 
@@ -141,6 +157,7 @@ class DeepLabConfig:
     decoder_channels: int = 256
     decoder_separable: bool = False
     align_corners: bool = False
+    decoder_layout: str = "paper"
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -163,6 +180,9 @@ class DeepLabConfig:
             if not isinstance(v, (bool, np.bool_)):
                 raise _cfg_error(f"{f} must be True or False, got {v!r}")
             set_(self, f, bool(v))
+        if self.decoder_layout not in DECODER_LAYOUTS:
+            raise _cfg_error(f"decoder_layout must be one of {', '.join(map(repr, DECODER_LAYOUTS))}, "
+                             f"got {self.decoder_layout!r}")
         p = self.dropout
         if (not isinstance(p, (int, float, np.integer, np.floating)) or isinstance(p, (bool, np.bool_))
                 or not 0 <= p < 1):
@@ -337,11 +357,18 @@ def model_parameter_shapes(config) -> tuple[dict[str, tuple], dict[str, tuple]]:
     else:
         a, low, d = config.aspp_channels, config.low_level_channels, config.decoder_channels
         add(aspp_parameter_shapes(config.aspp, "aspp"))
+        if config.decoder_layout == "smp":
+            conv_unit_shapes(params, buffers, "decoder.aspp_conv", a, a, 3, config.decoder_separable)
         conv_unit_shapes(params, buffers, "decoder.low_level", config.backbone.low_level_channels, low, 1)
-        conv_unit_shapes(params, buffers, "decoder.fuse.0", a + low, d, 3, config.decoder_separable)
-        conv_unit_shapes(params, buffers, "decoder.fuse.1", d, d, 3, config.decoder_separable)
+        for i in range(_n_fuse(config)):
+            conv_unit_shapes(params, buffers, f"decoder.fuse.{i}", d if i else a + low, d, 3, config.decoder_separable)
         params["classifier.weight"], params["classifier.bias"] = (C, d, 1, 1), (C,)
     return params, buffers
+
+
+def _n_fuse(config) -> int:
+    """The v3+ decoder's 3x3 convs after the concat: two (paper), one (smp)."""
+    return 1 if config.decoder_layout == "smp" else 2
 
 
 def init_model(config, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -445,6 +472,12 @@ def _check_input(fn, config, params, buffers, x, training):
     if H < os_ or W < os_:
         raise ValueError(f"{fn}: x has shape {x.shape}, but {config.describe()} needs H and W >= {os_} "
                          f"(its output stride)")
+    if config.decoder_layout == "smp" and (H % os_ or W % os_):
+        def up(s):
+            return ", ".join(str(v) for v in sorted({s - s % os_, s - s % os_ + os_}) if v >= os_)
+        raise ValueError(f"{fn}: x has shape {x.shape}, but {config.describe()} with decoder_layout='smp' needs H "
+                         f"and W divisible by {os_} (smp's rule: its upsamplings are scale factors); nearest: "
+                         f"H in {up(H)}, W in {up(W)} (pad the image)")
     if config.name == "v3plus" and config.align_corners and (H % os_ > 1 or W % os_ > 1):
         def near(s):
             return ", ".join(str(v) for v in sorted({s - s % os_, s - s % os_ + 1, s - s % os_ + os_}) if v >= os_)
@@ -500,14 +533,17 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
             shapes["aux_small"] = sa.shape
             aux = resize_bilinear(sa, (H, W), ac)
     else:
+        sep = config.decoder_separable
         a, head["aspp"] = aspp_forward(config.aspp, params, buffers, feats["out"], training, rng, "aspp")
+        if config.decoder_layout == "smp":
+            a, head["aspp_conv"] = conv_unit_forward(a, params, buffers, "decoder.aspp_conv", 1, sep, training)
         low = feats["low_level"]
         shapes["aspp"] = a.shape
         up = resize_bilinear(a, low.shape[2:], ac)
         p, head["low_level"] = conv_unit_forward(low, params, buffers, "decoder.low_level", 1, False, training)
-        h, head["fuse.0"] = conv_unit_forward(concat([up, p]), params, buffers, "decoder.fuse.0", 1,
-                                              config.decoder_separable, training)
-        h, head["fuse.1"] = conv_unit_forward(h, params, buffers, "decoder.fuse.1", 1, config.decoder_separable, training)
+        h = concat([up, p])
+        for i in range(_n_fuse(config)):
+            h, head[f"fuse.{i}"] = conv_unit_forward(h, params, buffers, f"decoder.fuse.{i}", 1, sep, training)
         s, head["classifier"] = conv1x1_forward(h, params, "classifier")
     shapes["small"] = s.shape
     logits = resize_bilinear(s, (H, W), ac)
@@ -567,13 +603,17 @@ def model_backward(dlogits, cache, daux=None, _fn="model_backward"):
     else:
         dh, g = conv1x1_backward(ds, head["classifier"])
         grads.update(g)
-        for step in ("fuse.1", "fuse.0"):
-            dh, g = conv_unit_backward(dh, head[step])
+        for i in reversed(range(_n_fuse(config))):
+            dh, g = conv_unit_backward(dh, head[f"fuse.{i}"])
             grads.update(g)
         d_up, d_proj = concat_backward(dh, [config.aspp_channels, config.low_level_channels])
         d_low, g = conv_unit_backward(d_proj, head["low_level"])
         grads.update(g)
-        d_out, g = aspp_backward(resize_bilinear_backward(d_up, shapes["aspp"], ac), head["aspp"])
+        da = resize_bilinear_backward(d_up, shapes["aspp"], ac)
+        if "aspp_conv" in head:
+            da, g = conv_unit_backward(da, head["aspp_conv"])
+            grads.update(g)
+        d_out, g = aspp_backward(da, head["aspp"])
         grads.update(g)
 
     if _trunk_is_vgg_pool5(config):
