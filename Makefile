@@ -40,6 +40,7 @@ course: setup
 bench: setup
 	$(BIN)/minideeplab bench atrous
 	$(BIN)/minideeplab bench crf
+	$(BIN)/minideeplab bench model
 
 # Re-resolve requirements.in into requirements.lock in a scratch venv.
 lock:

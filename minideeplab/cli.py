@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "parameters and pydensecrf's README example, after checking that they agree. "
                 "Prints a table and the ratio scratch/pydensecrf.",
                 "numba threads for the scratch CRF", 5, "a 60x80 image, one repeat"),
+        "model": ("a whole DeepLab forward pass against torch with the same weights",
+                  "Time the scratch DeepLab v3+ (ResNet-50, output stride 16) against the reference torch "
+                  "module, and torchvision's deeplabv3_resnet50 (output stride 8) against the scratch v3 "
+                  "holding its weights: 513x513, batch 1, eval, float32. Each side runs in its own process "
+                  "with the same thread count for torch, numba and NumPy's BLAS; the outputs are checked to "
+                  "agree. Prints a table of time and extra memory (peak RSS above the loaded model's) and "
+                  "the ratios scratch/torch.",
+                  "threads for every library", 3, "small models on a 65x65 input, one repeat"),
     }
     for name, (help_, description, threads_help, repeat, quick_help) in suites.items():
         suite = bench_sub.add_parser(name, help=help_, description=description)

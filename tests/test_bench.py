@@ -37,3 +37,18 @@ def test_bench_crf_quick_json():
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
         assert row["argmax_agreement"] >= 0.999 and row["max_abs_dq"] <= 1e-3
     assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
+
+
+def test_bench_model_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--quick", "--json", "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)  # exactly one JSON object, nothing else on stdout
+    assert report["threads"] == 1 and report["quick"] is True and report["agree"] is True
+    assert set(report["cases"]) == {"quick-v3plus-mini", "quick-torchvision-v3-resnet18-os32"}
+    for row in report["cases"].values():
+        for key in ("scratch_s", "torch_s", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["scratch_extra_mb"] >= 0 and row["torch_extra_mb"] >= 0
+        assert row["max_rel_err"] <= report["max_rel_err_allowed"] == 1e-4
+    assert report["ratio"] == max(r["ratio"] for r in report["cases"].values())

@@ -1,0 +1,294 @@
+"""Benchmark: a whole DeepLab forward pass, the scratch model against torch with the same weights.
+
+Cases (batch 1, float32, eval):
+
+    v3plus-resnet50-os16         scratch DeepLab v3+ (ResNet-50, output stride 16) against the reference
+                                 twin (``minideeplab.reference.deeplab``) holding the same weights, 513x513
+    torchvision-v3-resnet50-os8  torchvision's ``deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                 num_classes=21)`` (output stride 8) against the scratch v3 loaded with its
+                                 weights (the state_dict keys are ours), 513x513
+
+``--quick``: a v3+ on the "mini" ResNet and a torchvision DeepLabV3 on ResNet-18 (output stride 32: torchvision's
+BasicBlock cannot dilate), 65x65, one repeat.
+
+Each side runs in its own subprocess (``python -m minideeplab.bench.model --side scratch|torch ...``): in one
+process torch's thread pool and OpenBLAS/numba's threads fight over the cores and both slow down many times.
+The parent writes the weights (one .npz, so both sides hold identical weights) and the input (.npy); each child
+sets the same thread count for torch, numba and the BLAS, loads them, times the forward pass (median of
+``repeat`` after a warm-up, ``median_seconds``), saves its output (.npy) and reports its time and memory on
+one JSON line. Memory: the peak RSS (Linux's VmHWM, reset once the model and input are loaded;
+``ru_maxrss`` elsewhere) minus the RSS at that point, i.e. the extra memory the forward pass needed. The parent checks
+that the outputs agree (max |scratch - torch| / max |torch|; above ``MAX_REL_ERR`` the row is WRONG) and
+prints the ratios scratch / torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from minideeplab.bench.atrous import median_seconds
+
+MAX_REL_ERR = 1e-4  # max|scratch - torch| / max|torch|, float32; above this a row is wrong, not slow or fast
+WARMUP_SIZE = 33    # the first (compiling) call runs on an input this small (>= output stride 32), before memory is measured
+
+# name -> kind ("minideeplab": our reference twin; "torchvision"), make_config arguments, input size
+CASES = {
+    "v3plus-resnet50-os16": dict(kind="minideeplab", model=("v3plus", "resnet50", 16), options={}, size=513),
+    "torchvision-v3-resnet50-os8": dict(kind="torchvision", model=("v3", "resnet50", 8), options={}, size=513),
+}
+QUICK_CASES = {
+    "quick-v3plus-mini": dict(kind="minideeplab", model=("v3plus", "mini", 16), options={}, size=65),
+    # torchvision's DeepLabHead has rates (12, 24, 36) whatever the output stride
+    "quick-torchvision-v3-resnet18-os32": dict(kind="torchvision", model=("v3", "resnet18", 32),
+                                               options=dict(atrous_rates=(12, 24, 36)), size=65),
+}
+ALL_CASES = {**CASES, **QUICK_CASES}
+
+
+def _config(case):
+    from minideeplab.scratch.deeplab import make_config
+
+    return make_config(*case["model"], **case["options"])
+
+
+def _torch_module(case):
+    """The torch side's module (random weights, overwritten by the .npz), in eval mode."""
+    if case["kind"] == "minideeplab":
+        from minideeplab.reference.deeplab import DeepLabModule
+
+        return DeepLabModule(_config(case)).eval()
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    _, backbone, os_ = case["model"]
+    if backbone == "resnet50" and os_ == 8:
+        return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21).eval()
+    if backbone == "resnet18" and os_ == 32:
+        from torchvision.models import resnet18
+        from torchvision.models._utils import IntermediateLayerGetter
+        from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+        trunk = IntermediateLayerGetter(resnet18(weights=None), return_layers={"layer4": "out"})
+        return DeepLabV3(trunk, DeepLabHead(512, 21), None).eval()
+    raise ValueError(f"bench model: no torchvision model for {case['model']}")
+
+
+def _weights(case, path):
+    """Write the case's weights to ``path`` (.npz, keys "params/NAME" and "buffers/NAME"): the scratch
+    build_model's (seeded) for our models, torchvision's init (seeded) for torchvision's."""
+    import torch
+
+    from minideeplab.reference.backbone import params_from_torch
+    from minideeplab.scratch.deeplab import build_model, model_parameter_shapes
+
+    if case["kind"] == "minideeplab":
+        model = build_model(*case["model"], rng=np.random.default_rng(0), **case["options"])
+        params, buffers = model.params, model.buffers
+    else:
+        torch.manual_seed(0)
+        params, buffers = params_from_torch(_torch_module(case))
+        shapes_p, shapes_b = model_parameter_shapes(_config(case))
+        if set(params) != set(shapes_p) or set(buffers) != set(shapes_b):
+            raise ValueError(f"bench model: torchvision's {case['model']} state_dict keys differ from the scratch "
+                             f"model's: {sorted(set(params) ^ set(shapes_p))[:5]} {sorted(set(buffers) ^ set(shapes_b))[:5]}")
+    np.savez(path, **{f"params/{k}": v for k, v in params.items()}, **{f"buffers/{k}": v for k, v in buffers.items()})
+
+
+def _load_weights(path):
+    with np.load(path) as f:
+        params = {k[len("params/"):]: f[k] for k in f.files if k.startswith("params/")}
+        buffers = {k[len("buffers/"):]: f[k] for k in f.files if k.startswith("buffers/")}
+    return params, buffers
+
+
+# ---------------------------------------------------------------------------------------------
+# one side, in its own process
+
+
+def _rss_mb():
+    """The current RSS (Linux: /proc/self/statm), else the peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return _peak_rss_mb()
+
+
+def _peak_rss_mb():
+    """The peak RSS: Linux's VmHWM (the high-water mark _reset_peak_rss resets), else ru_maxrss. (On Linux
+    ru_maxrss is no good here: it keeps the maximum of the process's memory before exec, i.e. the forked
+    parent's RSS, and clear_refs does not reset that.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 10  # kB
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2 ** 20 if sys.platform == "darwin" else kb / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def _reset_peak_rss():
+    """Reset the RSS high-water mark (and with it ru_maxrss) to the current RSS; Linux only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_side(side, case_name, threads, repeat, weights, input_path, output_path):
+    """Load, warm up, time; save the output; return the report (a dict). Checks nothing."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    case = ALL_CASES[case_name]
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        x = np.load(input_path)
+        params, buffers = _load_weights(weights)
+        if side == "scratch":
+            from minideeplab.scratch.deeplab import DeepLab
+
+            model = DeepLab(_config(case), params, buffers, training=False)
+
+            def forward(inp):
+                return model(inp)
+        else:
+            import torch
+
+            torch.set_num_threads(threads)
+            module = _torch_module(case)
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in {**params, **buffers}.items()}, strict=True)
+            del params, buffers
+
+            def forward(inp):
+                with torch.inference_mode():
+                    return module(torch.from_numpy(inp))["out"].numpy()
+
+        s = min(WARMUP_SIZE, x.shape[-1])
+        forward(np.ascontiguousarray(x[..., :s, :s]))  # numba compiles, oneDNN sets up, on a small input
+        gc.collect()
+        loaded = _rss_mb()
+        reset = _reset_peak_rss()
+        saved = []
+
+        def timed():
+            y = forward(x)
+            if not saved:  # the first full-size call's (median_seconds's warm-up) output is the one checked
+                np.save(output_path, y)
+                saved.append(output_path)
+
+        seconds = median_seconds(timed, repeat)
+        peak = _peak_rss_mb()
+    return dict(side=side, case=case_name, threads=threads, repeat=repeat, seconds=seconds, rss_loaded_mb=loaded,
+                peak_rss_mb=peak, extra_mb=max(peak - loaded, 0.0), peak_reset=reset)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent
+
+
+def _child(side, name, threads, repeat, weights, input_path, output_path):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [sys.executable, "-m", "minideeplab.bench.model", "--side", side, "--case", name, "--threads", str(threads),
+           "--repeat", str(repeat), "--weights", str(weights), "--input", str(input_path), "--output", str(output_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"bench model: the {side} side of {name} failed (exit {res.returncode}):\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _ratio(a, b):
+    return a / b if b > 0 else None
+
+
+def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
+    import numba
+
+    if threads < 1 or repeat < 1:
+        raise ValueError(f"bench model: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    cases, repeat = (QUICK_CASES, 1) if quick else (CASES, repeat)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="minideeplab-bench-model-") as tmp:
+        tmp = Path(tmp)
+        for name, case in cases.items():
+            weights, inp = tmp / f"{name}.npz", tmp / f"{name}-x.npy"
+            _weights(case, weights)
+            size = case["size"]
+            np.save(inp, np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
+            rep = {side: _child(side, name, threads, repeat, weights, inp, tmp / f"{name}-{side}.npy")
+                   for side in ("scratch", "torch")}
+            out_s, out_t = np.load(tmp / f"{name}-scratch.npy"), np.load(tmp / f"{name}-torch.npy")
+            scale = float(np.max(np.abs(out_t)))
+            # a zero or non-finite output checks nothing: WRONG too
+            err = (float(np.max(np.abs(out_s - out_t))) / scale
+                   if out_s.shape == out_t.shape and 0 < scale < float("inf") else float("inf"))
+            s, t = rep["scratch"], rep["torch"]
+            rows[name] = dict(kind=case["kind"], model=_config(case).describe(), input=f"1x3x{size}x{size}",
+                              scratch_s=s["seconds"], torch_s=t["seconds"], ratio=s["seconds"] / t["seconds"],
+                              scratch_extra_mb=s["extra_mb"], torch_extra_mb=t["extra_mb"],
+                              memory_ratio=_ratio(s["extra_mb"], t["extra_mb"]),
+                              scratch_rss_loaded_mb=s["rss_loaded_mb"], torch_rss_loaded_mb=t["rss_loaded_mb"],
+                              max_abs_torch=scale, max_rel_err=err)
+    wrong = [n for n, r in rows.items() if not r["max_rel_err"] <= MAX_REL_ERR]
+    mem = [r["memory_ratio"] for r in rows.values() if r["memory_ratio"] is not None]
+    summary = dict(ratio=max(r["ratio"] for r in rows.values()), memory_ratio=max(mem) if mem else None,
+                   max_rel_err=max(r["max_rel_err"] for r in rows.values()))
+    if as_json:
+        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, dtype="float32", batch=1,
+                              agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, **summary, cases=rows)))
+        return 1 if wrong else 0
+    print(f"DeepLab forward, float32, batch 1, eval; {threads} threads for torch, numba and BLAS, each side in its "
+          f"own process; median of {repeat}; ratio = scratch / torch (lower is better); memory: peak RSS above "
+          f"the RSS with model and input loaded")
+    head = (f"{'case':<36}{'input':>8} | {'scratch':>8}{'torch':>8}{'ratio':>7} | "
+            f"{'scratch':>9}{'torch':>9}{'ratio':>7} | {'rel err':>8}")
+    print(f"{'':<36}{'':>8} | {'time':^23} | {'extra memory':^25} |")
+    print(head)
+    print("-" * len(head))
+    for name, r in rows.items():
+        mr = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        print(f"{name:<36}{r['input'].split('x', 2)[2]:>8} | {r['scratch_s']:>7.3f}s{r['torch_s']:>7.3f}s"
+              f"{r['ratio']:>7.2f} | {r['scratch_extra_mb']:>7.0f}MB{r['torch_extra_mb']:>7.0f}MB{mr:>7} | "
+              f"{r['max_rel_err']:>8.1e}")
+    if wrong:
+        print(f"WRONG: scratch and torch differ by more than {MAX_REL_ERR:g} (relative) on: {', '.join(wrong)}")
+    print(f"worst ratio scratch/torch: time {summary['ratio']:.2f}"
+          + ("" if summary["memory_ratio"] is None else f", memory {summary['memory_ratio']:.2f}"))
+    return 1 if wrong else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minideeplab.bench.model",
+                                description="One side of `minideeplab bench model`, run by it in a subprocess: "
+                                            "times the forward pass and prints one JSON line.")
+    p.add_argument("--side", choices=("scratch", "torch"), required=True)
+    p.add_argument("--case", choices=sorted(ALL_CASES), required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--repeat", type=int, required=True)
+    p.add_argument("--weights", required=True, help=".npz written by the parent (params/NAME, buffers/NAME)")
+    p.add_argument("--input", required=True, help=".npy, the input (1, 3, H, W) float32")
+    p.add_argument("--output", required=True, help=".npy to write the logits to")
+    a = p.parse_args(argv)
+    print(json.dumps(run_side(a.side, a.case, a.threads, a.repeat, a.weights, a.input, a.output)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
