@@ -126,9 +126,9 @@ def test_lattice_approximates_the_gaussian_sum_from_below(d_features):
 def test_exact_matches_reference(normalization, with_compat):
     image, _, probs = _scene("rocket", (12, 16), n_labels=4)
     compat = None
-    if with_compat:  # a penalty that likes label 0 next to label 1
+    if with_compat:  # asymmetric, and label 1 next to label 0 is a reward
         compat = 1 - np.eye(4)
-        compat[0, 1] = compat[1, 0] = 0.2
+        compat[0, 1], compat[1, 0], compat[2, 3] = 0.2, -0.5, 2.0
     kw = dict(n_iters=5, normalization=normalization, compat=compat, bi_xy_std=5, bi_rgb_std=10)
     got = dense_crf(probs, image, method="exact", **kw)
     want = ref.dense_crf(probs, image, **kw)
@@ -162,7 +162,7 @@ def test_exact_chunked_path_equals_cached_path(monkeypatch):
     image, _, probs = _scene("chelsea", (20, 24), n_labels=3)
     cached = dense_crf(probs, image, method="exact", n_iters=3)
     monkeypatch.setattr(crf, "_EXACT_CACHE_PIXELS", 0)
-    monkeypatch.setattr(crf, "_EXACT_CHUNK", 100)
+    monkeypatch.setattr(crf, "_EXACT_CHUNK_ENTRIES", 480 * 7)  # 7 rows at a time
     np.testing.assert_allclose(dense_crf(probs, image, method="exact", n_iters=3), cached, atol=1e-6)
 
 
@@ -192,6 +192,16 @@ def test_potts_equals_its_compat_matrix():
         a = dense_crf(probs, image, method=method)
         b = dense_crf(probs, image, method=method, compat=1 - np.eye(5))
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_lattice_agrees_with_exact_for_a_compat_matrix():
+    image, _, probs = _scene("chelsea", (48, 64), n_labels=4)
+    mu = 1 - np.eye(4)
+    mu[0, 1], mu[1, 0], mu[2, 3] = 0.2, -0.5, 2.0
+    exact = dense_crf(probs, image, method="exact", compat=mu)
+    lattice = dense_crf(probs, image, compat=mu)
+    assert np.mean(exact.argmax(0) == lattice.argmax(0)) >= 0.995
+    assert np.abs(lattice - dense_crf(probs, image, compat=mu.T)).max() > 1e-3, "compat's orientation is untested"
 
 
 def test_no_iterations_or_no_weights_return_the_input():
@@ -282,6 +292,17 @@ def test_bad_parameters_are_named(good, kw, match):
         dense_crf(*good, **kw)
 
 
+def test_tiny_standard_deviations_and_empty_inputs_are_refused(good):
+    with pytest.raises(ValueError, match=r"bi_rgb_std=1e-06 is too small: features up to 255/1e-06 = 2.55e\+08 exceed"):
+        dense_crf(*good, bi_rgb_std=1e-6)
+    with pytest.raises(ValueError, match=r"pos_xy_std must be a finite number > 0, got True"):
+        dense_crf(*good, pos_xy_std=True)
+    with pytest.raises(ValueError, match=r"probs must have at least one label and one pixel, got shape \(0, 8, 10\)"):
+        dense_crf(good[0][:0], good[1])
+    with pytest.raises(ValueError, match=r"build_lattice: features up to 1e\+09 are too large"):
+        crf.build_lattice(np.array([[1e9, 0.0], [0.0, 1.0]]))  # an error, not memory corruption
+
+
 def test_exact_refuses_large_images():
     probs = np.full((2, 300, 300), 0.5, np.float32)
     with pytest.raises(ValueError, match=r"method='exact' is O\(N\^2\).*300x300 = 90000 pixels.*method='lattice'"):
@@ -326,6 +347,16 @@ def test_lattice_agrees_with_pydensecrf_on_photographs(name, size):
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def test_compat_matrix_agrees_with_pydensecrf():
+    image, _, probs = _scene("coffee", (120, 160), n_labels=6)
+    mu = 1 - np.eye(6)
+    mu[0, 1] = mu[1, 0] = -0.5  # symmetric: pydensecrf symmetrises its matrix
+    mu[2, 3] = mu[3, 2] = 2.0
+    want = pydensecrf_inference(probs, image, 10, compat=mu, **PARAMS["v2-vgg"])
+    got = dense_crf(probs, image, compat=mu, **PARAMS["v2-vgg"])
+    assert np.abs(got - want).max() <= 1e-3 and np.mean(got.argmax(0) == want.argmax(0)) >= 0.999
 
 
 def test_lattice_runs_without_jit():

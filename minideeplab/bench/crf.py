@@ -14,32 +14,34 @@ import json
 import numpy as np
 
 from minideeplab.bench.atrous import median_seconds
-from minideeplab.scratch.crf import PARAMETER_SETS, PROB_FLOOR
+from minideeplab.scratch.crf import PARALLEL_MIN_PIXELS, PARAMETER_SETS, PROB_FLOOR
 
 BENCH_SETS = ("deeplab-v2-resnet", "pydensecrf-readme")
 MIN_AGREEMENT, MAX_DQ = 0.999, 1e-3  # below / above this a row is wrong, not slow or fast
 
 
-def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization="symmetric"):
-    """The same CRF through pydensecrf2: unary -log(max(p, 1e-5)), Potts, diagonal kernels, the same
-    normalisation ("symmetric" is pydensecrf's default, "after" its NORMALIZE_AFTER)."""
+def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization="symmetric",
+                   compat=None):
+    """The same CRF through pydensecrf2: unary -log(max(p, 1e-5)), diagonal kernels, the same normalisation
+    ("symmetric" is pydensecrf's default, "after" its NORMALIZE_AFTER); Potts, or with a (symmetric) penalty
+    matrix `compat` handed to pydensecrf as w * compat per kernel."""
     import pydensecrf.densecrf as dcrf
 
     C, H, W = probs.shape
     norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
     d = dcrf.DenseCRF2D(W, H, C)
     d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs.reshape(C, -1), PROB_FLOOR)), dtype=np.float32))
-    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w, kernel=dcrf.DIAG_KERNEL, normalization=norm)
-    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w,
+    def weight(w):
+        return w if compat is None else np.ascontiguousarray(w * np.asarray(compat), dtype=np.float32)
+
+    d.addPairwiseGaussian(sxy=pos_xy_std, compat=weight(pos_w), kernel=dcrf.DIAG_KERNEL, normalization=norm)
+    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=weight(bi_w),
                            kernel=dcrf.DIAG_KERNEL, normalization=norm)
     return np.asarray(d.inference(n_iters), dtype=np.float32).reshape(C, H, W)
 
 
 def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
     import numba
-
-    from minideeplab.data.photos import coarse_probs, photograph, region_labels
-    from minideeplab.scratch.crf import dense_crf
 
     if threads < 1 or repeat < 1:
         raise ValueError(f"bench crf: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
@@ -49,8 +51,21 @@ def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
         print("bench crf needs pydensecrf2 (pip install pydensecrf2, or the locked install: make test)")
         return 2
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(threads)
     size, n_labels, n_iters = ((60, 80), 21, 10) if quick else ((375, 500), 21, 10)
+    if size[0] * size[1] < PARALLEL_MIN_PIXELS:
+        threads = 1  # what dense_crf uses on an image this small, whatever it is given
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _run(threads, repeat, as_json, quick, size, n_labels, n_iters)
+    finally:
+        numba.set_num_threads(saved)
+
+
+def _run(threads, repeat, as_json, quick, size, n_labels, n_iters):
+    from minideeplab.data.photos import coarse_probs, photograph, region_labels
+    from minideeplab.scratch.crf import dense_crf
+
     repeat = 1 if quick else repeat
     image = photograph("coffee", size)
     probs = coarse_probs(region_labels(image, n_labels), n_labels, stride=8, seed=0)

@@ -85,6 +85,17 @@ def _simplex_vertices(features):
                     rank[i] += d + 1 + total
                 else:
                     rank[i] += total
+        # Exact for features up to ~1e5 (crf._check_inputs); beyond, float32 rounding can leave a rank
+        # outside [0, d], and the writes below would land outside `bary`. Flag it instead (weight NaN).
+        for i in range(d + 1):
+            if rank[i] < 0 or rank[i] > d:
+                total = d + 2
+        if total == d + 2:
+            for r in range(d + 1):
+                for i in range(d):
+                    keys[n, r, i] = 0
+                weights[n, r] = np.nan
+            continue
         # barycentric coordinates
         for i in range(d + 1):
             v = (elevated[i] - f32(rem0[i])) * down
@@ -104,9 +115,9 @@ def _hash(key, mask):
     """Slot of a lattice point. Neighbouring points have keys that differ by a fixed step, so a linear
     hash would put them at evenly spaced slots and make linear probing crawl; the final xor-shift-multiply
     scatters them. Everything stays below 2^62, so the JIT and plain Python give the same slots."""
-    h = 0
+    h = np.int64(0)
     for k in range(key.shape[0]):
-        h = ((h + key[k]) * 2531011) & 0x7FFFFFFF
+        h = ((h + np.int64(key[k])) * 2531011) & 0x7FFFFFFF
     h ^= h >> 15
     h = (h * 0x2C1B3C6D) & 0x7FFFFFFF
     h ^= h >> 13
@@ -265,7 +276,7 @@ def _softmax_update(unary, message, q):
     """q[n] = softmax(-unary[n] + message[n]) over labels, for every pixel (float32 throughout)."""
     C = q.shape[1]
     for n in prange(q.shape[0]):
-        top = np.float32(-np.inf)
+        top = message[n, 0] - unary[n, 0]  # not -inf: fastmath may assume there are no infinities
         for c in range(C):
             e = message[n, c] - unary[n, c]
             message[n, c] = e
