@@ -11,24 +11,12 @@ from minideeplab.reference.backbone import params_to_torch
 from minideeplab.scratch import aspp as scratch
 from minideeplab.scratch.aspp import ASPP, ASPPL
 
+from helpers import rel
+
 F32, F64 = np.float32, np.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small layers: torch's thread pool spinning beside OpenBLAS's on 2 shared cores makes both crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(a, b):
-    """max |a - b| relative to max |b|."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.max(np.abs(b))
-    return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(spec, dtype, seed, prefix=""):
@@ -145,19 +133,19 @@ def test_aspp_matches_torch(variant, training):
     xt = torch.from_numpy(X.copy()).requires_grad_(True)
     yt = m(xt)
     assert y.shape == (2, 8, 7, 9) and y.dtype == F64
-    assert _rel(y, yt.detach().numpy()) < 1e-12
+    assert rel(y, yt.detach().numpy()) < 1e-12
     state = m.state_dict()
     for k, v in buffers.items():  # training moved the running statistics as torch's
-        assert _rel(v, state[k].numpy()) < 1e-12, k
+        assert rel(v, state[k].numpy()) < 1e-12, k
     assert all(v == int(training) for k, v in buffers.items() if k.endswith("num_batches_tracked"))
     dy = np.random.default_rng(3).standard_normal(y.shape)
     dx, grads = scratch.aspp_backward(dy, cache)
     yt.backward(torch.from_numpy(dy))
-    assert _rel(dx, xt.grad.numpy()) < 1e-10
+    assert rel(dx, xt.grad.numpy()) < 1e-10
     tgrads = {k: p.grad.numpy() for k, p in m.named_parameters()}
     assert list(grads) == list(params) == list(tgrads)
     for k, g in grads.items():
-        assert g.dtype == F64 and _rel(g, tgrads[k]) < 1e-10, k
+        assert g.dtype == F64 and rel(g, tgrads[k]) < 1e-10, k
     assert all(np.abs(g).max() > 0 for g in grads.values())
     if not training:
         p32 = {k: v.astype(F32) for k, v in params.items()}
@@ -165,7 +153,7 @@ def test_aspp_matches_torch(variant, training):
         y32, _ = scratch.aspp_forward(spec, p32, b32, X.astype(F32), False)
         with torch.no_grad():
             t32 = _twin(spec, p32, b32, False)(torch.from_numpy(X.astype(F32))).numpy()
-        assert y32.dtype == F32 and _rel(y32, t32) <= 1e-5
+        assert y32.dtype == F32 and rel(y32, t32) <= 1e-5
 
 
 def test_prefix_and_a_model_sized_dict():
@@ -196,14 +184,14 @@ def test_aspp_l_matches_torch(training):
     ref.set_dropout_masks(m, {k[len("classifier."):]: v for k, v in cache.masks.items()})
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = m(xt)
-    assert y.shape == (2, 5, 7, 9) and _rel(y, yt.detach().numpy()) < 1e-12
+    assert y.shape == (2, 5, 7, 9) and rel(y, yt.detach().numpy()) < 1e-12
     dy = np.random.default_rng(7).standard_normal(y.shape)
     dx, grads = scratch.aspp_l_backward(dy, cache)
     yt.backward(torch.from_numpy(dy))
-    assert _rel(dx, xt.grad.numpy()) < 1e-10
+    assert rel(dx, xt.grad.numpy()) < 1e-10
     assert list(grads) == list(params)
     for k, p in m.named_parameters():
-        assert _rel(grads[f"classifier.{k}"], p.grad.numpy()) < 1e-10, k
+        assert rel(grads[f"classifier.{k}"], p.grad.numpy()) < 1e-10, k
 
 
 def test_dropout_only_in_training():

@@ -12,25 +12,12 @@ from minideeplab.reference import backbone as ref
 from minideeplab.scratch import backbone as scratch
 from minideeplab.scratch.backbone import VGG, ResNet
 
+from helpers import rel
+
 F32, F64 = np.float32, np.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These layers are small: torch's thread pool spinning beside OpenBLAS's on 2 shared cores made the
-    twins 5-20x slower than the scratch code (measured). One torch thread here, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(a, b):
-    """max |a - b| relative to max |b|."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.max(np.abs(b))
-    return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_params(spec, dtype, seed):
@@ -305,18 +292,18 @@ def test_forward_matches_torch(spec, training):
         assert changed == ([] if not training else list(b))  # training moves every buffer, eval none
     (f32, t32, b32, tb32), (f64, t64, b64, tb64) = results[F32], results[F64]
     for k in ("low_level", "out"):
-        assert _rel(f64[k], t64[k]) < 1e-12
+        assert rel(f64[k], t64[k]) < 1e-12
         if training:
-            assert _rel(f32[k], t64[k]) <= max(2 * _rel(t32[k], t64[k]), 1e-5)
+            assert rel(f32[k], t64[k]) <= max(2 * rel(t32[k], t64[k]), 1e-5)
         else:
-            assert _rel(f32[k], t32[k]) <= 1e-5
+            assert rel(f32[k], t32[k]) <= 1e-5
     if training:  # the running statistics moved, as torch's did
         for k in b64:
             if k.endswith("num_batches_tracked"):
                 assert b64[k] == tb64[k] == 1 and b32[k] == 1
             else:
-                assert _rel(b64[k], tb64[k]) < 1e-12, k
-                assert _rel(b32[k], tb64[k]) <= max(2 * _rel(tb32[k], tb64[k]), 1e-5), k
+                assert rel(b64[k], tb64[k]) < 1e-12, k
+                assert rel(b32[k], tb64[k]) <= max(2 * rel(tb32[k], tb64[k]), 1e-5), k
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -329,7 +316,7 @@ def test_vgg16_forward_matches_torch(dtype):
         ft = _torch(spec, params, buffers, False)(torch.from_numpy(x))
     for k in ("low_level", "out"):
         assert f[k].dtype == dtype
-        assert _rel(f[k], ft[k].numpy()) <= (1e-5 if dtype == F32 else 1e-12)
+        assert rel(f[k], ft[k].numpy()) <= (1e-5 if dtype == F32 else 1e-12)
     assert f["low_level"].shape == (1, 256, 7, 7) and f["out"].shape == (1, 1024, 4, 4)
 
 
@@ -349,12 +336,12 @@ def _backward_check(spec, x, training, seed, keys=("low_level", "out")):
     loss = sum((ft[k] * torch.from_numpy(d[k])).sum() for k in keys)
     loss.backward()
     assert dx.shape == x.shape and dx.dtype == F64
-    assert _rel(dx, xt.grad.numpy()) < 1e-10
+    assert rel(dx, xt.grad.numpy()) < 1e-10
     tgrads = {n: p.grad.numpy() for n, p in m.named_parameters()}
     assert list(grads) == list(params) == list(tgrads)
     for k, g in grads.items():
         assert g.shape == params[k].shape and g.dtype == F64
-        assert _rel(g, tgrads[k]) < 1e-10, k
+        assert rel(g, tgrads[k]) < 1e-10, k
     assert all(np.abs(g).max() > 0 for g in grads.values())  # every parameter took part
     return dx, grads
 
@@ -425,11 +412,11 @@ def test_loads_torchvision_resnet(depth, dilate, os_):
     if depth == 50:
         params, buffers = ref.params_from_torch(ours)
         fs, _ = scratch.backbone_forward(spec, params, buffers, x.numpy(), False)
-        assert _rel(fs["out"], out.numpy()) < 1e-5
+        assert rel(fs["out"], out.numpy()) < 1e-5
         smp = ref.ResNetBackbone(ResNet(depth, os_, "smp"))
         smp.load_state_dict(state, strict=True)
         with torch.no_grad():
-            assert _rel(smp.eval()(x)["out"].numpy(), out.numpy()) > 1e-2
+            assert rel(smp.eval()(x)["out"].numpy(), out.numpy()) > 1e-2
 
 
 def test_params_round_trip():

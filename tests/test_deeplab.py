@@ -12,24 +12,12 @@ from minideeplab.scratch.aspp import ASPP
 from minideeplab.scratch.backbone import VGG, ResNet, init_backbone
 from minideeplab.scratch.layers import softmax_cross_entropy
 
+from helpers import rel
+
 F32, F64 = np.float32, np.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch's thread pool spinning beside OpenBLAS's on 2 shared cores makes both crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(a, b):
-    """max |a - b| relative to max |b|."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.max(np.abs(b))
-    return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(name, dtype=F64, seed=0, **kw):
@@ -152,7 +140,7 @@ def test_torchvision_output():
     assert model.config.aux and not model.training and model.dtype == F32
     logits = model(x.numpy())
     assert logits.shape == (1, 21, 33, 33) and logits.dtype == F32
-    assert _rel(logits, expected.numpy()) < 1e-4
+    assert rel(logits, expected.numpy()) < 1e-4
 
     tv.double().train()
     twin.double().train()
@@ -167,7 +155,7 @@ def test_torchvision_output():
     with torch.no_grad():
         a, b = tv(x2), twin(x2)
     assert list(b) == ["out", "aux"]
-    assert _rel(b["out"].numpy(), a["out"].numpy()) < 1e-12 and _rel(b["aux"].numpy(), a["aux"].numpy()) < 1e-12
+    assert rel(b["out"].numpy(), a["out"].numpy()) < 1e-12 and rel(b["aux"].numpy(), a["aux"].numpy()) < 1e-12
 
 
 # --------------------------------------------------------------------------- forward against the twins
@@ -183,24 +171,24 @@ def test_forward_matches_torch(fid, name, options, x, training):
         out = t(torch.from_numpy(x))
     N, _, H, W = x.shape
     assert logits.shape == (N, 5, H, W) and logits.dtype == F64
-    assert _rel(logits, out["out"].numpy()) < 1e-11
+    assert rel(logits, out["out"].numpy()) < 1e-11
     has_aux = model.config.aux and training
     assert (cache.aux is not None) == has_aux and ("aux" in out) == has_aux
     if has_aux:
-        assert cache.aux.shape == logits.shape and _rel(cache.aux, out["aux"].numpy()) < 1e-11
+        assert cache.aux.shape == logits.shape and rel(cache.aux, out["aux"].numpy()) < 1e-11
     dropouts = [n for n, m in t.named_modules() if isinstance(m, ref.Dropout) and m.p > 0]
     assert sorted(cache.masks) == (sorted(dropouts) if training else [])
     if training:
         state = t.state_dict()
         for k, v in model.buffers.items():
-            assert _rel(v, state[k].numpy()) < 1e-12, k
+            assert rel(v, state[k].numpy()) < 1e-12, k
     else:
         m32 = _cast(model, F32)
         t32 = ref.to_torch(m32)
         with torch.no_grad():
             expected = t32(torch.from_numpy(x.astype(F32)))["out"].numpy()
         got = m32(x.astype(F32))
-        assert got.dtype == F32 and _rel(got, expected) <= 1e-5
+        assert got.dtype == F32 and rel(got, expected) <= 1e-5
 
 
 # --------------------------------------------------------------------------- backward against autograd
@@ -222,7 +210,7 @@ def test_backward_matches_autograd(fid, name, options, x, training):
     if daux is not None:
         loss = loss + (out["aux"] * torch.from_numpy(daux)).sum()
     loss.backward()
-    assert dx.shape == x.shape and _rel(dx, xt.grad.numpy()) < 1e-10
+    assert dx.shape == x.shape and rel(dx, xt.grad.numpy()) < 1e-10
     tgrads = {k: p.grad for k, p in t.named_parameters()}
     assert list(grads) == list(model.params) == list(tgrads)
     for k, g in grads.items():
@@ -230,7 +218,7 @@ def test_backward_matches_autograd(fid, name, options, x, training):
         if tgrads[k] is None:  # the aux head in eval: not used, zero here
             assert k.startswith("aux_classifier.") and not training and not g.any(), k
         else:
-            assert _rel(g, tgrads[k].numpy()) < 1e-10, k
+            assert rel(g, tgrads[k].numpy()) < 1e-10, k
             assert np.abs(g).max() > 0, k
     assert model.backward(dlogits, cache, daux).keys() == grads.keys()
 
@@ -312,7 +300,7 @@ def test_sgd_step_matches_torch():
             opt.step()
             state = scratch.sgd_step(params, grads, 0.1, momentum, wd, state)
         for k in params:
-            assert _rel(params[k], tp[k].detach().numpy()) < 1e-14, k
+            assert rel(params[k], tp[k].detach().numpy()) < 1e-14, k
         assert set(state) == ({"a", "b"} if momentum else set())
 
 
@@ -353,10 +341,10 @@ def test_one_training_step_matches_torch(dtype, lr, tol):
     assert loss.dtype == dtype and abs(float(loss) - tloss.item()) <= max(tol, 1e-6) * tloss.item()
     state = t.state_dict()
     for k, v in model.params.items():
-        assert v.dtype == dtype and _rel(v, state[k].numpy()) <= tol, k
+        assert v.dtype == dtype and rel(v, state[k].numpy()) <= tol, k
         assert not np.array_equal(v, before[k]), k  # every parameter moved
     for k, v in model.buffers.items():
-        assert _rel(v, state[k].numpy()) <= tol, k
+        assert rel(v, state[k].numpy()) <= tol, k
 
 
 # --------------------------------------------------------------------------- input sizes and bad input

@@ -18,25 +18,13 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.backbone import ResNet
 
+from helpers import rel
+
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch's thread pool spinning beside OpenBLAS's on 2 shared cores makes both crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(a, b):
-    """max |a - b| relative to max |b|."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.max(np.abs(b))
-    return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _nontrivial(module, seed=0):
@@ -89,14 +77,14 @@ def test_from_torchvision(fid, ctor, depth, aux, classes, shape):
         expected = tv(torch.from_numpy(x))["out"].numpy()
     got = model(x)
     assert got.shape == (1, classes) + shape[2:] and got.dtype == F32
-    assert _rel(got, expected) < TOL
+    assert rel(got, expected) < TOL
     if aux:  # the state_dict alone gives the same model (output stride 8 and rates are torchvision's)
         again = interop.from_torchvision(tv.state_dict())
         assert again.config == c and not again.training
         assert all(np.array_equal(again.params[k], v) for k, v in model.params.items())
         twin = interop.to_reference(model)  # the twin runs torchvision's ops: the same logits
         with torch.no_grad():
-            assert _rel(twin(torch.from_numpy(x))["out"].numpy(), expected) < 1e-6
+            assert rel(twin(torch.from_numpy(x))["out"].numpy(), expected) < 1e-6
 
 
 def test_from_torchvision_keeps_mode_and_dtype():
@@ -148,10 +136,10 @@ def test_from_smp(fid, cls, encoder, os_, kw, shape):
         expected = sm(torch.from_numpy(x)).numpy()
     got = model(x)
     assert got.shape == (shape[0], 5) + shape[2:]
-    assert _rel(got, expected) < TOL
+    assert rel(got, expected) < TOL
     twin = interop.to_reference(model)  # the twin resizes to a size, smp by a scale factor: the same here
     with torch.no_grad():
-        assert _rel(twin(torch.from_numpy(x))["out"].numpy(), expected) < 1e-6
+        assert rel(twin(torch.from_numpy(x))["out"].numpy(), expected) < 1e-6
 
 
 def test_smp_input_rule():
@@ -234,18 +222,18 @@ def test_decoder_layout_smp_matches_twin(fid, name, options, training):
     ref.set_dropout_masks(t, cache.masks)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     out = t(xt)["out"]
-    assert _rel(logits, out.detach().numpy()) < 1e-11
+    assert rel(logits, out.detach().numpy()) < 1e-11
     if training:
         state = t.state_dict()
-        assert all(_rel(v, state[k].numpy()) < 1e-12 for k, v in model.buffers.items())
+        assert all(rel(v, state[k].numpy()) < 1e-12 for k, v in model.buffers.items())
     dlogits = np.random.default_rng(8).standard_normal(logits.shape)
     dx, grads = scratch.model_backward(dlogits, cache)
     (out * torch.from_numpy(dlogits)).sum().backward()
-    assert _rel(dx, xt.grad.numpy()) < 1e-10
+    assert rel(dx, xt.grad.numpy()) < 1e-10
     tgrads = {k: p.grad for k, p in t.named_parameters()}
     assert list(grads) == list(model.params) == list(tgrads)
     for k, g in grads.items():
-        assert _rel(g, tgrads[k].numpy()) < 1e-10, k
+        assert rel(g, tgrads[k].numpy()) < 1e-10, k
 
 
 def test_v3_smp_layout_is_paper_layout_on_its_sizes():
