@@ -60,7 +60,7 @@ from minideeplab.scratch import _lattice_fast as fast
 PROB_FLOOR = 1e-5
 NORMALIZATIONS = ("symmetric", "after")
 METHODS = ("lattice", "exact")
-EXACT_MAX_PIXELS = 16_384  # 128 x 128: about 40 s for 10 iterations here; 256 x 256 would take half an hour
+EXACT_MAX_PIXELS = 16_384  # 128 x 128; time grows as N^2 (96 x 96 took 6.6 s per iteration on a busy machine)
 MAX_FEATURE = 1e5  # largest |feature| (position / xy_std, colour / rgb_std) the float32 lattice handles exactly
 # Parameter sets in use. DeepLab v2's from its released prototxts; the README example of pydensecrf.
 PARAMETER_SETS = {
