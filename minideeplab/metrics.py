@@ -29,7 +29,7 @@ def boundary_band(labels: np.ndarray, width: float, ignore_index: int = 255) -> 
 
 def trimap_accuracy(pred: np.ndarray, target: np.ndarray, widths, ignore_index: int = 255) -> np.ndarray:
     """Pixel accuracy of `pred` inside the band of each width around `target`'s boundaries, as DeepLab
-    measured the CRF (v2 paper, Fig. 5). pred, target (H, W) ints -> float64 array, one value per width
+    measured the CRF (the trimap experiment of the v1 and v2 papers). pred, target (H, W) ints -> float64 array, one value per width
     (nan where a band is empty)."""
     pred = _labels("trimap_accuracy", "pred", pred)
     target = _labels("trimap_accuracy", "target", target)

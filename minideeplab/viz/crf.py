@@ -333,7 +333,7 @@ def plot_trimap(image, labels, widths, curves: dict, band_width: int = BAND_WIDT
         b.plot(widths, 100 * np.asarray(acc), style, ms=4, label=name)
     b.set_xlabel("band width (pixels from a border)")
     b.set_ylabel("pixel accuracy in the band (%)")
-    b.set_title("accuracy near borders (DeepLab's trimap, v2 paper Fig. 5)", fontsize=10)
+    b.set_title("accuracy near borders (DeepLab's trimap experiment)", fontsize=10)
     b.grid(alpha=0.3)
     b.legend(fontsize=9)
     return fig
