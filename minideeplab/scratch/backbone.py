@@ -93,8 +93,9 @@ class ResNet:
       ``"smp"`` (segmentation_models_pytorch's ``make_dilated``): every conv of a dilated stage, block0
       and its downsample included, gets stride 1 and the stage's dilation.
       Basic blocks (which torchvision refuses to dilate) use the block's dilation on both 3x3 convs.
-    multi_grid: DeepLab v3's unit rates for layer4, one per block, e.g. (1, 2, 4): block j's dilation
-      is multiplied by multi_grid[j] (after the convention). None: all 1.
+    multi_grid: DeepLab v3's unit rates for layer4, one per block, e.g. (1, 2, 4): block j's dilation is
+      multi_grid[j] times the stage's rate, for every block whatever the convention (the paper: (1, 2, 4)
+      at output stride 16 gives rates (2, 4, 8)). None: the convention's rates.
 
     Derived (not arguments): ``block``, ``blocks``, ``widths``, ``stem_width``, ``expansion``, and
     ``stages``: 4 tuples of ``BlockPlan``, layer1 to layer4.
@@ -185,8 +186,8 @@ def _resnet_stages(block, blocks, widths, stem, output_stride, convention, multi
         rates = [dilation] * n
         if convention == "torchvision":
             rates[0] = previous
-        if i == 3 and multi_grid is not None:
-            rates = [r * m for r, m in zip(rates, multi_grid)]
+        if i == 3 and multi_grid is not None:  # the paper: every block at unit rate x the stage's rate
+            rates = [dilation * m for m in multi_grid]
         stages.append(tuple(BlockPlan(stride if j == 0 else 1, rates[j], downsample and j == 0,
                                       in_ch if j == 0 else out_ch, width, out_ch) for j in range(n)))
         in_ch = out_ch
