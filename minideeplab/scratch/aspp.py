@@ -44,7 +44,7 @@ import numpy as np
 
 from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
-from minideeplab.scratch.backbone import (ConvBNCache, conv_bn_backward, conv_bn_forward,
+from minideeplab.scratch.backbone import (ConvBNCache, _names, check_subset, conv_bn_backward, conv_bn_forward,
                                           conv_relu_backward, conv_relu_forward)
 from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm2d, batch_norm2d_backward,
                                         concat, concat_backward, dropout, dropout_backward, global_avg_pool,
@@ -240,40 +240,6 @@ def init_aspp(spec, rng, dtype=np.float32, prefix=""):
     """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (see ``init_params``)."""
     _check_spec("init_aspp", spec)
     return init_params(*parameter_shapes(spec, prefix), rng, dtype, "init_aspp")
-
-
-def _names(keys, limit=6):
-    keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def check_subset(fn, what, shapes, buffer_shapes, params, buffers, dtype, prefix=""):
-    """The keys of ``shapes``/``buffer_shapes`` must be in params/buffers with those shapes and ``dtype``
-    (num_batches_tracked: an integer 0-D array); keys below ``prefix`` that are not expected are an error
-    too (all keys when the prefix is empty). Other keys (the rest of a model) are left alone."""
-    below = (lambda k: k.startswith(prefix + ".")) if prefix else (lambda k: True)
-    for kind, d, expected in (("params", params, shapes), ("buffers", buffers, buffer_shapes)):
-        if not isinstance(d, dict):
-            raise ValueError(f"{fn}: {kind} must be a dict of numpy arrays, got {type(d).__name__}")
-        missing = [k for k in expected if k not in d]
-        unexpected = [k for k in d if below(k) and k not in expected]
-        if missing or unexpected:
-            parts = ([f"missing {_names(missing)}"] if missing else []) + (
-                [f"unexpected {_names(unexpected)}"] if unexpected else [])
-            raise ValueError(f"{fn}: {kind} do not match {what}: {'; '.join(parts)}")
-        for name, shape in expected.items():
-            a = d[name]
-            if not isinstance(a, np.ndarray):
-                raise ValueError(f"{fn}: {kind}[{name!r}] must be a numpy array, got {type(a).__name__}")
-            if a.shape != shape:
-                raise ValueError(f"{fn}: {kind}[{name!r}] has shape {a.shape}, expected {shape} for {what}")
-            if name.endswith("num_batches_tracked"):
-                if not np.issubdtype(a.dtype, np.integer):
-                    raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype}, expected an integer dtype")
-            elif a.dtype != dtype:
-                raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype} but x has dtype {np.dtype(dtype)}; "
-                                 f"they must share one dtype (float32 or float64)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from minideeplab.scratch.layers import (BatchNormCache, MaxPoolCache, _float_arr
                                         batch_norm2d_backward, max_pool2d, max_pool2d_backward, relu,
                                         relu_backward)
 
-__all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "parameter_shapes", "init_backbone", "check_params",
+__all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "parameter_shapes", "init_backbone", "check_params", "check_subset", "check_image",
            "conv_bn_forward", "conv_bn_backward", "stem_forward", "stem_backward",
            "basic_block_forward", "basic_block_backward", "bottleneck_forward", "bottleneck_backward",
            "conv_relu_forward", "conv_relu_backward", "BackboneCache", "backbone_forward", "backbone_backward"]
@@ -357,27 +357,34 @@ def check_params(spec, params, buffers, dtype, fn="check_params"):
     """params and buffers must hold exactly the spec's keys, with its shapes, floats of ``dtype``
     (num_batches_tracked: an integer 0-D array). Raises ValueError naming what does not match."""
     _check_spec(fn, spec)
-    shapes, buffer_shapes = parameter_shapes(spec)
-    for what, d, expected in (("params", params, shapes), ("buffers", buffers, buffer_shapes)):
+    check_subset(fn, repr(spec), *parameter_shapes(spec), params, buffers, dtype)
+
+
+def check_subset(fn, what, shapes, buffer_shapes, params, buffers, dtype, prefix=""):
+    """The keys of ``shapes``/``buffer_shapes`` must be in params/buffers with those shapes and ``dtype``
+    (num_batches_tracked: an integer 0-D array); keys below ``prefix`` that are not expected are an error
+    too (all keys when the prefix is empty). Other keys (the rest of a model) are left alone."""
+    below = (lambda k: k.startswith(prefix + ".")) if prefix else (lambda k: True)
+    for kind, d, expected in (("params", params, shapes), ("buffers", buffers, buffer_shapes)):
         if not isinstance(d, dict):
-            raise ValueError(f"{fn}: {what} must be a dict of numpy arrays, got {type(d).__name__}")
+            raise ValueError(f"{fn}: {kind} must be a dict of numpy arrays, got {type(d).__name__}")
         missing = [k for k in expected if k not in d]
-        unexpected = [k for k in d if k not in expected]
+        unexpected = [k for k in d if below(k) and k not in expected]
         if missing or unexpected:
             parts = ([f"missing {_names(missing)}"] if missing else []) + (
                 [f"unexpected {_names(unexpected)}"] if unexpected else [])
-            raise ValueError(f"{fn}: {what} do not match {spec!r}: {'; '.join(parts)}")
+            raise ValueError(f"{fn}: {kind} do not match {what}: {'; '.join(parts)}")
         for name, shape in expected.items():
             a = d[name]
             if not isinstance(a, np.ndarray):
-                raise ValueError(f"{fn}: {what}[{name!r}] must be a numpy array, got {type(a).__name__}")
+                raise ValueError(f"{fn}: {kind}[{name!r}] must be a numpy array, got {type(a).__name__}")
             if a.shape != shape:
-                raise ValueError(f"{fn}: {what}[{name!r}] has shape {a.shape}, expected {shape} for {spec!r}")
+                raise ValueError(f"{fn}: {kind}[{name!r}] has shape {a.shape}, expected {shape} for {what}")
             if name.endswith("num_batches_tracked"):
                 if not np.issubdtype(a.dtype, np.integer):
-                    raise ValueError(f"{fn}: {what}[{name!r}] has dtype {a.dtype}, expected an integer dtype")
+                    raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype}, expected an integer dtype")
             elif a.dtype != dtype:
-                raise ValueError(f"{fn}: {what}[{name!r}] has dtype {a.dtype} but x has dtype {np.dtype(dtype)}; "
+                raise ValueError(f"{fn}: {kind}[{name!r}] has dtype {a.dtype} but x has dtype {np.dtype(dtype)}; "
                                  f"they must share one dtype (float32 or float64)")
 
 
@@ -558,6 +565,20 @@ class BackboneCache(NamedTuple):
     dtype: np.dtype
 
 
+def check_image(fn, x, training, output_stride, what):
+    """x must be a float (N, 3, H, W) array with H, W >= output_stride; training a bool. -> x.shape"""
+    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    if C != 3:
+        raise ValueError(f"{fn}: x has shape {x.shape}, expected 3 channels (N, 3, H, W)")
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"{fn}: training must be True or False, got {training!r}")
+    if H < output_stride or W < output_stride:
+        raise ValueError(f"{fn}: x has shape {x.shape}, but {what} needs H and W >= {output_stride} "
+                         f"(its output stride)")
+    return N, C, H, W
+
+
 def backbone_forward(spec, params, buffers, x, training):
     """x (N, 3, H, W) -> (features, BackboneCache), features = {"low_level": stride-4 features,
     "out": the last stage's}. ResNet: low_level = layer1 (N, 64 * expansion, ceil(H/4), ceil(W/4)) for
@@ -570,15 +591,8 @@ def backbone_forward(spec, params, buffers, x, training):
     """
     fn = "backbone_forward"
     _check_spec(fn, spec)
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
-    N, C, H, W = x.shape
-    if C != 3:
-        raise ValueError(f"{fn}: x has shape {x.shape}, expected 3 channels (N, 3, H, W)")
-    if not isinstance(training, (bool, np.bool_)):
-        raise ValueError(f"{fn}: training must be True or False, got {training!r}")
+    N, C, H, W = check_image(fn, x, training, spec.output_stride, repr(spec))
     os_ = spec.output_stride
-    if H < os_ or W < os_:
-        raise ValueError(f"{fn}: x has shape {x.shape}, but {spec!r} needs H and W >= {os_} (its output stride)")
     out_hw = (-(-H // os_), -(-W // os_))
     if training and isinstance(spec, ResNet) and N * out_hw[0] * out_hw[1] < 2:
         raise ValueError(f"{fn}: x has shape {x.shape}, which gives a {out_hw[0]}x{out_hw[1]} last stage: "

@@ -71,7 +71,7 @@ from minideeplab.scratch.aspp import (ASPP, ASPPL, _names, aspp_backward, aspp_f
                                       maybe_dropout)
 from minideeplab.scratch.aspp import parameter_shapes as aspp_parameter_shapes
 from minideeplab.scratch.backbone import (VGG, BackboneCache, ResNet, StemCache, backbone_backward, backbone_forward,
-                                          basic_block_backward, bottleneck_backward, conv_relu_backward,
+                                          basic_block_backward, bottleneck_backward, check_image, conv_relu_backward,
                                           conv_relu_forward, stem_backward)
 from minideeplab.scratch.backbone import parameter_shapes as backbone_parameter_shapes
 from minideeplab.scratch.layers import (MaxPoolCache, _float_array, concat, concat_backward, dropout_backward,
@@ -462,16 +462,8 @@ class DeepLabCache(NamedTuple):
 
 def _check_input(fn, config, params, buffers, x, training):
     _check_config(fn, config)
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
-    N, C, H, W = x.shape
-    if C != 3:
-        raise ValueError(f"{fn}: x has shape {x.shape}, expected 3 channels (N, 3, H, W)")
-    if not isinstance(training, (bool, np.bool_)):
-        raise ValueError(f"{fn}: training must be True or False, got {training!r}")
+    N, C, H, W = check_image(fn, x, training, config.output_stride, config.describe())
     os_ = config.output_stride
-    if H < os_ or W < os_:
-        raise ValueError(f"{fn}: x has shape {x.shape}, but {config.describe()} needs H and W >= {os_} "
-                         f"(its output stride)")
     if config.decoder_layout == "smp" and (H % os_ or W % os_):
         def up(s):
             return ", ".join(str(v) for v in sorted({s - s % os_, s - s % os_ + os_}) if v >= os_)
