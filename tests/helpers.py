@@ -9,3 +9,31 @@ def rel(a, b):
     assert a.shape == b.shape, (a.shape, b.shape)
     scale = np.max(np.abs(b))
     return np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)
+
+
+def nontrivial_model(name, dtype=np.float64, seed=0, **kw):
+    """``scratch.build_model`` with BN affine parameters, running statistics and biases moved away from
+    their initial 1 / 0, so that eval mode and every gradient are non-trivial."""
+    from minideeplab import scratch
+
+    m = scratch.build_model(name, rng=np.random.default_rng(seed), dtype=np.float64, **kw)
+    rng = np.random.default_rng(seed + 100)
+    for k, v in m.params.items():
+        if v.ndim == 1:
+            bn = k.endswith(".weight") and k[:-7] + ".running_mean" in m.buffers
+            m.params[k] = rng.uniform(0.5, 1.5, v.shape) if bn else 0.1 * rng.standard_normal(v.shape)
+    for k, v in m.buffers.items():
+        if k.endswith("running_mean"):
+            m.buffers[k] = 0.1 * rng.standard_normal(v.shape)
+        elif k.endswith("running_var"):
+            m.buffers[k] = rng.uniform(0.5, 2, v.shape)
+    return cast_model(m, dtype)
+
+
+def cast_model(m, dtype):
+    """A copy of DeepLab ``m`` with floating parameters and buffers in ``dtype``."""
+    from minideeplab import scratch
+
+    return scratch.DeepLab(m.config, {k: v.astype(dtype) for k, v in m.params.items()},
+                           {k: v.astype(dtype) if v.dtype.kind == "f" else v.copy() for k, v in m.buffers.items()},
+                           m.training, np.random.default_rng(7))

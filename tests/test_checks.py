@@ -1,5 +1,12 @@
 """Every exercise check: the right answer passes, plausible wrong answers fail with the right hint,
-and an unfinished stub's ExerciseNotDone passes through untouched."""
+and an unfinished stub's ExerciseNotDone passes through untouched.
+
+Notebooks 01, 02 and 08 keep their cases here; a later notebook keeps its own in
+``tests/check_cases_<module>.py`` (CORRECT, STUDENT_STYLE, WRONG, as below), merged in at the end.
+"""
+
+import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +237,14 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_8_3", lambda *a: blur_student(*a, mistake="augmented"), "changed the array it was given"),
     ("exercise_8_3", lambda *a: blur_student(*a, mistake="float64"), "dtype float64, expected float32"),
 ]
+
+
+for _path in sorted(Path(__file__).parent.glob("check_cases_*.py")):
+    _cases = importlib.import_module(_path.stem)
+    assert not set(_cases.CORRECT) & set(CORRECT), f"{_path.name} repeats an exercise"
+    CORRECT.update(_cases.CORRECT)
+    STUDENT_STYLE.update(getattr(_cases, "STUDENT_STYLE", {}))
+    WRONG += _cases.WRONG
 
 
 def test_every_exercise_has_cases():

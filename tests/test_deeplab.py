@@ -1,5 +1,5 @@
 """The DeepLab family: configs, names against torchvision's deeplabv3_resnet50, the scratch forward and
-backward against the PyTorch twins (dropout masks replayed), one SGD step against torch.optim.SGD, bad input."""
+backward against the PyTorch twins (dropout masks replayed), bad input (one SGD step: test_training_step.py)."""
 
 import numpy as np
 import pytest
@@ -10,37 +10,13 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.aspp import ASPP
 from minideeplab.scratch.backbone import VGG, ResNet, init_backbone
-from minideeplab.scratch.layers import softmax_cross_entropy
 
-from helpers import rel
+from helpers import cast_model, nontrivial_model, rel
 
 F32, F64 = np.float32, np.float64
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _model(name, dtype=F64, seed=0, **kw):
-    """build_model, then BN affine parameters, running statistics and biases away from their initial
-    1 / 0, so that eval mode and every gradient are non-trivial."""
-    m = scratch.build_model(name, rng=np.random.default_rng(seed), dtype=F64, **kw)
-    rng = np.random.default_rng(seed + 100)
-    for k, v in m.params.items():
-        if v.ndim == 1:
-            bn = k.endswith(".weight") and k[:-7] + ".running_mean" in m.buffers
-            m.params[k] = rng.uniform(0.5, 1.5, v.shape) if bn else 0.1 * rng.standard_normal(v.shape)
-    for k, v in m.buffers.items():
-        if k.endswith("running_mean"):
-            m.buffers[k] = 0.1 * rng.standard_normal(v.shape)
-        elif k.endswith("running_var"):
-            m.buffers[k] = rng.uniform(0.5, 2, v.shape)
-    return _cast(m, dtype)
-
-
-def _cast(m, dtype):
-    return scratch.DeepLab(m.config, {k: v.astype(dtype) for k, v in m.params.items()},
-                           {k: v.astype(dtype) if v.dtype.kind == "f" else v.copy() for k, v in m.buffers.items()},
-                           m.training, np.random.default_rng(7))
 
 
 NARROW_VGG = VGG((4, 6, 8, 8, 8), 16)
@@ -165,7 +141,7 @@ def test_torchvision_output():
 def test_forward_matches_torch(fid, name, options, x, training):
     """float64 (eval and train, dropout masks replayed, running statistics moved alike): tight.
     float32 eval: within 1e-5 of max |logit|."""
-    model = _model(name, F64, seed=len(fid), num_classes=5, **options)
+    model = nontrivial_model(name, F64, seed=len(fid), num_classes=5, **options)
     logits, cache, t = _run_twin(model, x, training)
     with torch.no_grad():
         out = t(torch.from_numpy(x))
@@ -183,7 +159,7 @@ def test_forward_matches_torch(fid, name, options, x, training):
         for k, v in model.buffers.items():
             assert rel(v, state[k].numpy()) < 1e-12, k
     else:
-        m32 = _cast(model, F32)
+        m32 = cast_model(model, F32)
         t32 = ref.to_torch(m32)
         with torch.no_grad():
             expected = t32(torch.from_numpy(x.astype(F32)))["out"].numpy()
@@ -197,7 +173,7 @@ def test_forward_matches_torch(fid, name, options, x, training):
 @pytest.mark.parametrize("fid, name, options, x", MINI, ids=[f[0] for f in MINI])
 def test_backward_matches_autograd(fid, name, options, x, training):
     """dx and every parameter's gradient against torch autograd, float64 (aux included for v3 aux)."""
-    model = _model(name, F64, seed=len(fid) + 1, num_classes=4, **options)
+    model = nontrivial_model(name, F64, seed=len(fid) + 1, num_classes=4, **options)
     logits, cache, t = _run_twin(model, x, training)
     rng = np.random.default_rng(8)
     dlogits = rng.standard_normal(logits.shape)
@@ -224,7 +200,7 @@ def test_backward_matches_autograd(fid, name, options, x, training):
 
 
 def test_aux_head_only_in_training():
-    model = _model("v3", F64, backbone="mini", aux=True, num_classes=3)
+    model = nontrivial_model("v3", F64, backbone="mini", aux=True, num_classes=3)
     y_eval, c_eval = model.eval().forward(X33)
     assert c_eval.aux is None and c_eval.masks == {}
     _, c_train = model.train().forward(X33)
@@ -271,7 +247,7 @@ def test_init_model():
 
 
 def test_round_trip():
-    model = _model("v2", F64, backbone=NARROW_VGG, fc_channels=8)
+    model = nontrivial_model("v2", F64, backbone=NARROW_VGG, fc_channels=8)
     assert not any(k.startswith(("backbone.fc6", "backbone.fc7")) for k in model.params)  # v2 VGG ends at pool5
     t = ref.to_torch(model.train())
     assert t.training and next(t.parameters()).dtype == torch.float64
@@ -280,71 +256,6 @@ def test_round_trip():
     assert all(np.array_equal(back.params[k], v) for k, v in model.params.items())
     back.params["classifier.branches.0.fc6.weight"][...] = 0
     assert model.params["classifier.branches.0.fc6.weight"].any()  # copies
-
-
-# --------------------------------------------------------------------------- training: one SGD step
-
-def test_sgd_step_matches_torch():
-    """Three steps with momentum and weight decay, float64, against torch.optim.SGD; without momentum
-    too; a key missing from grads is left alone (torch skips a parameter whose grad is None)."""
-    rng = np.random.default_rng(0)
-    for momentum, wd in ((0.9, 1e-4), (0.0, 0.0), (0.5, 0.0)):
-        params = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5), "c": rng.standard_normal(2)}
-        tp = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
-        opt = torch.optim.SGD(tp.values(), lr=0.1, momentum=momentum, weight_decay=wd)
-        state = None
-        for _ in range(3):
-            grads = {k: rng.standard_normal(v.shape) for k, v in params.items() if k != "c"}
-            for k, p in tp.items():
-                p.grad = torch.from_numpy(grads[k].copy()) if k in grads else None
-            opt.step()
-            state = scratch.sgd_step(params, grads, 0.1, momentum, wd, state)
-        for k in params:
-            assert rel(params[k], tp[k].detach().numpy()) < 1e-14, k
-        assert set(state) == ({"a", "b"} if momentum else set())
-
-
-@pytest.mark.parametrize("dtype, lr, tol", [(F64, 0.01, 1e-10), (F32, 1e-4, 1e-5)], ids=["f64", "f32"])
-def test_one_training_step_matches_torch(dtype, lr, tol):
-    """The mini DeepLab v3+: forward (training: batch statistics, dropout), softmax cross-entropy with
-    ignore 255, backward, SGD with momentum 0.9 and weight decay 1e-4, from the same weights and batch;
-    every parameter and buffer ends within ``tol`` (relative to its max) of torch's.
-
-    float64 at lr 0.01: exact to rounding. float32 at lr 1e-4, where conv1 moves 4 % and the other
-    weights 1e-5 to 0.4 %: within 1e-5. At lr 0.01 conv1 moves 300 % in this one step, the update is the
-    weight, and the float32 gradients' own rounding (~2e-5 of conv1's, torch's as ours, against float64)
-    shows through; and a ReLU whose input lies within float32 rounding of 0 (about one batch in two at
-    this size, on either side) changes the gradients below it by up to 1e-2 of their max. This batch
-    (seed 213) has none on this machine."""
-    seed = 213
-    model = _model("v3plus", dtype, seed=seed, backbone="mini", num_classes=4).train()
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((4, 3, 17, 17)).astype(dtype)
-    target = rng.integers(0, 4, (4, 17, 17))
-    target[:, :5] = 255  # ignored rows
-    model.rng = np.random.default_rng(seed + 2)
-    t = ref.to_torch(model)
-    before = {k: v.copy() for k, v in model.params.items()}
-    opt = torch.optim.SGD(t.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-
-    logits, cache = model.forward(x)
-    loss, dlogits = softmax_cross_entropy(logits, target, ignore_index=255)
-    grads = model.backward(dlogits, cache)
-    scratch.sgd_step(model.params, grads, lr, 0.9, 1e-4, None)
-
-    ref.set_dropout_masks(t, cache.masks)
-    out = t(torch.from_numpy(x))["out"]
-    tloss = torch.nn.functional.cross_entropy(out, torch.from_numpy(target), ignore_index=255)
-    opt.zero_grad()
-    tloss.backward()
-    opt.step()
-    assert loss.dtype == dtype and abs(float(loss) - tloss.item()) <= max(tol, 1e-6) * tloss.item()
-    state = t.state_dict()
-    for k, v in model.params.items():
-        assert v.dtype == dtype and rel(v, state[k].numpy()) <= tol, k
-        assert not np.array_equal(v, before[k]), k  # every parameter moved
-    for k, v in model.buffers.items():
-        assert rel(v, state[k].numpy()) <= tol, k
 
 
 # --------------------------------------------------------------------------- input sizes and bad input

@@ -18,7 +18,7 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.backbone import ResNet
 
-from helpers import rel
+from helpers import nontrivial_model, rel
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
@@ -165,21 +165,7 @@ def test_smp_input_rule():
 # --------------------------------------------------------------------------- the decoder_layout option
 
 def _model(name, dtype=F64, seed=0, **kw):
-    """build_model with BN parameters, statistics and biases away from 1 / 0."""
-    m = scratch.build_model(name, rng=np.random.default_rng(seed), dtype=F64, **kw)
-    rng = np.random.default_rng(seed + 100)
-    for k, v in m.params.items():
-        if v.ndim == 1:
-            bn = k.endswith(".weight") and k[:-7] + ".running_mean" in m.buffers
-            m.params[k] = rng.uniform(0.5, 1.5, v.shape) if bn else 0.1 * rng.standard_normal(v.shape)
-    for k, v in m.buffers.items():
-        if k.endswith("running_mean"):
-            m.buffers[k] = 0.1 * rng.standard_normal(v.shape)
-        elif k.endswith("running_var"):
-            m.buffers[k] = rng.uniform(0.5, 2, v.shape)
-    return scratch.DeepLab(m.config, {k: v.astype(dtype) for k, v in m.params.items()},
-                           {k: v.astype(dtype) if v.dtype.kind == "f" else v.copy() for k, v in m.buffers.items()},
-                           False, np.random.default_rng(7))
+    return nontrivial_model(name, dtype, seed, **kw).eval()
 
 
 SMP_LAYOUT = [

@@ -1,0 +1,19 @@
+"""Shared pieces of the exercise checks: small converters used by more than one notebook's checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minideeplab.grading.core import ExerciseWrong
+
+
+def first_bad(got, expected) -> int:
+    """Index of the first entry of ``got`` not close to ``expected`` (both flattened)."""
+    return int(np.argmax(~np.isclose(np.asarray(got, dtype=float), np.asarray(expected, dtype=float))))
+
+
+def as_number(v, exercise, call):
+    """``v`` when it is a real number (not a bool); else ExerciseWrong naming the call."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ExerciseWrong(f"Exercise {exercise}: {call} returned {v!r} ({type(v).__name__}), expected a number")
+    return v
