@@ -36,46 +36,77 @@ def test_sgd_step_matches_torch():
         assert set(state) == ({"a", "b"} if momentum else set())
 
 
-@pytest.mark.parametrize("dtype, lr, tol", [(F64, 0.01, 1e-10), (F32, 1e-4, 1e-5)], ids=["f64", "f32"])
-def test_one_training_step_matches_torch(dtype, lr, tol):
-    """The mini DeepLab v3+: forward (training: batch statistics, dropout), softmax cross-entropy with
-    ignore 255, backward, SGD with momentum 0.9 and weight decay 1e-4, from the same weights and batch;
-    every parameter and buffer ends within ``tol`` (relative to its max) of torch's.
-
-    float64 at lr 0.01: exact to rounding. float32 at lr 1e-4, where conv1 moves 4 % and the other
-    weights 1e-5 to 0.4 %: within 1e-5. At lr 0.01 conv1 moves 300 % in this one step, the update is the
-    weight, and the float32 gradients' own rounding (~2e-5 of conv1's, torch's as ours, against float64)
-    shows through; and a ReLU whose input lies within float32 rounding of 0 (about one batch in two at
-    this size, on either side) changes the gradients below it by up to 1e-2 of their max. This batch
-    (seed 213) has none on this machine."""
-    seed = 213
-    model = nontrivial_model("v3plus", dtype, seed=seed, backbone="mini", num_classes=4).train()
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((4, 3, 17, 17)).astype(dtype)
-    target = rng.integers(0, 4, (4, 17, 17))
-    target[:, :5] = 255  # ignored rows
-    model.rng = np.random.default_rng(seed + 2)
+def _one_step(model, x, target, lr):
+    """One training step of ``model`` (scratch) and of its torch twin from the same weights, batch and
+    dropout masks. -> (scratch loss, torch loss, torch state_dict after the step); model is updated."""
     t = ref.to_torch(model)
-    before = {k: v.copy() for k, v in model.params.items()}
-    opt = torch.optim.SGD(t.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-
     logits, cache = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, target, ignore_index=255)
     grads = model.backward(dlogits, cache)
     scratch.sgd_step(model.params, grads, lr, 0.9, 1e-4, None)
 
     ref.set_dropout_masks(t, cache.masks)
+    opt = torch.optim.SGD(t.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     out = t(torch.from_numpy(x))["out"]
     tloss = torch.nn.functional.cross_entropy(out, torch.from_numpy(target), ignore_index=255)
     opt.zero_grad()
     tloss.backward()
     opt.step()
-    assert loss.dtype == dtype and abs(float(loss) - tloss.item()) <= max(tol, 1e-6) * tloss.item()
-    state = t.state_dict()
+    return loss, tloss.item(), {k: v.numpy() for k, v in t.state_dict().items()}
+
+
+def _batch(seed, dtype):
+    model = nontrivial_model("v3plus", dtype, seed=seed, backbone="mini", num_classes=4).train()
+    model.rng = np.random.default_rng(seed + 2)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((4, 3, 17, 17)).astype(dtype)
+    target = rng.integers(0, 4, (4, 17, 17))
+    target[:, :5] = 255  # ignored rows
+    return model, x, target
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_training_step_matches_torch_float64(seed):
+    """The mini DeepLab v3+: forward (training: batch statistics, dropout), softmax cross-entropy with
+    ignore 255, backward, SGD with momentum 0.9 and weight decay 1e-4 at lr 0.01, from the same weights
+    and batch: every parameter and buffer ends within 1e-10 (relative to its max) of torch's."""
+    model, x, target = _batch(seed, F64)
+    before = {k: v.copy() for k, v in model.params.items()}
+    loss, tloss, state = _one_step(model, x, target, 0.01)
+    assert loss.dtype == F64 and abs(float(loss) - tloss) <= 1e-12 * tloss
     for k, v in model.params.items():
-        assert v.dtype == dtype and rel(v, state[k].numpy()) <= tol, k
+        assert v.dtype == F64 and rel(v, state[k]) <= 1e-10, k
         assert not np.array_equal(v, before[k]), k  # every parameter moved
     for k, v in model.buffers.items():
-        assert rel(v, state[k].numpy()) <= tol, k
+        assert rel(v, state[k]) <= 1e-10, k
 
 
+def test_one_training_step_matches_torch_float32():
+    """The same step in float32 (lr 1e-4), on five seeded batches: the parameters after the step are
+    within 1e-5 (relative to their max) of torch's float32 step on every batch whose step float32 can
+    define, and at least four of the five batches qualify.
+
+    A batch qualifies when both float32 steps, ours and torch's, are within 1e-5 of the float64 step.
+    The ones that do not have a ReLU input within float32 rounding of 0 (measured: a sign that differs
+    between float32 and float64, in ours or in torch's), and the gradient below that ReLU then depends on
+    the rounding: either side's float32 step is then up to 1e-2 from the float64 one, and from the other's.
+    The learning rate is small because in this test model conv1's gradient is ~400x its weights (random
+    inputs, perturbed BN statistics): at lr 0.01 the update is larger than the weight and the float32
+    gradients' own rounding (~5e-5, torch's as ours) shows in every batch."""
+    lr, qualified = 1e-4, []
+    for seed in (1, 2, 3, 4, 5):
+        model, x, target = _batch(seed, F32)
+        loss, tloss, state = _one_step(model, x, target, lr)
+        model64, x64, _ = _batch(seed, F64)
+        _, _, state64 = _one_step(model64, x64, target, lr)
+        assert loss.dtype == F32 and abs(float(loss) - tloss) <= 1e-5 * tloss
+        err = {k: rel(v, state[k]) for k, v in model.params.items()}
+        ours = max(rel(v, state64[k]) for k, v in model.params.items())
+        theirs = max(rel(state[k], state64[k]) for k in model.params)
+        if max(ours, theirs) <= 1e-5:
+            qualified.append(seed)
+            worst = max(err, key=err.get)
+            assert err[worst] <= 1e-5, f"seed {seed}: {worst} differs by {err[worst]:.2e} of its max"
+            for k, v in model.buffers.items():
+                assert rel(v, state[k]) <= 1e-5, (seed, k)
+    assert len(qualified) >= 4, f"only batches {qualified} have a step float32 can define"
