@@ -154,6 +154,10 @@ def test_aspp_matches_torch(variant, training):
         with torch.no_grad():
             t32 = _twin(spec, p32, b32, False)(torch.from_numpy(X.astype(F32))).numpy()
         assert y32.dtype == F32 and rel(y32, t32) <= 1e-5
+        # the lean eval path (no caches) against the same twins
+        assert rel(scratch.aspp_infer(spec, params, buffers, X), yt.detach().numpy()) < 1e-12
+        yi32 = scratch.aspp_infer(spec, p32, b32, X.astype(F32))
+        assert yi32.dtype == F32 and rel(yi32, t32) <= 1e-5
 
 
 def test_prefix_and_a_model_sized_dict():
@@ -185,6 +189,8 @@ def test_aspp_l_matches_torch(training):
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = m(xt)
     assert y.shape == (2, 5, 7, 9) and rel(y, yt.detach().numpy()) < 1e-12
+    if not training:
+        assert rel(scratch.aspp_l_infer(spec, params, {}, x, "classifier"), yt.detach().numpy()) < 1e-12
     dy = np.random.default_rng(7).standard_normal(y.shape)
     dx, grads = scratch.aspp_l_backward(dy, cache)
     yt.backward(torch.from_numpy(dy))
@@ -272,6 +278,9 @@ BAD = [
      "rng must be a numpy.random.Generator .* got NoneType"),
     ("aspp_l_forward", lambda: scratch.aspp_l_forward(_SPEC, _P, _B, X, False), "spec must be an ASPPL, got ASPP"),
     ("aspp_l_backward", lambda: scratch.aspp_l_backward(_Y, _CACHE), "cache must be the ASPPLCache returned by aspp_l_forward, got ASPPCache"),
+    ("aspp_infer", lambda: scratch.aspp_infer(_SPEC, _P, _B, X[:, :16]), r"x has shape \(2, 16, 7, 9\), expected 24 channels"),
+    ("aspp_infer", lambda: scratch.aspp_infer(_LSPEC, _LP, {}, X), "spec must be an ASPP, got ASPPL"),
+    ("aspp_l_infer", lambda: scratch.aspp_l_infer(_LSPEC, _LP, {}, X.astype(F32)), r"has dtype float64 but x has dtype float32"),
 ]
 
 

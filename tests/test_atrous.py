@@ -37,6 +37,10 @@ CASES = [
     (1, 2, 1, 1, 3, (2, 2), 10, 1, 5, 1, True),          # no tap ever reads real input: bias only
     (1, 4, 9, 1, 2, (1, 2), 7, 2, 4, 2, False),          # the same, strided and grouped
     (2, 4, 9, 8, 6, (3, 3), 2, 1, "same", 2, True),      # stride-1 GEMM path with N > 1 and groups
+    (2, 5, 17, 19, 7, (3, 3), 1, 1, "same", 1, True),    # im2col (few reads in the padding), N > 1
+    (1, 3, 41, 39, 8, (7, 7), 1, 2, 3, 1, False),        # im2col: the ResNet stem, 7x7 stride 2
+    (2, 4, 17, 16, 6, (3, 3), 1, 2, "same", 1, False),   # im2col, stride 2
+    (1, 6, 24, 20, 5, (3, 3), 2, 1, "same", 1, True),    # im2col at rate 2
 ]
 
 
@@ -72,6 +76,50 @@ def test_matches_reference(impl, dtype, case):
     for name, g, e in zip(("dx", "dweight", "dbias"), grads, expected_grads):
         assert g.shape == e.shape and g.dtype == dtype, name
         assert _rel(g, e) < TOL[dtype], name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fused_matches_reference(dtype, case):
+    """conv2d_fused (eval: conv, batch norm as scale/shift, residual, ReLU in one pass) against the
+    reference conv followed by the same affine map, residual and ReLU."""
+    x, weight, _, kw = _inputs(CASES[case], dtype, seed=case)
+    rng = np.random.default_rng(200 + case)
+    conv = ref.atrous_conv2d(x, weight, None, **kw)
+    Cout = weight.shape[0]
+    scale, shift = rng.uniform(0.5, 1.5, Cout).astype(dtype), rng.standard_normal(Cout).astype(dtype)
+    residual = rng.standard_normal(conv.shape).astype(dtype)
+    affine = conv * scale[:, None, None] + shift[:, None, None]
+    for res, relu in ((None, False), (residual, True), (None, True)):
+        expected = affine + (0 if res is None else res)
+        expected = np.maximum(expected, 0) if relu else expected
+        out = scratch.conv2d_fused(x, weight, scale, shift, residual=res, relu=relu, **kw)
+        assert out.shape == expected.shape and out.dtype == dtype
+        assert _rel(out, expected) < TOL[dtype]
+        assert relu is False or (out >= 0).all()
+
+
+def test_im2col_and_tap_paths_are_both_tested():
+    """Which path a conv takes: im2col when few reads fall in the padding, per-tap GEMMs when most do."""
+    from minideeplab.scratch import _atrous_fast as fast
+
+    chosen = []
+    for case in CASES:
+        x, weight, _, kw = _inputs(case, np.float32, seed=0)
+        g = fast.check_conv2d("t", x, weight, None, **kw)
+        chosen.append(fast._use_im2col(x, weight, kw["rate"], kw["stride"], g.ph, g.pw, kw["groups"], g.Ho, g.Wo))
+    assert chosen[-4:] == [True] * 4 and not chosen[3] and sum(chosen) < len(CASES) - 4
+
+
+def test_im2col_in_bands(monkeypatch):
+    """A small column buffer: the output rows are done in several bands, with the same result."""
+    from minideeplab.scratch import _atrous_fast as fast
+
+    x, weight, bias, kw = _inputs(CASES[-3], np.float64, seed=1)
+    whole = scratch.atrous_conv2d(x, weight, bias, **kw)
+    monkeypatch.setattr(fast, "IM2COL_BYTES", 3 * 147 * 20 * 8)  # 3 of the 21 output rows per band
+    banded = scratch.atrous_conv2d(x, weight, bias, **kw)
+    assert _rel(banded, whole) < 1e-14 and _rel(banded, ref.atrous_conv2d(x, weight, bias, **kw)) < 1e-10
 
 
 def test_output_size_formula():
@@ -187,6 +235,24 @@ def test_bad_input(fn, bad, message):
     assert str(info.value).startswith(fn.__name__ + ":")  # the message names the function called
 
 
+_ONES = _arr(4)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(x=_arr(3, 5, 5)), "x must be 4-D"),
+    (dict(rate=0), "rate must be an int >= 1, got 0"),
+    (dict(scale=_arr(5)), r"scale is \(5,\) float32, expected \(4,\) float32 \(one per output channel\)"),
+    (dict(shift=_arr(4, dtype=np.float64)), r"shift is \(4,\) float64, expected \(4,\) float32"),
+    (dict(shift=[0.0] * 4), r"shift is list, expected \(4,\) float32"),
+    (dict(residual=_arr(1, 4, 3, 3)), r"residual is \(1, 4, 3, 3\) float32, expected \(1, 4, 5, 5\) float32"),
+])
+def test_fused_bad_input(bad, message):
+    args = dict(x=_arr(1, 3, 5, 5), weight=_arr(4, 3, 3, 3), scale=_ONES, shift=_ONES) | bad
+    with pytest.raises(ValueError, match=message) as info:
+        scratch.conv2d_fused(**args)
+    assert str(info.value).startswith("conv2d_fused:")
+
+
 def test_numba_disabled_runs_as_python():
     """Students step through the kernels with NUMBA_DISABLE_JIT=1: the fast path must still be right."""
     script = textwrap.dedent("""
@@ -206,6 +272,22 @@ def test_numba_disabled_runs_as_python():
             dout = rng.standard_normal(out.shape)
             for g, e in zip(scratch.atrous_conv2d_backward(dout, x, w, **kw), ref.atrous_conv2d_backward(dout, x, w, **kw)):
                 assert np.abs(g - e).max() < 1e-10 * np.abs(e).max()
+        # the eval conv (im2col for these two, then the affine pass) and the eval pieces above it
+        from minideeplab.scratch import _atrous_fast as fast
+        from minideeplab.scratch.layers import max_pool2d, max_pool2d_infer
+        for (C, k, rate, stride, padding) in [(4, 3, 1, 1, "same"), (3, 7, 1, 2, 3)]:
+            x = rng.standard_normal((2, C, 41, 39))
+            w = rng.standard_normal((5, C, k, k))
+            s, b = rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
+            conv = ref.atrous_conv2d(x, w, None, rate=rate, stride=stride, padding=padding)
+            r = rng.standard_normal(conv.shape)
+            g = fast.check_conv2d("t", x, w, None, rate, stride, padding)
+            assert fast._use_im2col(x, w, rate, stride, g.ph, g.pw, 1, g.Ho, g.Wo)
+            out = scratch.conv2d_fused(x, w, s, b, rate, stride, padding, residual=r, relu=True)
+            assert np.abs(out - np.maximum(conv * s[:, None, None] + b[:, None, None] + r, 0)).max() < 1e-10
+        assert np.array_equal(max_pool2d_infer(x, 3, 2, 1), max_pool2d(x, 3, 2, 1)[0])
+        from minideeplab.scratch.layers import resize_bilinear, resize_bilinear_infer
+        assert np.array_equal(resize_bilinear_infer(x, (50, 20), False), resize_bilinear(x, (50, 20), False))
         print("ok")
     """)
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")

@@ -287,6 +287,15 @@ def test_forward_matches_torch(spec, training):
         b_before = {k: v.copy() for k, v in b.items()}
         f, _ = scratch.backbone_forward(spec, p, b, x.astype(dtype), training)
         results[dtype] = f, ft, b, {k: v.numpy() for k, v in m.state_dict().items()}
+        if not training:  # the lean eval path: the same features, no caches; layer3 too
+            fi = scratch.backbone_infer(spec, p, b, x.astype(dtype))
+            assert list(fi) == ["low_level", "layer3", "out"]
+            for k in ("low_level", "out"):
+                assert fi[k].dtype == dtype and rel(fi[k], ft[k]) <= (1e-12 if dtype == F64 else 1e-5), k
+            with torch.no_grad():
+                stem = m.maxpool(torch.relu(m.bn1(m.conv1(torch.from_numpy(x.astype(dtype))))))
+                l3 = m.layer3(m.layer2(m.layer1(stem)))
+            assert rel(fi["layer3"], l3.numpy()) <= (1e-12 if dtype == F64 else 1e-5)
         for k in ("low_level", "out"):
             assert f[k].dtype == dtype
         changed = [k for k in b if not np.array_equal(b[k], b_before[k])]
@@ -307,6 +316,31 @@ def test_forward_matches_torch(spec, training):
                 assert rel(b32[k], tb64[k]) <= max(2 * rel(tb32[k], tb64[k]), 1e-5), k
 
 
+def test_infer_keeps_nothing_for_a_backward(monkeypatch):
+    """backbone_infer never runs the caching pieces (batch norm with its cache, max pool's argmax)."""
+    spec = ResNet("mini", 8)
+    params, buffers = _random_params(spec, F32, seed=0)
+    x = np.random.default_rng(3).standard_normal((1, 3, 33, 33)).astype(F32)
+    expected, _ = scratch.backbone_forward(spec, params, buffers, x, False)
+    for name in ("batch_norm2d", "max_pool2d", "conv_bn_forward"):
+        monkeypatch.setattr(scratch, name, lambda *a, **k: pytest.fail("a caching forward ran"))
+    f = scratch.backbone_infer(spec, params, buffers, x)
+    assert rel(f["out"], expected["out"]) <= 1e-5
+
+
+def test_bn_scale_shift_is_eval_batch_norm():
+    from minideeplab.scratch.layers import batch_norm2d
+
+    rng = np.random.default_rng(4)
+    params = {"bn.weight": rng.uniform(0.5, 1.5, 6), "bn.bias": rng.standard_normal(6)}
+    buffers = {"bn.running_mean": rng.standard_normal(6), "bn.running_var": rng.uniform(0.5, 2, 6)}
+    x = rng.standard_normal((2, 6, 3, 4))
+    scale, shift = scratch.bn_scale_shift(params, buffers, "bn")
+    y, _ = batch_norm2d(x, params["bn.weight"], params["bn.bias"], buffers["bn.running_mean"],
+                        buffers["bn.running_var"], False)
+    assert rel(x * scale[:, None, None] + shift[:, None, None], y) < 1e-14
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_vgg16_forward_matches_torch(dtype):
     spec = VGG()
@@ -315,9 +349,11 @@ def test_vgg16_forward_matches_torch(dtype):
     f, _ = scratch.backbone_forward(spec, params, buffers, x, True)  # training changes nothing in VGG
     with torch.no_grad():
         ft = _torch(spec, params, buffers, False)(torch.from_numpy(x))
+    fi = scratch.backbone_infer(spec, params, buffers, x)
     for k in ("low_level", "out"):
-        assert f[k].dtype == dtype
-        assert rel(f[k], ft[k].numpy()) <= (1e-5 if dtype == F32 else 1e-12)
+        for got in (f[k], fi[k]):
+            assert got.dtype == dtype
+            assert rel(got, ft[k].numpy()) <= (1e-5 if dtype == F32 else 1e-12)
     assert f["low_level"].shape == (1, 256, 7, 7) and f["out"].shape == (1, 1024, 4, 4)
 
 

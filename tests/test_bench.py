@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,3 +54,21 @@ def test_bench_model_quick_json():
         assert row["scratch_extra_mb"] >= 0 and row["torch_extra_mb"] >= 0
         assert row["max_rel_err"] <= report["max_rel_err_allowed"] == 1e-4
     assert report["ratio"] == max(r["ratio"] for r in report["cases"].values())
+
+
+def test_bench_model_json_wrong_row_is_valid_json(monkeypatch, capsys):
+    """A row whose outputs cannot be compared (here: shapes differ) is WRONG, and --json stays valid JSON:
+    its error is null (JSON has no Infinity)."""
+    import numpy as np
+
+    from minideeplab.bench import model as bench
+
+    def fake_child(side, name, threads, repeat, weights, input_path, output_path):
+        np.save(output_path, np.ones((1, 2, 3, 3 if side == "torch" else 4), np.float32))
+        return dict(seconds=1.0, extra_mb=1.0, rss_loaded_mb=10.0)
+
+    monkeypatch.setattr(bench, "_child", fake_child)
+    assert bench.run(threads=1, as_json=True, quick=True) == 1
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert report["agree"] is False and report["max_rel_err"] is None
+    assert all(row["max_rel_err"] is None for row in report["cases"].values())

@@ -159,12 +159,15 @@ def test_forward_matches_torch(fid, name, options, x, training):
         for k, v in model.buffers.items():
             assert rel(v, state[k].numpy()) < 1e-12, k
     else:
+        lean = model(x)  # eval: model_infer, no caches
+        assert lean.dtype == F64 and rel(lean, out["out"].numpy()) < 1e-11
         m32 = cast_model(model, F32)
         t32 = ref.to_torch(m32)
         with torch.no_grad():
             expected = t32(torch.from_numpy(x.astype(F32)))["out"].numpy()
         got = m32(x.astype(F32))
         assert got.dtype == F32 and rel(got, expected) <= 1e-5
+        assert rel(m32.forward(x.astype(F32))[0], expected) <= 1e-5
 
 
 # --------------------------------------------------------------------------- backward against autograd
@@ -232,6 +235,28 @@ def test_model_object():
     grads = model.backward(np.ones_like(y1), cache)
     assert list(grads) == list(model.params) and all(g.dtype == F32 for g in grads.values())
     assert model.eval() is model and not model.training
+
+
+def test_eval_call_keeps_no_caches(monkeypatch):
+    """In eval, model(x) runs model_infer: no model_forward, no caching batch norm or max pool; the
+    same logits as forward's. In training, model(x) is forward's logits (batch statistics, dropout)."""
+    from minideeplab.scratch import backbone, layers
+
+    model = nontrivial_model("v3plus", F32, seed=5, backbone="mini", num_classes=3)
+    x = X33.astype(F32)
+    expected = model.forward(x)[0]
+    with monkeypatch.context() as m:
+        for mod, name in ((scratch, "model_forward"), (backbone, "batch_norm2d"), (backbone, "max_pool2d"),
+                          (layers, "batch_norm2d")):
+            m.setattr(mod, name, lambda *a, **k: pytest.fail("a caching forward ran in eval"))
+        got = model(x)
+    assert got.shape == expected.shape and rel(got, expected) <= 1e-5
+    seen = []
+    monkeypatch.setattr(scratch, "model_infer", lambda *a, **k: seen.append(1))
+    model.train()
+    model.rng = np.random.default_rng(0)
+    y = model(x)
+    assert not seen and y.shape == expected.shape
 
 
 def test_init_model():
@@ -327,6 +352,14 @@ BAD = [
      r"grads\['a'\] is \(3,\) float64, expected \(2,\) float64 like params\['a'\]"),
     ("sgd_step", lambda: scratch.sgd_step({"a": np.zeros(2)}, {"a": np.zeros(2)}, -0.1), "lr must be a number >= 0, got -0.1"),
 ]
+
+
+@pytest.mark.parametrize("fn, call", [("make_config", lambda: scratch.make_config("v3", aux=1)),
+                                      ("build_model", lambda: scratch.build_model("v3", "mini", dropout=2))])
+def test_config_errors_name_the_function_once(fn, call):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value).startswith(fn + ": ") and "DeepLabConfig" not in str(info.value)
 
 
 @pytest.mark.parametrize("fn, call, message", [pytest.param(*b, id=f"{b[0]}-{i}") for i, b in enumerate(BAD)])

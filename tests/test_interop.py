@@ -187,10 +187,10 @@ def test_decoder_layout_config():
     assert scratch.make_config("v3plus").decoder_layout == "paper"
     v3 = scratch.make_config("v3", "resnet18", decoder_layout="smp")  # v3: the same parameters
     assert scratch.model_parameter_shapes(v3) == scratch.model_parameter_shapes(scratch.make_config("v3", "resnet18"))
-    with pytest.raises(ValueError, match="make_config: DeepLabConfig: decoder_layout='smp' applies to v3 and "
+    with pytest.raises(ValueError, match="make_config: decoder_layout='smp' applies to v3 and "
                                          "v3plus only, not v2"):
         scratch.make_config("v2", decoder_layout="smp")
-    with pytest.raises(ValueError, match="make_config: DeepLabConfig: decoder_layout must be one of 'paper', "
+    with pytest.raises(ValueError, match="make_config: decoder_layout must be one of 'paper', "
                                          "'smp', got 'tf'"):
         scratch.make_config("v3", decoder_layout="tf")
 

@@ -159,6 +159,9 @@ def test_max_pool(dtype, ties, case):
     yt, it = ref.max_pool2d(xt, k, s, p, ceil)
     _close(y, yt.detach().numpy(), dtype, {F32: 0, F64: 0})
     assert np.array_equal(cache.indices, it.numpy())  # the same pixel wins every tie
+    yi = scratch.max_pool2d_infer(x, k, s, p, ceil)  # eval: the max alone, no argmax
+    assert yi.dtype == dtype
+    _close(yi, yt.detach().numpy(), dtype, {F32: 0, F64: 0})
     dy = _randn(rng, y.shape, dtype)
     yt.backward(_t(dy))
     _close(scratch.max_pool2d_backward(dy, cache), xt.grad.numpy(), dtype, GRAD_TOL)
@@ -173,6 +176,7 @@ def test_max_pool_inf_and_nan():
         yt, it = ref.max_pool2d(_t(x), k, s, p)
         np.testing.assert_array_equal(y, yt.numpy())  # NaN == NaN here
         np.testing.assert_array_equal(cache.indices, it.numpy())
+        np.testing.assert_array_equal(scratch.max_pool2d_infer(x, k, s, p), yt.numpy())
     assert np.isnan(scratch.max_pool2d(x, 3, 1, 1)[0][0, 0, 3, 1])
 
 
@@ -226,6 +230,9 @@ def test_resize_bilinear(dtype, align_corners, case):
     xt = _t(x, True)
     yt = ref.resize_bilinear(xt, size, align_corners)
     _close(y, yt.detach().numpy(), dtype)
+    yi = scratch.resize_bilinear_infer(x, size, align_corners)  # eval: from the 2 x 2 neighbours
+    assert yi.dtype == dtype
+    _close(yi, yt.detach().numpy(), dtype)
     dy = _randn(rng, y.shape, dtype)
     yt.backward(_t(dy))
     dx = scratch.resize_bilinear_backward(dy, x.shape, align_corners)
@@ -466,6 +473,11 @@ BAD = [  # (function, call, message regex)
     (scratch.max_pool2d, lambda: scratch.max_pool2d(_x(1, 2, 5, 5), ceil_mode=1), "ceil_mode must be True or False, got 1"),
     (scratch.max_pool2d, lambda: scratch.max_pool2d(_x(1, 2, 2, 5), 3, 1, 0), r"kernel 3 is larger than the padded input 2"),
     (scratch.max_pool2d, lambda: scratch.max_pool2d(_x(0, 2, 5, 5)), "x has an empty axis"),
+    (scratch.max_pool2d_infer, lambda: scratch.max_pool2d_infer(_x(1, 2, 5, 5), padding=2), "padding must be at most kernel // 2 = 1"),
+    (scratch.resize_bilinear_infer, lambda: scratch.resize_bilinear_infer(_x(1, 2, 5, 5), (0, 3), False),
+     r"size must be a tuple of 2 ints >= 1, got \(0, 3\)"),
+    (scratch.resize_bilinear_infer, lambda: scratch.resize_bilinear_infer(_x(2, 5, 5), (3, 3), False), "x must be 4-D"),
+    (scratch.max_pool2d_infer, lambda: scratch.max_pool2d_infer(_x(2, 5, 5)), r"x must be 4-D \(N, C, H, W\)"),
     (scratch.max_pool2d_backward, lambda: scratch.max_pool2d_backward(_x(1, 2, 2, 2), POOL_CACHE),
      r"dy has shape \(1, 2, 2, 2\), expected \(1, 2, 3, 3\)"),
     (scratch.global_avg_pool, lambda: scratch.global_avg_pool(_x(2, 3, 4)), "x must be 4-D"),

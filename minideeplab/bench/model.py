@@ -19,7 +19,8 @@ sets the same thread count for torch, numba and the BLAS, loads them, times the 
 one JSON line. Memory: the peak RSS (Linux's VmHWM, reset once the model and input are loaded;
 ``ru_maxrss`` elsewhere) minus the RSS at that point, i.e. the extra memory the forward pass needed. The parent checks
 that the outputs agree (max |scratch - torch| / max |torch|; above ``MAX_REL_ERR`` the row is WRONG) and
-prints the ratios scratch / torch.
+prints the ratios scratch / torch. ``--json``: an error that could not be measured (shapes differ, a zero or
+non-finite torch output) is null there (JSON has no Infinity), and the row is WRONG.
 """
 
 from __future__ import annotations
@@ -217,6 +218,15 @@ def _ratio(a, b):
     return a / b if b > 0 else None
 
 
+def _json_safe(v):
+    """v with every non-finite float (a WRONG row's infinite error) as None: JSON has no Infinity."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
 def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
     import numba
 
@@ -251,8 +261,9 @@ def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
     summary = dict(ratio=max(r["ratio"] for r in rows.values()), memory_ratio=max(mem) if mem else None,
                    max_rel_err=max(r["max_rel_err"] for r in rows.values()))
     if as_json:
-        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, dtype="float32", batch=1,
-                              agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, **summary, cases=rows)))
+        print(json.dumps(_json_safe(dict(threads=threads, repeat=repeat, quick=quick, dtype="float32", batch=1,
+                                         agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, **summary, cases=rows)),
+                         allow_nan=False))
         return 1 if wrong else 0
     print(f"DeepLab forward, float32, batch 1, eval; {threads} threads for torch, numba and BLAS, each side in its "
           f"own process; median of {repeat}; ratio = scratch / torch (lower is better); memory: peak RSS above "

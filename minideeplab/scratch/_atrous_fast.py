@@ -17,6 +17,11 @@ saves most of the work; PyTorch's oneDNN kernels do the same.
   channel axes swapped, so it reuses the forward; dweight_t = dout[R_t] @ x[R_t shifted]^T.
 * any stride (``_forward_strided``): per tap, gather what it reads (im2col restricted to R_t), GEMM, add.
 * depthwise (one input channel per group): no GEMM worth the name, a numba loop per channel.
+* im2col (``_forward_im2col``): when few of the kernel's reads fall in the padding (a backbone conv,
+  the 7x7 stem, any stride), one GEMM over K = C*kh*kw per band of output rows, written straight
+  into the output: no per-tap partial sums to add up. Bands bound the column buffer (``IM2COL_BYTES``).
+* ``conv2d_fused``: the eval unit act(conv(x) * scale + shift (+ residual)): the conv's GEMMs, then
+  one in-place pass (``_affine_act``) for eval batch norm, the residual sum and the ReLU. No cache.
 
 The numba kernels are serial on purpose: BLAS already uses every core, and a numba parallel region
 (OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms instead of 1 ms for
@@ -152,6 +157,54 @@ def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw):
                                 acc += drow[q] * xrow[q]
                                 dxrow[q] += wv * drow[q]
                 dweight[o, 0, i, j] = acc
+
+
+@numba.njit(cache=True)
+def _im2col(x, n, col, y0, ny, Wo, kh, kw, rate, stride, ph, pw):
+    """col[(c, i, j), (y, q)] = xpad[n, c, (y0+y)*stride + i*rate, q*stride + j*rate] for output rows
+    [y0, y0+ny): the rows of K = C*kh*kw are ordered as weight.reshape(Cout, K), padding reads 0."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = col[(c * kh + i) * kw + j]
+                off = j * rate - pw
+                xlo, xhi = _tap_range(W, Wo, off, stride)
+                for y in range(ny):
+                    iy = (y0 + y) * stride + i * rate - ph
+                    seg = row[y * Wo:(y + 1) * Wo]
+                    if iy < 0 or iy >= H or xhi <= xlo:
+                        seg[:] = 0
+                        continue
+                    seg[:xlo] = 0
+                    seg[xhi:] = 0
+                    if stride == 1:
+                        seg[xlo:xhi] = x[n, c, iy, xlo + off:xhi + off]
+                    else:
+                        xrow = x[n, c, iy]
+                        for q in range(xlo, xhi):
+                            seg[q] = xrow[q * stride + off]
+
+
+@numba.njit(cache=True)
+def _affine_act(out, scale, shift, residual, relu):
+    """In place, one pass: out[n, c] = out[n, c] * scale[c] + shift[c] (+ residual[n, c]), then max(., 0)
+    with ``relu``. out, residual (N, C, P); residual with N == 0: none."""
+    N, C, P = out.shape
+    res = residual.shape[0] > 0
+    for n in range(N):
+        for c in range(C):
+            s, b = scale[c], shift[c]
+            o = out[n, c]
+            if res:
+                r = residual[n, c]
+                for p in range(P):
+                    v = o[p] * s + b + r[p]
+                    o[p] = v if (v > 0 or not relu or v != v) else 0.0  # v != v: NaN stays NaN, as torch
+            else:
+                for p in range(P):
+                    v = o[p] * s + b
+                    o[p] = v if (v > 0 or not relu or v != v) else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +376,101 @@ def _flip(weight, groups):
     return np.ascontiguousarray(w).reshape(groups * cin, Cout // groups, kh, kw)
 
 
+IM2COL_BYTES = 32 * 2 ** 20  # the im2col buffer's size: output rows are done in bands that fit
+IM2COL_MIN_REAL = 0.85       # im2col when at least this share of the kernel's reads is real input
+
+
+def _real_share(H, W, Ho, Wo, kh, kw, rate, stride, ph, pw):
+    """The share of the kh*kw*Ho*Wo reads of a conv that fall on real input, not padding."""
+    rows = sum(hi - lo for lo, hi in _tap_ranges(H, Ho, kh, rate, stride, ph))
+    cols = sum(hi - lo for lo, hi in _tap_ranges(W, Wo, kw, rate, stride, pw))
+    return rows * cols / (kh * kw * Ho * Wo)
+
+
+def _use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
+    kh, kw = weight.shape[2:]
+    if groups != 1 or (kh, kw, stride, ph, pw) == (1, 1, 1, 0, 0) or ph < 0 or pw < 0:
+        return False  # grouped: the tap paths; a plain 1x1 is one GEMM already (``_init_out``)
+    return _real_share(x.shape[2], x.shape[3], Ho, Wo, kh, kw, rate, stride, ph, pw) >= IM2COL_MIN_REAL
+
+
+def _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, out):
+    """out[n] = weight (Cout, K) @ im2col(x[n]) (K, Ho*Wo), K = C*kh*kw, in bands of output rows so that
+    the column buffer stays within IM2COL_BYTES; each band's GEMM writes straight into ``out``."""
+    N, C = x.shape[:2]
+    Cout, _, kh, kw = weight.shape
+    K = C * kh * kw
+    w2 = weight.reshape(Cout, K)
+    band = max(1, min(Ho, IM2COL_BYTES // (K * Wo * x.itemsize)))
+    band = -(-Ho // -(-Ho // band))  # as many bands, of equal height: no thin last band (a slow GEMM)
+    buf = np.empty(K * band * Wo, dtype=x.dtype)
+    for n in range(N):
+        o2 = out[n].reshape(Cout, Ho * Wo)
+        for y0 in range(0, Ho, band):
+            ny = min(band, Ho - y0)
+            col = buf[:K * ny * Wo].reshape(K, ny * Wo)
+            _im2col(x, n, col, y0, ny, Wo, kh, kw, rate, stride, ph, pw)
+            np.matmul(w2, col, out=o2[:, y0 * Wo:(y0 + ny) * Wo])
+    return out
+
+
+def _affine(out, scale, shift, residual, relu):
+    """``_affine_act`` on (N, C, H, W) arrays; under NUMBA_DISABLE_JIT the same in whole-array NumPy."""
+    N, C = out.shape[:2]
+    if numba.config.DISABLE_JIT:  # the loop would run per pixel in Python
+        out *= scale[:, None, None]
+        out += shift[:, None, None]
+        if residual is not None:
+            out += residual
+        if relu:
+            np.maximum(out, 0, out=out)
+        return out
+    res = np.empty((0, 0, 0), out.dtype) if residual is None else np.ascontiguousarray(residual).reshape(N, C, -1)
+    _affine_act(out.reshape(N, C, -1), scale, shift, res, bool(relu))
+    return out
+
+
+def _conv(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
+    """The fast forward on validated, contiguous arguments (``atrous_conv2d`` without the checks)."""
+    N, C = x.shape[:2]
+    Cout = weight.shape[0]
+    if C == groups:  # depthwise: one input channel per group
+        out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+        out[...] = 0 if bias is None else bias[None, :, None, None]
+        _depthwise_forward(x, weight, out, rate, stride, ph, pw)
+        return out
+    if _use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
+        out = _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, np.empty((N, Cout, Ho, Wo), dtype=x.dtype))
+        if bias is not None:
+            out += bias[None, :, None, None]
+        return out
+    if stride == 1:
+        return _forward_stride1(x, weight, bias, rate, ph, pw, groups, Ho, Wo)
+    return _forward_strided(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo)
+
+
+def conv2d_fused(x, weight, scale, shift, rate=1, stride=1, padding="same", groups=1, residual=None, relu=False):
+    """Eval: act(conv(x) * scale + shift (+ residual)), no bias in the conv, no cache.
+
+    x (N, C, H, W), weight (Cout, C/groups, kh, kw), scale and shift (Cout,), residual (N, Cout, Ho, Wo)
+    or None -> (N, Cout, Ho, Wo). A conv followed by eval batch norm is scale = gamma / sqrt(var + eps),
+    shift = beta - running_mean * scale; a conv with bias b alone is scale = 1, shift = b.
+    """
+    fn = "conv2d_fused"
+    N, C, H, W, Cout, kh, kw, ph, pw, Ho, Wo = check_conv2d(fn, x, weight, None, rate, stride, padding, groups)
+    for name, a in (("scale", scale), ("shift", shift)):
+        if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != (Cout,):
+            got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{fn}: {name} is {got}, expected ({Cout},) {x.dtype} (one per output channel)")
+    if residual is not None and (not isinstance(residual, np.ndarray) or residual.dtype != x.dtype
+                                 or residual.shape != (N, Cout, Ho, Wo)):
+        got = f"{residual.shape} {residual.dtype}" if isinstance(residual, np.ndarray) else type(residual).__name__
+        raise ValueError(f"{fn}: residual is {got}, expected {(N, Cout, Ho, Wo)} {x.dtype} (the conv's output)")
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    out = _conv(x, weight, None, int(rate), int(stride), ph, pw, int(groups), Ho, Wo)
+    return _affine(out, np.ascontiguousarray(scale), np.ascontiguousarray(shift), residual, relu)
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -333,14 +481,7 @@ def atrous_conv2d(x, weight, bias=None, rate=1, stride=1, padding="same", groups
     N, C, H, W, Cout, kh, kw, ph, pw, Ho, Wo = check_conv2d(
         "atrous_conv2d", x, weight, bias, rate, stride, padding, groups)
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    if C == groups:  # depthwise: one input channel per group
-        out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
-        out[...] = 0 if bias is None else bias[None, :, None, None]
-        _depthwise_forward(x, weight, out, int(rate), int(stride), ph, pw)
-        return out
-    if stride == 1:
-        return _forward_stride1(x, weight, bias, int(rate), ph, pw, int(groups), Ho, Wo)
-    return _forward_strided(x, weight, bias, int(rate), int(stride), ph, pw, int(groups), Ho, Wo)
+    return _conv(x, weight, bias, int(rate), int(stride), ph, pw, int(groups), Ho, Wo)
 
 
 def atrous_conv2d_backward(dout, x, weight, rate=1, stride=1, padding="same", groups=1):

@@ -33,6 +33,10 @@ each mask under its module's name (``dropout_masks``), so that a PyTorch twin ca
 Functions, CS231n style: ``aspp_forward(spec, params, buffers, x, training, rng, prefix) -> (y, cache)``,
 ``aspp_backward(dy, cache) -> (dx, grads)``; the same for ``aspp_l``. ``grads`` is keyed like the params.
 The PyTorch twin is ``minideeplab.reference.aspp``.
+
+Eval without caches: ``aspp_infer(spec, params, buffers, x, prefix) -> y`` and ``aspp_l_infer``, the same
+numbers as the forwards with ``training=False`` (up to float rounding), each conv's batch norm and ReLU
+done in one in-place pass after it (``backbone.conv_bn_infer``).
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int
-from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
-from minideeplab.scratch.backbone import (ConvBNCache, _names, check_subset, conv_bn_backward, conv_bn_forward,
-                                          conv_relu_backward, conv_relu_forward)
+from minideeplab.scratch._validate import _is_int
+from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
+from minideeplab.scratch.backbone import (ConvBNCache, _names, bn_scale_shift, check_subset, conv_bn_backward,
+                                          conv_bn_forward, conv_bn_infer, conv_relu_backward, conv_relu_forward,
+                                          conv_relu_infer, init_params)
 from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm2d, batch_norm2d_backward,
                                         concat, concat_backward, dropout, dropout_backward, global_avg_pool,
                                         global_avg_pool_backward, relu, relu_backward, resize_bilinear,
@@ -54,7 +59,8 @@ from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm
 __all__ = ["ASPP", "ASPPL", "join", "parameter_shapes", "init_params", "init_aspp", "check_subset",
            "ConvUnitCache", "conv_unit_shapes", "conv_unit_forward", "conv_unit_backward",
            "conv1x1_forward", "conv1x1_backward", "maybe_dropout",
-           "ASPPCache", "aspp_forward", "aspp_backward", "ASPPLCache", "aspp_l_forward", "aspp_l_backward"]
+           "ASPPCache", "aspp_forward", "aspp_backward", "ASPPLCache", "aspp_l_forward", "aspp_l_backward",
+           "conv_unit_infer", "conv1x1_infer", "aspp_infer", "aspp_l_infer"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,36 +214,9 @@ def parameter_shapes(spec, prefix="") -> tuple[dict[str, tuple], dict[str, tuple
     return params, buffers
 
 
-def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params"):
-    """Fresh arrays for the given shapes, as ``init_backbone``: conv weights Kaiming normal, fan-out mode,
-    std sqrt(2 / (Cout/groups * kh * kw)) (a depthwise kernel (C, 1, k, k) counts k * k), conv biases 0;
-    BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64)."""
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                         f"got {type(rng).__name__}")
-    if np.dtype(dtype) not in FLOAT_DTYPES:
-        raise ValueError(f"{fn}: dtype must be float32 or float64, got {np.dtype(dtype)}")
-    params = {}
-    for name, shape in shapes.items():
-        if len(shape) == 4:
-            depthwise = shape[1] == 1 and shape[2] > 1
-            fan_out = (1 if depthwise else shape[0]) * shape[2] * shape[3]
-            params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
-        elif name.endswith(".weight") and name[:-len(".weight")] + ".running_mean" in buffer_shapes:
-            params[name] = np.ones(shape, dtype=dtype)
-        else:
-            params[name] = np.zeros(shape, dtype=dtype)
-    buffers = {}
-    for name, shape in buffer_shapes.items():
-        if name.endswith("num_batches_tracked"):
-            buffers[name] = np.zeros((), dtype=np.int64)
-        else:
-            buffers[name] = (np.ones if name.endswith("running_var") else np.zeros)(shape, dtype=dtype)
-    return params, buffers
-
-
 def init_aspp(spec, rng, dtype=np.float32, prefix=""):
-    """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (see ``init_params``)."""
+    """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (see ``init_params``, shared
+    with ``backbone.init_backbone``)."""
     _check_spec("init_aspp", spec)
     return init_params(*parameter_shapes(spec, prefix), rng, dtype, "init_aspp")
 
@@ -490,3 +469,51 @@ def aspp_l_backward(dy, cache):
         dx += d
     order = parameter_shapes(cache.spec, cache.prefix)[0]
     return dx, {k: grads[k] for k in order}
+
+
+# ---------------------------------------------------------------------------------------------
+# eval without caches
+
+
+def conv_unit_infer(x, params, buffers, prefix, rate, separable, conv="0", bn="1"):
+    """Eval ``conv_unit_forward`` without a cache: ReLU(BN(conv(x))), BN and ReLU in one pass."""
+    c, b = join(prefix, conv), join(prefix, bn)
+    if not separable:
+        return conv_bn_infer(x, params, buffers, c, b, 1, rate)
+    h = atrous_conv2d(x, params[f"{c}.0.weight"], None, rate, 1, "same", groups=x.shape[1])  # depthwise
+    scale, shift = bn_scale_shift(params, buffers, b)
+    return conv2d_fused(h, params[f"{c}.1.weight"], scale, shift, 1, 1, 0, relu=True)
+
+
+def conv1x1_infer(x, params, name, residual=None):
+    """``conv1x1_forward`` without a cache (+ residual, added in the same pass)."""
+    b = params[f"{name}.bias"]
+    return conv2d_fused(x, params[f"{name}.weight"], np.ones_like(b), b, 1, 1, 0, residual=residual)
+
+
+def aspp_infer(spec, params, buffers, x, prefix=""):
+    """Eval ``aspp_forward`` without caches: x (N, in_channels, H, W) -> y (N, out_channels, H, W).
+    The image pooling branch's 1x1 map is broadcast (what the bilinear resize of a 1x1 map is)."""
+    _check_call("aspp_infer", spec, ASPP, params, buffers, x, False, prefix)
+    N, _, H, W = x.shape
+    outs = [conv_unit_infer(x, params, buffers, join(prefix, "convs.0"), 1, False)]
+    for i, rate in enumerate(spec.atrous_rates, start=1):
+        outs.append(conv_unit_infer(x, params, buffers, join(prefix, f"convs.{i}"), rate, spec.separable))
+    if spec.image_pooling:
+        g = conv_unit_infer(global_avg_pool(x), params, buffers, join(prefix, f"convs.{spec.pooling_index}"),
+                            1, False, conv="1", bn="2")
+        outs.append(np.broadcast_to(g, g.shape[:2] + (H, W)))
+    return conv_unit_infer(np.concatenate(outs, axis=1), params, buffers, join(prefix, "project"), 1, False)
+
+
+def aspp_l_infer(spec, params, buffers, x, prefix=""):
+    """Eval ``aspp_l_forward`` without caches: x (N, in_channels, H, W) -> y (N, num_classes, H, W);
+    each branch's fc8 adds its logits to the running sum in its own pass."""
+    _check_call("aspp_l_infer", spec, ASPPL, params, buffers, x, False, prefix)
+    y = None
+    for i, rate in enumerate(spec.atrous_rates):
+        b = join(prefix, f"branches.{i}")
+        h = conv_relu_infer(x, params, f"{b}.fc6", rate)
+        h = conv_relu_infer(h, params, f"{b}.fc7", 1)
+        y = conv1x1_infer(h, params, f"{b}.fc8", residual=y)
+    return y

@@ -21,6 +21,11 @@ and every piece is a pair of functions, CS231n style: ``*_forward(x, ...) -> (y,
 * ``backbone_forward(spec, params, buffers, x, training) -> (features, cache)``: ``features`` holds
   ``low_level`` (the stride-4 features the DeepLab v3+ decoder uses) and ``out`` (the last stage).
 * ``backbone_backward(spec, d_features, cache) -> (dx, grads)``.
+* ``backbone_infer(spec, params, buffers, x) -> features``: eval only, and lean: keeps no caches, folds
+  each eval batch norm (and ReLU, and a block's residual sum) into one in-place pass after its conv
+  (``atrous.conv2d_fused``), max pools without recording the argmax. ``features`` also holds ``layer3``
+  (ResNet), the aux head's input. The same numbers as ``backbone_forward(..., training=False)``, up to
+  float rounding.
 
 Arrays are NCHW, float32 or float64; every output has the dtype of the input. The PyTorch twin is
 ``minideeplab.reference.backbone``: the same specs build ``nn.Module``s whose ``state_dict`` keys are
@@ -35,15 +40,17 @@ from typing import NamedTuple
 import numpy as np
 
 from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int
-from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
-from minideeplab.scratch.layers import (BatchNormCache, MaxPoolCache, _float_array, batch_norm2d,
-                                        batch_norm2d_backward, max_pool2d, max_pool2d_backward, relu,
-                                        relu_backward)
+from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
+from minideeplab.scratch.layers import (BN_EPS, BatchNormCache, MaxPoolCache, _float_array, batch_norm2d,
+                                        batch_norm2d_backward, max_pool2d, max_pool2d_backward, max_pool2d_infer,
+                                        relu, relu_backward)
 
 __all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "parameter_shapes", "init_backbone", "check_params", "check_subset", "check_image",
            "conv_bn_forward", "conv_bn_backward", "stem_forward", "stem_backward",
            "basic_block_forward", "basic_block_backward", "bottleneck_forward", "bottleneck_backward",
-           "conv_relu_forward", "conv_relu_backward", "BackboneCache", "backbone_forward", "backbone_backward"]
+           "conv_relu_forward", "conv_relu_backward", "BackboneCache", "backbone_forward", "backbone_backward",
+           "init_params", "bn_scale_shift", "conv_bn_infer", "conv_relu_infer", "stem_infer", "block_infer",
+           "backbone_infer"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,23 +325,22 @@ def parameter_shapes(spec) -> tuple[dict[str, tuple], dict[str, tuple]]:
     return params, buffers
 
 
-def init_backbone(spec, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Fresh (params, buffers), as torchvision initialises: conv weights Kaiming normal, fan-out mode,
-    std sqrt(2 / (Cout * kh * kw)); conv biases 0; BN weight 1, bias 0; running mean 0, var 1."""
-    fn = "init_backbone"
-    _check_spec(fn, spec)
+def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params"):
+    """Fresh arrays for the given shapes, as torchvision initialises: conv weights Kaiming normal, fan-out
+    mode, std sqrt(2 / (Cout/groups * kh * kw)) (a depthwise kernel (C, 1, k, k) counts k * k), conv
+    biases 0; BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64)."""
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                          f"got {type(rng).__name__}")
     if np.dtype(dtype) not in FLOAT_DTYPES:
         raise ValueError(f"{fn}: dtype must be float32 or float64, got {np.dtype(dtype)}")
-    shapes, buffer_shapes = parameter_shapes(spec)
     params = {}
     for name, shape in shapes.items():
         if len(shape) == 4:  # a conv weight
-            fan_out = shape[0] * shape[2] * shape[3]
+            depthwise = shape[1] == 1 and shape[2] > 1
+            fan_out = (1 if depthwise else shape[0]) * shape[2] * shape[3]
             params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
-        elif name.rsplit(".", 1)[0] + ".running_mean" in buffer_shapes and name.endswith(".weight"):
+        elif name.endswith(".weight") and name[:-len(".weight")] + ".running_mean" in buffer_shapes:
             params[name] = np.ones(shape, dtype=dtype)  # BN gamma
         else:
             params[name] = np.zeros(shape, dtype=dtype)  # BN beta, conv bias
@@ -345,6 +351,14 @@ def init_backbone(spec, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], d
         else:
             buffers[name] = (np.ones if name.endswith("running_var") else np.zeros)(shape, dtype=dtype)
     return params, buffers
+
+
+def init_backbone(spec, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fresh (params, buffers), as torchvision initialises: conv weights Kaiming normal, fan-out mode,
+    std sqrt(2 / (Cout * kh * kw)); conv biases 0; BN weight 1, bias 0; running mean 0, var 1."""
+    fn = "init_backbone"
+    _check_spec(fn, spec)
+    return init_params(*parameter_shapes(spec), rng, dtype, fn)
 
 
 def _names(keys, limit=6):
@@ -674,3 +688,81 @@ def backbone_backward(spec, d_features, cache):
         grads.update(g)
     order = parameter_shapes(spec)[0]
     return dh, {k: grads[k] for k in order}
+
+
+# ---------------------------------------------------------------------------------------------
+# eval without caches: conv, then batch norm, residual and ReLU in one in-place pass
+
+
+def bn_scale_shift(params, buffers, bn):
+    """Eval batch norm ``bn`` as y = x * scale + shift: scale = gamma / sqrt(running_var + eps),
+    shift = beta - running_mean * scale; both (C,)."""
+    gamma, var = params[f"{bn}.weight"], buffers[f"{bn}.running_var"]
+    scale = gamma / np.sqrt(var + var.dtype.type(BN_EPS))
+    return scale, params[f"{bn}.bias"] - buffers[f"{bn}.running_mean"] * scale
+
+
+def conv_bn_infer(x, params, buffers, conv, bn, stride, dilation, relu=True, residual=None):
+    """Eval ``conv_bn_forward`` (+ residual, + ReLU) without a cache: act(bn(conv(x)) + residual)."""
+    scale, shift = bn_scale_shift(params, buffers, bn)
+    return conv2d_fused(x, params[f"{conv}.weight"], scale, shift, dilation, stride, "same",
+                        residual=residual, relu=relu)
+
+
+def conv_relu_infer(x, params, name, dilation):
+    """``conv_relu_forward`` without a cache: ReLU(conv(x) + bias)."""
+    b = params[f"{name}.bias"]
+    return conv2d_fused(x, params[f"{name}.weight"], np.ones_like(b), b, dilation, 1, "same", relu=True)
+
+
+def stem_infer(x, params, buffers):
+    """Eval ``stem_forward`` without a cache: conv1 -> bn1 -> ReLU (one pass) -> max pool (no argmax)."""
+    return max_pool2d_infer(conv_bn_infer(x, params, buffers, "conv1", "bn1", 2, 1), 3, 2, 1)
+
+
+def block_infer(spec, x, params, buffers, prefix, plan):
+    """Eval ``bottleneck_forward`` / ``basic_block_forward`` (as ``spec.block``) without a cache; the
+    last conv's pass adds the shortcut and applies the ReLU."""
+    s = x if not plan.downsample else conv_bn_infer(x, params, buffers, f"{prefix}.downsample.0",
+                                                    f"{prefix}.downsample.1", plan.stride, 1, relu=False)
+    if spec.block == "bottleneck":
+        units = ((1, 1, 1), (2, plan.stride, plan.dilation), (3, 1, 1))
+    else:
+        units = ((1, plan.stride, plan.dilation), (2, 1, plan.dilation))
+    h = x
+    for k, stride, dilation in units:
+        last = k == len(units)
+        h = conv_bn_infer(h, params, buffers, f"{prefix}.conv{k}", f"{prefix}.bn{k}", stride, dilation,
+                          residual=s if last else None)
+    return h
+
+
+def backbone_infer(spec, params, buffers, x):
+    """Eval ``backbone_forward`` without caches: x (N, 3, H, W) -> features {"low_level", "out"} (and
+    "layer3", ResNet only: the last layer3 block's output, the aux head's input)."""
+    fn = "backbone_infer"
+    _check_spec(fn, spec)
+    check_image(fn, x, False, spec.output_stride, repr(spec))
+    check_params(spec, params, buffers, x.dtype, fn)
+    features = {}
+    if isinstance(spec, VGG):
+        h = x
+        for layer in spec.layers:
+            if layer.kind == "conv":
+                h = conv_relu_infer(h, params, layer.name, layer.dilation)
+            else:
+                h = max_pool2d_infer(h, layer.kernel, layer.stride, 1)
+            if layer.name == spec.low_level_layer:
+                features["low_level"] = h
+        features["out"] = h
+        return features
+    h = stem_infer(x, params, buffers)
+    for i, stage in enumerate(spec.stages, start=1):
+        for j, plan in enumerate(stage):
+            h = block_infer(spec, h, params, buffers, f"layer{i}.{j}", plan)
+        if i == 1:
+            features["low_level"] = h
+        if i == 3:
+            features["layer3"] = h
+    features["out"] = h
+    return features

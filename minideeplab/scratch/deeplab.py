@@ -11,7 +11,9 @@ v3+ (ASPP + decoder), as configurations of one model, in NumPy on top of ``backb
 ``DeepLabConfig`` (frozen) names a model with the papers' words (``output_stride``, ``atrous_rates``,
 ``image_pooling``, ``multi_grid`` in the backbone spec, ``low_level``...). ``build_model(name, ...)``
 makes one with fresh weights; ``DeepLab`` holds config, params and buffers and runs
-``forward(x) -> (logits, cache)`` / ``backward(dlogits, cache) -> grads``.
+``forward(x) -> (logits, cache)`` / ``backward(dlogits, cache) -> grads``. In eval mode ``model(x)`` runs
+``model_infer``: the same logits as ``forward`` (up to float rounding) without building the backward's
+caches, each conv's batch norm, ReLU and residual sum done in one in-place pass after it.
 
 Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`` keys):
 
@@ -65,20 +67,21 @@ from typing import NamedTuple
 import numpy as np
 
 from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int
-from minideeplab.scratch.aspp import (ASPP, ASPPL, _names, aspp_backward, aspp_forward,
-                                      aspp_l_backward, aspp_l_forward, check_subset, conv1x1_backward, conv1x1_forward,
-                                      conv_unit_backward, conv_unit_forward, conv_unit_shapes, init_params,
-                                      maybe_dropout)
+from minideeplab.scratch.aspp import (ASPP, ASPPL, _names, aspp_backward, aspp_forward, aspp_infer,
+                                      aspp_l_backward, aspp_l_forward, aspp_l_infer, check_subset, conv1x1_backward,
+                                      conv1x1_forward, conv1x1_infer, conv_unit_backward, conv_unit_forward,
+                                      conv_unit_infer, conv_unit_shapes, init_params, maybe_dropout)
 from minideeplab.scratch.aspp import parameter_shapes as aspp_parameter_shapes
 from minideeplab.scratch.backbone import (VGG, BackboneCache, ResNet, StemCache, backbone_backward, backbone_forward,
-                                          basic_block_backward, bottleneck_backward, check_image, conv_relu_backward,
-                                          conv_relu_forward, stem_backward)
+                                          backbone_infer, basic_block_backward, bottleneck_backward, check_image,
+                                          conv_relu_backward, conv_relu_forward, conv_relu_infer, stem_backward)
 from minideeplab.scratch.backbone import parameter_shapes as backbone_parameter_shapes
 from minideeplab.scratch.layers import (MaxPoolCache, _float_array, concat, concat_backward, dropout_backward,
-                                        max_pool2d, max_pool2d_backward, resize_bilinear, resize_bilinear_backward)
+                                        max_pool2d, max_pool2d_backward, max_pool2d_infer, resize_bilinear,
+                                        resize_bilinear_backward, resize_bilinear_infer)
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "model_parameter_shapes", "init_model",
-           "DeepLabCache", "model_forward", "model_backward", "DeepLab", "build_model", "sgd_step"]
+           "DeepLabCache", "model_forward", "model_backward", "model_infer", "DeepLab", "build_model", "sgd_step"]
 
 
 MODELS = ("v1", "v2", "v3", "v3plus")
@@ -307,8 +310,8 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
     spec = _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate)
     try:
         return DeepLabConfig(name, spec, num_classes, **options)
-    except ValueError as e:
-        raise ValueError(f"{fn}: {e}") from None
+    except ValueError as e:  # name the function called, once: "make_config: ...", not "make_config: DeepLabConfig: ..."
+        raise ValueError(f"{fn}: {str(e).removeprefix('DeepLabConfig: ')}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +545,50 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
     return logits, DeepLabCache(config, bcache, head, shapes, aux, x.dtype, drop)
 
 
+def _vgg_pool5_infer(spec, params, x):
+    """``_vgg_pool5_forward`` without caches: x -> pool5."""
+    h = x
+    for layer in spec.layers[:-2]:
+        h = (conv_relu_infer(h, params, layer.name, layer.dilation) if layer.kind == "conv"
+             else max_pool2d_infer(h, layer.kernel, layer.stride, 1))
+    return h
+
+
+def model_infer(config, params, buffers, x, _fn="model_infer"):
+    """Eval ``model_forward`` without caches: x (N, 3, H, W) -> logits (N, num_classes, H, W), the same
+    up to float rounding (batch norm on the running statistics folded into one pass after each conv, with
+    the ReLU and any residual sum; no dropout, no aux head). Nothing is kept for a backward."""
+    fn = _fn
+    _check_input(fn, config, params, buffers, x, False)
+    N, _, H, W = x.shape
+    ac, name = config.align_corners, config.name
+    if _trunk_is_vgg_pool5(config):
+        out = _vgg_pool5_infer(config.backbone, _sub(params, "backbone"), x)
+    else:
+        feats = backbone_infer(config.backbone, _sub(params, "backbone"), _sub(buffers, "backbone"), x)
+        out = feats["out"]
+    if name == "v1":
+        s = conv1x1_infer(out, params, "classifier.fc8")
+    elif name == "v2":
+        s = aspp_l_infer(config.aspp, params, {}, out, "classifier")
+    elif name == "v3":
+        a = aspp_infer(config.aspp, params, buffers, out, "classifier.0")
+        h = conv_unit_infer(a, params, buffers, "classifier", 1, False, conv="1", bn="2")
+        s = conv1x1_infer(h, params, "classifier.4")
+    else:
+        sep = config.decoder_separable
+        a = aspp_infer(config.aspp, params, buffers, out, "aspp")
+        if config.decoder_layout == "smp":
+            a = conv_unit_infer(a, params, buffers, "decoder.aspp_conv", 1, sep)
+        low = feats["low_level"]
+        up = resize_bilinear_infer(a, low.shape[2:], ac)
+        h = np.concatenate([up, conv_unit_infer(low, params, buffers, "decoder.low_level", 1, False)], axis=1)
+        for i in range(_n_fuse(config)):
+            h = conv_unit_infer(h, params, buffers, f"decoder.fuse.{i}", 1, sep)
+        s = conv1x1_infer(h, params, "classifier")
+    return resize_bilinear_infer(s, (H, W), ac)
+
+
 def _check_grad(fn, name, d, shape, dtype):
     _float_array(fn, name, d)
     if d.dtype != dtype:
@@ -659,7 +706,11 @@ class DeepLab:
         return next(iter(self.params.values())).dtype
 
     def __call__(self, x):
-        return self.forward(x)[0]
+        """x (N, 3, H, W) -> logits (N, num_classes, H, W). Eval: ``model_infer`` (no caches kept);
+        training: ``forward``'s logits (batch statistics, dropout)."""
+        if self.training:
+            return self.forward(x)[0]
+        return model_infer(self.config, self.params, self.buffers, x, "DeepLab.forward")
 
     def forward(self, x):
         """x (N, 3, H, W) -> (logits (N, num_classes, H, W), DeepLabCache); cache.aux: the aux logits."""
