@@ -141,3 +141,36 @@ def test_crf_explorer_has_named_sliders_and_reruns_the_crf(crf_scene):
         sliders[name].value = sliders[name].max
     assert not np.array_equal(_pixels(box.image.value), before)
     assert len(plt.get_fignums()) == n_open, "the widget must not leave pyplot figures open"
+
+
+def test_aspp_figures_build():
+    from minideeplab.viz.aspp import plot_branch_taps, plot_fields_of_view, plot_valid_weights, valid_weight_stats
+
+    s = valid_weight_stats(33, [1, 33, 36])
+    assert list(s["exactly_1"][1:]) == [1.0, 1.0] and s["exactly_9"][0] > 0.8
+    plot_fields_of_view(np.zeros((129, 129, 3), np.uint8), output_stride=8).canvas.draw()
+    plot_valid_weights((17,), max_rate=20).canvas.draw()
+    plot_branch_taps(17, (2, 4, 18), pixels=((8, 8), (2, 2))).canvas.draw()
+
+
+def test_stride_ceiling_is_exact_on_cell_aligned_labels_and_loses_borders_otherwise():
+    from minideeplab.viz.deeplab import stride_ceiling
+
+    labels = np.zeros((64, 64), dtype=np.int64)
+    labels[:, 32:] = 1                          # a border on a multiple of 16: every cell is pure
+    assert np.array_equal(stride_ceiling(labels, 2, 16), labels)
+    labels[:, 21:] = 1                          # mid-cell border: stride 16 blurs it, stride 4 keeps it
+    assert np.mean(stride_ceiling(labels, 2, 4) == labels) > np.mean(stride_ceiling(labels, 2, 16) == labels)
+
+
+def test_deeplab_figures_build():
+    from minideeplab.viz.deeplab import plot_align_corners, plot_stride_ceiling
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    labels = np.zeros((48, 64), dtype=np.int64)
+    labels[20:, 30:] = 1
+    fig = plot_stride_ceiling(image, labels, 2, strides=(16, 8, 4), zoom=(10, 20, 16))
+    assert len(fig.axes) == 9
+    fig = plot_align_corners(size=33, strides=(16, 8, 4))
+    assert len(fig.axes) == 3

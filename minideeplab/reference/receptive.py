@@ -4,17 +4,22 @@ The twin of ``minideeplab.scratch.receptive``, sharing nothing with it but the l
 format and the padding rule: the stack is built as ``torch.nn.functional.conv2d`` layers with
 all-ones weights, and the field is wherever the input gradient is non-zero. With positive
 weights no two paths can cancel, so the non-zero set is exactly the set of sampled pixels and
-the gradient value is the number of paths.
+the gradient value is the number of paths. ``stage_footprint`` does the same through the real
+stages of a (twin) ResNet.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from minideeplab.reference.backbone import ResNetBackbone
+from minideeplab.scratch.backbone import ResNet
 from minideeplab.scratch.receptive import as_layers
 
 
@@ -89,3 +94,61 @@ def _output_length(layers, n, padding) -> int:
 def _extent(grad: np.ndarray) -> tuple[int, int]:
     cols = np.nonzero(grad.any(axis=0))[0]
     return int(cols[0]), int(cols[-1])
+
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def stage_footprint(spec: ResNet, stages=("layer4",), max_input: int = 1024) -> np.ndarray:
+    """d (sum over channels of the middle output unit of ``stages``) / d (the first stage's input), summed
+    over input channels, cropped to the unit's field: (size, size) float64 (computed in float32), > 0 exactly
+    where the unit reads.
+
+    Every conv weight is replaced by its absolute value normalised to sum 1 per output channel, BN is in
+    eval mode with its initial statistics (a positive scale) and the input is all ones: every activation is
+    positive, every ReLU passes, and each path from an input pixel adds a positive amount to the gradient.
+    The input is sized from the convs' dilations and strides, and doubled while the field touches its border.
+    Runs on one torch thread (these maps are small; two threads only wait for each other on a busy machine);
+    results are cached per (spec, stages), a fresh copy is returned each time."""
+    if not isinstance(spec, ResNet):
+        raise ValueError(f"stage_footprint: spec must be a ResNet, got {type(spec).__name__}")
+    stages = tuple(stages) if isinstance(stages, (tuple, list)) else (stages,)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _stage_footprint(spec, stages, max_input).copy()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=32)
+def _stage_footprint(spec, stages, max_input):
+    fn = "stage_footprint"
+    if not stages or any(s not in STAGES for s in stages) or \
+            [STAGES.index(s) for s in stages] != list(range(STAGES.index(stages[0]), STAGES.index(stages[0]) + len(stages))):
+        raise ValueError(f"{fn}: stages must be consecutive names from {STAGES}, got {stages!r}")
+    model = ResNetBackbone(spec).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight.abs()
+                m.weight.copy_(w / w.sum(dim=(1, 2, 3), keepdim=True))
+    stack = nn.Sequential(*(getattr(model, s) for s in stages))
+    reach, jump = 0, 1  # an upper bound of the half-width of the field, read off the modules, to size the input
+    for m in stack.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1:  # a strided 1x1 (downsample) repeats its block's stride
+            reach += m.dilation[0] * (m.kernel_size[0] // 2) * jump
+            jump *= m.stride[0]
+    cin = spec.stages[STAGES.index(stages[0])][0].in_channels
+    n = 2 * (reach + jump) + 3  # the middle output unit sits within a jump of the middle of the input
+    while n <= max_input:
+        x = torch.ones(1, cin, n, n, requires_grad=True)
+        y = stack(x)
+        i = y.shape[2] // 2
+        y[0, :, i, i].sum().backward()
+        g = x.grad[0].sum(0).double().numpy()
+        rows, cols = np.nonzero(g.any(axis=1))[0], np.nonzero(g.any(axis=0))[0]
+        if rows[0] > 0 and cols[0] > 0 and rows[-1] < n - 1 and cols[-1] < n - 1:
+            return g[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy()
+        n *= 2
+    raise ValueError(f"{fn}: the field of {stages} of {spec!r} does not fit in a {max_input}x{max_input} input")
