@@ -245,6 +245,7 @@ _ONES = _arr(4)
     (dict(shift=_arr(4, dtype=np.float64)), r"shift is \(4,\) float64, expected \(4,\) float32"),
     (dict(shift=[0.0] * 4), r"shift is list, expected \(4,\) float32"),
     (dict(residual=_arr(1, 4, 3, 3)), r"residual is \(1, 4, 3, 3\) float32, expected \(1, 4, 5, 5\) float32"),
+    (dict(relu="no"), "relu must be True or False, got 'no'"),
 ])
 def test_fused_bad_input(bad, message):
     args = dict(x=_arr(1, 3, 5, 5), weight=_arr(4, 3, 3, 3), scale=_ONES, shift=_ONES) | bad
@@ -286,8 +287,15 @@ def test_numba_disabled_runs_as_python():
             out = scratch.conv2d_fused(x, w, s, b, rate, stride, padding, residual=r, relu=True)
             assert np.abs(out - np.maximum(conv * s[:, None, None] + b[:, None, None] + r, 0)).max() < 1e-10
         assert np.array_equal(max_pool2d_infer(x, 3, 2, 1), max_pool2d(x, 3, 2, 1)[0])
-        from minideeplab.scratch.layers import resize_bilinear, resize_bilinear_infer
-        assert np.array_equal(resize_bilinear_infer(x, (50, 20), False), resize_bilinear(x, (50, 20), False))
+        import torch
+        from minideeplab.reference.layers import resize_bilinear
+        from minideeplab.scratch.layers import resize_bilinear_infer
+        x[0, 1, 5, 7] = np.nan  # only its neighbours turn NaN, as in torch
+        for align_corners in (False, True):
+            got = resize_bilinear_infer(x, (50, 20), align_corners)
+            expected = resize_bilinear(torch.from_numpy(x), (50, 20), align_corners).numpy()
+            assert np.array_equal(np.isnan(got), np.isnan(expected)) and 0 < np.isnan(got).sum() < 50
+            assert np.nanmax(np.abs(got - expected)) < 1e-12
         print("ok")
     """)
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")

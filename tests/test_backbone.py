@@ -548,3 +548,29 @@ def test_params_to_torch_rejects_mixed_dtypes():
     params, buffers = scratch.init_backbone(MINI, np.random.default_rng(0))
     with pytest.raises(ValueError, match="params_to_torch: params and buffers must all be float32 or all float64"):
         ref.params_to_torch(ref.build_backbone(MINI), params, _f64(buffers))
+
+
+def _unit_params(c=4, dtype=np.float32):
+    params = {"conv.weight": np.ones((c, 3, 3, 3), dtype), "bn.weight": np.ones(c, dtype), "bn.bias": np.zeros(c, dtype),
+              "fc.weight": np.ones((c, 3, 3, 3), dtype), "fc.bias": np.zeros(c, dtype)}
+    return params, {"bn.running_mean": np.zeros(c, dtype), "bn.running_var": np.ones(c, dtype)}
+
+
+@pytest.mark.parametrize("where, key, value, message", [
+    ("params", "bn.weight", np.ones(1, np.float32), r"conv_bn_infer: bn.weight is \(1,\) float32, expected \(4,\) float32"),
+    ("params", "bn.bias", np.ones(5, np.float32), r"conv_bn_infer: bn.bias is \(5,\) float32, expected \(4,\)"),
+    ("buffers", "bn.running_var", np.ones(4), r"conv_bn_infer: bn.running_var is \(4,\) float64, expected \(4,\) float32"),
+    ("params", "fc.bias", np.ones(1, np.float32), r"conv_relu_infer: fc.bias is \(1,\) float32, expected \(4,\)"),
+])
+def test_eval_units_name_the_bad_per_channel_array(where, key, value, message):
+    """The eval units fold BN into a scale and shift: a wrong per-channel array is refused by its own name
+    (it would broadcast silently, or fail as 'scale')."""
+    params, buffers = _unit_params()
+    (params if where == "params" else buffers)[key] = value
+    x = np.ones((1, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=message):
+        if key.startswith("fc"):
+            scratch.conv_relu_infer(x, params, "fc", 1)
+        else:
+            scratch.conv_bn_infer(x, params, buffers, "conv", "bn", 1, 1)
+

@@ -239,6 +239,20 @@ def test_resize_bilinear(dtype, align_corners, case):
     _close(dx, xt.grad.numpy(), dtype, {F32: 1e-5, F64: 1e-10})
 
 
+@pytest.mark.parametrize("align_corners", [True, False], ids=["align", "half-pixel"])
+def test_resize_bilinear_infer_keeps_nan_local_as_torch(align_corners):
+    """The eval resize mixes only the 2 x 2 neighbours: a NaN input pixel makes NaN exactly the outputs
+    torch's makes NaN (the matrices' 0 * NaN would spread it along whole rows and columns)."""
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    x[0, 0, 2, 3], x[1, 0, 4, 1] = np.nan, np.inf
+    y = scratch.resize_bilinear_infer(x, (13, 11), align_corners)
+    yt = ref.resize_bilinear(torch.from_numpy(x), (13, 11), align_corners).numpy()
+    assert np.array_equal(np.isnan(y), np.isnan(yt)) and np.array_equal(np.isinf(y), np.isinf(yt))
+    assert 0 < np.isnan(y).sum() < 13 * 11
+    finite = np.isfinite(yt)
+    assert np.abs(y[finite] - yt[finite]).max() < 1e-12
+
+
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_bilinear_matrix(align_corners):
     A = scratch.bilinear_matrix(7, 12, align_corners)

@@ -462,6 +462,8 @@ def conv2d_fused(x, weight, scale, shift, rate=1, stride=1, padding="same", grou
         if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != (Cout,):
             got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
             raise ValueError(f"{fn}: {name} is {got}, expected ({Cout},) {x.dtype} (one per output channel)")
+    if not isinstance(relu, (bool, np.bool_)):
+        raise ValueError(f"{fn}: relu must be True or False, got {relu!r}")
     if residual is not None and (not isinstance(residual, np.ndarray) or residual.dtype != x.dtype
                                  or residual.shape != (N, Cout, Ho, Wo)):
         got = f"{residual.shape} {residual.dtype}" if isinstance(residual, np.ndarray) else type(residual).__name__

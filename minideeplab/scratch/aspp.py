@@ -48,9 +48,9 @@ import numpy as np
 
 from minideeplab.scratch._validate import _is_int
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
-from minideeplab.scratch.backbone import (ConvBNCache, _names, bn_scale_shift, check_subset, conv_bn_backward,
-                                          conv_bn_forward, conv_bn_infer, conv_relu_backward, conv_relu_forward,
-                                          conv_relu_infer, init_params)
+from minideeplab.scratch.backbone import (ConvBNCache, _names, bn_scale_shift, check_channels, check_subset,
+                                          conv_bn_backward, conv_bn_forward, conv_bn_infer, conv_relu_backward,
+                                          conv_relu_forward, conv_relu_infer, init_params)
 from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm2d, batch_norm2d_backward,
                                         concat, concat_backward, dropout, dropout_backward, global_avg_pool,
                                         global_avg_pool_backward, relu, relu_backward, resize_bilinear,
@@ -481,6 +481,9 @@ def conv_unit_infer(x, params, buffers, prefix, rate, separable, conv="0", bn="1
     if not separable:
         return conv_bn_infer(x, params, buffers, c, b, 1, rate)
     h = atrous_conv2d(x, params[f"{c}.0.weight"], None, rate, 1, "same", groups=x.shape[1])  # depthwise
+    check_channels("conv_unit_infer", h, params[f"{c}.1.weight"],
+                   {f"{b}.{k}": params[f"{b}.{k}"] for k in ("weight", "bias")}
+                   | {f"{b}.{k}": buffers[f"{b}.{k}"] for k in ("running_mean", "running_var")})
     scale, shift = bn_scale_shift(params, buffers, b)
     return conv2d_fused(h, params[f"{c}.1.weight"], scale, shift, 1, 1, 0, relu=True)
 
@@ -488,6 +491,7 @@ def conv_unit_infer(x, params, buffers, prefix, rate, separable, conv="0", bn="1
 def conv1x1_infer(x, params, name, residual=None):
     """``conv1x1_forward`` without a cache (+ residual, added in the same pass)."""
     b = params[f"{name}.bias"]
+    check_channels("conv1x1_infer", x, params[f"{name}.weight"], {f"{name}.bias": b})
     return conv2d_fused(x, params[f"{name}.weight"], np.ones_like(b), b, 1, 1, 0, residual=residual)
 
 

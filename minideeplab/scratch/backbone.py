@@ -49,7 +49,7 @@ __all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "parameter_shapes", "init_b
            "conv_bn_forward", "conv_bn_backward", "stem_forward", "stem_backward",
            "basic_block_forward", "basic_block_backward", "bottleneck_forward", "bottleneck_backward",
            "conv_relu_forward", "conv_relu_backward", "BackboneCache", "backbone_forward", "backbone_backward",
-           "init_params", "bn_scale_shift", "conv_bn_infer", "conv_relu_infer", "stem_infer", "block_infer",
+           "init_params", "check_channels", "bn_scale_shift", "conv_bn_infer", "conv_relu_infer", "stem_infer", "block_infer",
            "backbone_infer"]
 
 
@@ -694,6 +694,22 @@ def backbone_backward(spec, d_features, cache):
 # eval without caches: conv, then batch norm, residual and ReLU in one in-place pass
 
 
+def check_channels(fn, x, weight, arrays):
+    """``arrays`` ({name: array}) must each be (Cout,) with x's dtype, Cout = weight.shape[0]: the per-channel
+    arrays of an eval unit, checked before they are folded into a scale and shift (where a wrong shape
+    would broadcast silently or fail with a name the caller never used)."""
+    for name, a in (("x", x), ("weight", weight)):
+        if not isinstance(a, np.ndarray) or a.ndim != 4:
+            raise ValueError(f"{fn}: {name} must be a 4-D array, got "
+                             f"{a.shape if isinstance(a, np.ndarray) else type(a).__name__}")
+    cout = weight.shape[0]
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != (cout,):
+            got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{fn}: {name} is {got}, expected ({cout},) {x.dtype}: one per output channel of "
+                             f"the conv, in x's dtype")
+
+
 def bn_scale_shift(params, buffers, bn):
     """Eval batch norm ``bn`` as y = x * scale + shift: scale = gamma / sqrt(running_var + eps),
     shift = beta - running_mean * scale; both (C,)."""
@@ -704,6 +720,9 @@ def bn_scale_shift(params, buffers, bn):
 
 def conv_bn_infer(x, params, buffers, conv, bn, stride, dilation, relu=True, residual=None):
     """Eval ``conv_bn_forward`` (+ residual, + ReLU) without a cache: act(bn(conv(x)) + residual)."""
+    check_channels("conv_bn_infer", x, params[f"{conv}.weight"],
+                   {f"{bn}.{k}": params[f"{bn}.{k}"] for k in ("weight", "bias")}
+                   | {f"{bn}.{k}": buffers[f"{bn}.{k}"] for k in ("running_mean", "running_var")})
     scale, shift = bn_scale_shift(params, buffers, bn)
     return conv2d_fused(x, params[f"{conv}.weight"], scale, shift, dilation, stride, "same",
                         residual=residual, relu=relu)
@@ -712,6 +731,7 @@ def conv_bn_infer(x, params, buffers, conv, bn, stride, dilation, relu=True, res
 def conv_relu_infer(x, params, name, dilation):
     """``conv_relu_forward`` without a cache: ReLU(conv(x) + bias)."""
     b = params[f"{name}.bias"]
+    check_channels("conv_relu_infer", x, params[f"{name}.weight"], {f"{name}.bias": b})
     return conv2d_fused(x, params[f"{name}.weight"], np.ones_like(b), b, dilation, 1, "same", relu=True)
 
 

@@ -374,16 +374,21 @@ def _resize_2tap(x, out, i0, i1, wy, j0, j1, wx):
 
 def resize_bilinear_infer(x, size, align_corners):
     """``resize_bilinear`` computed from the 2 x 2 neighbours of each output pixel (what the two
-    matrices' nonzeros say) in one pass, as torch does: the same numbers up to rounding, a fraction of
-    the work. Under NUMBA_DISABLE_JIT it is ``resize_bilinear`` (the loop would run per pixel in Python)."""
+    matrices' nonzeros say), rows then columns, as torch does: the same numbers up to rounding for finite
+    input, a fraction of the work. Only the neighbours enter, so a NaN or inf reaches the outputs next to
+    it, as in torch (the matrices' 0 * inf spreads it along whole rows and columns). Under
+    NUMBA_DISABLE_JIT the same two steps run as whole-array NumPy (the loop would run per pixel in Python)."""
     fn = "resize_bilinear_infer"
     _float_array(fn, "x", x, 4, "(N, C, H, W)")
     Ho, Wo = _shape_arg(fn, "size", size, 2)
     align_corners = _bool(fn, "align_corners", align_corners)
-    if numba.config.DISABLE_JIT:
-        return resize_bilinear(x, (Ho, Wo), align_corners)
     i0, i1, wy = _bilinear_taps(x.shape[2], Ho, align_corners)
     j0, j1, wx = _bilinear_taps(x.shape[3], Wo, align_corners)
+    one = x.dtype.type(1)
+    if numba.config.DISABLE_JIT:
+        wy, wx = wy.astype(x.dtype)[:, None], wx.astype(x.dtype)
+        rows = (one - wy) * x[:, :, i0] + wy * x[:, :, i1]
+        return (one - wx) * rows[..., j0] + wx * rows[..., j1]
     out = np.empty(x.shape[:2] + (Ho, Wo), dtype=x.dtype)
     _resize_2tap(np.ascontiguousarray(x), out, i0, i1, wy.astype(x.dtype), j0, j1, wx.astype(x.dtype))
     return out
