@@ -141,6 +141,8 @@ WRONG = [
     ("exercise_3_1", _with(plan_solution, "mg_block0"), "block0 included"),
     ("exercise_3_1", _with(plan_solution, "keep_stride"), "first wrong block: layer4.0"),
     ("exercise_3_1", lambda *a: plan_solution(*a)[:3], "expected 4 lists (layer1..layer4)"),
+    ("exercise_3_1", lambda *a: [np.array(stage) for stage in plan_solution(*a)],
+     "layer1 is ndarray, not a list; return a list with one (stride, dilation) pair per block"),
     ("exercise_3_2", _with(macs_solution, "dilated_kernel"), "dilation spreads them apart but costs nothing"),
     ("exercise_3_2", _with(macs_solution, "floor"), "ceil(H / 2)"),
     ("exercise_3_2", _with(macs_solution, "no_maxpool"), "max pool of stride 2"),

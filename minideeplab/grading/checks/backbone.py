@@ -96,9 +96,11 @@ def _as_plan(got, blocks, call):
                             "expected 4 lists (layer1..layer4), each with one (stride, dilation) per block")
     rows = []
     for i, (stage, n) in enumerate(zip(got, blocks), start=1):
-        if not isinstance(stage, (list, tuple)) or len(stage) != n:
-            size = len(stage) if isinstance(stage, (list, tuple)) else type(stage).__name__
-            raise ExerciseWrong(f"{head}: layer{i} has {size} entries, expected {n} (one per block)")
+        if not isinstance(stage, (list, tuple)):
+            raise ExerciseWrong(f"{head}: layer{i} is {type(stage).__name__}, not a list; return a list with one "
+                                f"(stride, dilation) pair per block ({n} for layer{i})")
+        if len(stage) != n:
+            raise ExerciseWrong(f"{head}: layer{i} has {len(stage)} entries, expected {n} (one per block)")
         for j, pair in enumerate(stage):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise ExerciseWrong(f"{head}: layer{i} block {j} is {pair!r}, expected a pair (stride, dilation)")

@@ -27,6 +27,12 @@ def _distinct(known: dict, expected, rtol, atol) -> dict:
 def _unchanged(exercise, call, before: dict, after: dict):
     for name, a in before.items():
         if not np.array_equal(after[name], a, equal_nan=True):
+            drift = np.abs(np.asarray(after[name], dtype=float) - a)
+            if np.all(np.isfinite(drift)) and drift.max() <= 1e-12 * max(np.abs(a).max(), 1.0):
+                raise ExerciseWrong(f"Exercise {exercise}: {call} left its argument `{name}` changed by rounding "
+                                    f"(up to {drift.max():.1e}): adding h back after subtracting it does not "
+                                    f"restore a float exactly. Save the entry first and put it back: "
+                                    f"old = x[i]; ...; x[i] = old.")
             raise ExerciseWrong(f"Exercise {exercise}: {call} changed its argument `{name}` in place; leave it as "
                                 f"it was (the caller still needs it): work on new arrays.")
 
