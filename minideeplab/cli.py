@@ -34,10 +34,169 @@ def _bench(args) -> int:
     return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick)
 
 
+def _errors_to_exit(fn):
+    """Run a sub-command; a bad argument or a missing file becomes one line on stderr and exit status 2."""
+    def run(args) -> int:
+        import sys
+
+        try:
+            return fn(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"minideeplab {args.command}: error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _train_config(args):
+    from minideeplab.train import TrainConfig
+
+    out = args.out or f"runs/{args.model}_{args.backbone}"
+    return TrainConfig(model=args.model, backbone=args.backbone, output_stride=args.output_stride,
+                       data_root=args.data_root, train_split=args.train_split, val_split=args.val_split, out=out,
+                       epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                       train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
+                       device=_device(args.device))
+
+
+def _device(name):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device here; use --device cpu")
+    return name
+
+
+@_errors_to_exit
+def _train(args) -> int:
+    from minideeplab.train import train
+
+    log = (lambda *a: None) if args.quiet else print
+    config = _train_config(args)
+    if not Path(config.data_root).exists():
+        raise FileNotFoundError(f"--data-root {config.data_root} does not exist")
+    ckpt = train(config, resume=args.resume, quiet=args.quiet, log=log)
+    if not args.quiet:
+        print(f"checkpoint: {Path(ckpt['config']['out']) / 'last.pt'} (iteration {ckpt['iteration']})")
+    return 0
+
+
+def _json_safe(x):
+    """nan -> None, recursively (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
+@_errors_to_exit
+def _eval(args) -> int:
+    import json
+
+    from minideeplab.train import FirstN, evaluate, load_checkpoint, load_model, open_split
+
+    device = _device(args.device)
+    model, classes = load_model(args.checkpoint, device)
+    config = load_checkpoint(args.checkpoint)["config"]
+    root = args.data_root or config["data_root"]
+    data = open_split(root, args.split or config["val_split"], "--data-root" if args.data_root else "data root")
+    if list(data.classes) != classes:
+        raise ValueError(f"--data-root {root} has classes {list(data.classes)} but {args.checkpoint} was trained "
+                         f"on {classes}")
+    widths = tuple(int(w) if w == int(w) else w for w in args.trimap_widths)  # keys "2", not "2.0"
+    result = evaluate(model, FirstN(data, args.images), classes, scales=tuple(args.scales), flip=args.flip,
+                      widths=widths, device=device, quiet=args.quiet or args.json)
+    if args.json:
+        print(json.dumps(_json_safe(result)))
+        return 0
+    print(f"{result['images']} images of {data.root} ({data.split}), scales {args.scales}, flip {args.flip}")
+    print(f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
+          f"mean accuracy {result['mean_accuracy']:.4f}")
+    for name, iou in result["per_class_iou"].items():
+        print(f"  {name:<16} IoU {iou:.4f}")
+    print("trimap accuracy: " + "  ".join(f"{w}px {a:.4f}" for w, a in result["trimap_accuracy"].items()))
+    return 0
+
+
+@_errors_to_exit
+def _segment(args) -> int:
+    from minideeplab.train import load_model, segment
+
+    device = _device(args.device)
+    model, classes = load_model(args.checkpoint, device)
+    written = segment(model, args.images, args.out, classes, scales=tuple(args.scales), flip=args.flip, crf=args.crf,
+                      alpha=args.alpha, device=device, quiet=args.quiet)
+    if not args.quiet:
+        print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        v = kind(text)
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train", help="train a DeepLab (PyTorch reference) on a VOC-layout data set",
+        description="Train a DeepLab with SGD (momentum, weight decay), the poly learning rate and cross-entropy "
+                    "that ignores label 255, on random scale/crop/flip crops. Writes OUT/last.pt at the end of "
+                    "every epoch (and every --checkpoint-every iterations), atomically; --resume continues from "
+                    "it and reaches the same weights as an uninterrupted run.")
+    p.add_argument("--model", default="v3plus", help="v1, v2, v3 or v3plus (default: %(default)s)")
+    p.add_argument("--backbone", default="mini",
+                   help="vgg16, resnet18/34/50/101/152, or mini, which trains on a CPU (default: %(default)s)")
+    p.add_argument("--output-stride", type=int, default=None,
+                   help="8 or 16 for ResNets (default: the model's, 16 for v3/v3plus, 8 for v1/v2)")
+    p.add_argument("--data-root", default="data/synthetic",
+                   help="folder in the PASCAL VOC layout (default: %(default)s)")
+    p.add_argument("--train-split", default="train", help="split list to train on (default: %(default)s)")
+    p.add_argument("--val-split", default="val", help="split list to evaluate on (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for checkpoints (default: runs/MODEL_BACKBONE)")
+    p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
+    p.add_argument("--crop-size", type=int, default=128, help="square training crops (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.01,
+                   help="base learning rate of the poly schedule (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=0.9, help="(default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="evaluate on --val-split every so many epochs, 0: never (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="ITERATIONS",
+                   help="also checkpoint every so many iterations, 0: at epoch ends only (default: %(default)s)")
+    p.add_argument("--train-images", type=int, default=None, metavar="N", help="train on the first N images only")
+    p.add_argument("--val-images", type=int, default=None, metavar="N", help="evaluate on the first N images only")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments as its run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
+    p.set_defaults(func=_train)
+
+
+def _add_inference(p):
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'minideeplab train'")
+    p.add_argument("--scales", type=_positive(float), nargs="+", default=[1.0],
+                   help="input scales whose softmax outputs are averaged, e.g. 0.5 0.75 1 1.25 (default: 1)")
+    p.add_argument("--flip", action="store_true", help="also average the mirror images' outputs")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minideeplab",
-        description="Learn DeepLab by building it: course tools, grading and benchmarks.")
+        description="Learn DeepLab by building it: course tools, grading, benchmarks, and training, evaluating "
+                    "and running the PyTorch reference models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     course = sub.add_parser("course", help="build the student course from the solutions",
@@ -105,6 +264,35 @@ def build_parser() -> argparse.ArgumentParser:
         suite.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
         suite.add_argument("--quick", action="store_true", help=f"{quick_help}: a smoke test of the benchmark")
         suite.set_defaults(func=_bench)
+
+    _add_train(sub)
+    ev = sub.add_parser(
+        "eval", help="score a checkpoint: mIoU, per-class IoU, trimap accuracy",
+        description="Evaluate a checkpoint on full images of a split (one confusion matrix over the split): "
+                    "mean IoU, pixel accuracy, per-class IoU and the trimap accuracy (pixel accuracy within "
+                    "a band around the object boundaries), optionally with multi-scale and flipped inputs.")
+    _add_inference(ev)
+    ev.add_argument("--data-root", default=None, help="VOC-layout folder (default: the checkpoint's)")
+    ev.add_argument("--split", default=None, help="split list (default: the checkpoint's validation split)")
+    ev.add_argument("--images", type=_positive(int), default=None, metavar="N", help="the first N images only")
+    ev.add_argument("--trimap-widths", type=_positive(float), nargs="+", default=[1, 2, 4, 8, 16], metavar="PIXELS",
+                    help="band widths of the trimap accuracy (default: 1 2 4 8 16)")
+    ev.add_argument("--json", action="store_true",
+                    help="print one JSON object (miou, pixel_accuracy, mean_accuracy, per_class_iou, "
+                         "trimap_accuracy, images); NaN as null")
+    ev.set_defaults(func=_eval)
+
+    seg = sub.add_parser(
+        "segment", help="segment image files, writing colour overlays",
+        description="Segment images with a checkpoint; for each IMAGE write OUT/<name>.png (the class map, a "
+                    "VOC palette PNG) and OUT/<name>_overlay.png (the image under the class colours).")
+    seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    seg.add_argument("--out", required=True, help="folder to write (created if missing)")
+    _add_inference(seg)
+    seg.add_argument("--crf", action="store_true",
+                     help="refine with the dense CRF (DeepLab v2's parameters, 10 mean-field iterations)")
+    seg.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours (default: %(default)s)")
+    seg.set_defaults(func=_segment)
     return parser
 
 
