@@ -96,6 +96,22 @@ def test_no_image_pooling():
     assert ASPP(48).pooling_index == 4 and ASPP(48, image_pooling=False).pooling_index is None
 
 
+def test_aspp_l_resnet_names_and_count():
+    """The released DeepLab-v2 ResNet-101 head (Caffe's fc1_voc12_c0..c3): per rate one 3x3 conv 2048 -> 21
+    with bias, 4 x (2048 * 21 * 9 + 21) = 1,548,372 parameters; no dropout, no buffers."""
+    spec = ASPPL(2048, 21, fc_channels=None)
+    assert spec.dropout == 0 and not spec.has_fc and ASPPL(512, 21).has_fc
+    params, buffers = scratch.parameter_shapes(spec, "classifier")
+    assert buffers == {} and list(params) == [f"classifier.branches.{i}.{t}" for i in range(4) for t in ("weight", "bias")]
+    assert params["classifier.branches.2.weight"] == (21, 2048, 3, 3) and params["classifier.branches.2.bias"] == (21,)
+    assert sum(int(np.prod(v)) for v in params.values()) == 4 * (2048 * 21 * 9 + 21) == 1_548_372
+    m = ref.ASPPLModule(spec)
+    assert list(m.state_dict()) == [k[len("classifier."):] for k in params]
+    assert sum(p.numel() for p in m.parameters()) == 1_548_372
+    assert [(b.dilation[0], b.padding[0], b.bias is not None) for b in m.branches] == [(r, r, True) for r in (6, 12, 18, 24)]
+    assert not any(isinstance(x, ref.Dropout) for x in m.modules())
+
+
 def test_aspp_l_names():
     params, buffers = scratch.parameter_shapes(ASPPL(512, 21), "classifier")
     assert buffers == {} and len(params) == 4 * 6
@@ -105,6 +121,7 @@ def test_aspp_l_names():
     assert list(ref.ASPPLModule(ASPPL(512, 21)).state_dict()) == [k[len("classifier."):] for k in params]
     rates = [ref.ASPPLModule(ASPPL(8, 3)).branches[i].fc6.dilation[0] for i in range(4)]
     assert rates == [6, 12, 18, 24]
+    assert sum(int(np.prod(v)) for v in params.values()) == 23_162_964  # the VGG-16 ASPP-L: 23.2 M
 
 
 def test_init():
@@ -115,6 +132,8 @@ def test_init():
     assert (buffers["aspp.convs.4.2.running_var"] == 1).all() and buffers["aspp.convs.4.2.num_batches_tracked"] == 0
     p32, _ = scratch.init_aspp(ASPPL(8, 3), np.random.default_rng(0))
     assert all(v.dtype == F32 for v in p32.values()) and (p32["branches.0.fc6.bias"] == 0).all()
+    p, _ = scratch.init_aspp(ASPPL(64, 21, fc_channels=None), np.random.default_rng(0), F64)
+    assert (p["branches.3.bias"] == 0).all() and abs(p["branches.3.weight"].std() / np.sqrt(2 / (21 * 9)) - 1) < 0.05
 
 
 # --------------------------------------------------------------------------- forward and backward
@@ -175,16 +194,23 @@ def test_prefix_and_a_model_sized_dict():
     assert list(grads) == list(params)
 
 
+L_SPECS = {"vgg-form": ASPPL(12, 5, (1, 2, 3, 4), fc_channels=10),
+           "resnet-form": ASPPL(12, 5, (1, 2, 3, 4), fc_channels=None),
+           "resnet-form-wide-rates": ASPPL(12, 5, (2, 5, 8), fc_channels=None)}  # rate 8 > H, W: taps on padding
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_aspp_l_matches_torch(training):
-    spec = ASPPL(12, 5, (1, 2, 3, 4), fc_channels=10)
+@pytest.mark.parametrize("form", list(L_SPECS))
+def test_aspp_l_matches_torch(form, training):
+    """float64 forward (and the infer path), dx and every gradient against the twin, masks replayed."""
+    spec = L_SPECS[form]
     params, buffers = _random(spec, F64, seed=5, prefix="classifier")
     assert buffers == {}
     m = ref.ASPPLModule(spec)
     params_to_torch(m, {k[len("classifier."):]: v for k, v in params.items()}, {}).train(training)
     x = X[:, :12]
     y, cache = scratch.aspp_l_forward(spec, params, {}, x, training, np.random.default_rng(6), "classifier")
-    assert len(cache.masks) == (8 if training else 0)
+    assert len(cache.masks) == (2 * len(spec.atrous_rates) if training and spec.has_fc else 0)
     ref.set_dropout_masks(m, {k[len("classifier."):]: v for k, v in cache.masks.items()})
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = m(xt)
@@ -198,6 +224,45 @@ def test_aspp_l_matches_torch(training):
     assert list(grads) == list(params)
     for k, p in m.named_parameters():
         assert rel(grads[f"classifier.{k}"], p.grad.numpy()) < 1e-10, k
+        assert np.abs(p.grad.numpy()).max() > 0, k
+
+
+def test_aspp_l_resnet_form_is_linear():
+    """The ResNet form is one linear map: the sum of the branches' convs, no ReLU and no dropout, so a
+    training forward (no rng needed) equals eval, and the logits of a sum of inputs are the sum of the
+    logits less the extra biases."""
+    spec = L_SPECS["resnet-form"]
+    params, _ = _random(spec, F64, seed=9)
+    x1, x2 = X[:, :12], X[:, 12:]
+    y_train, cache = scratch.aspp_l_forward(spec, params, {}, x1, True)
+    assert cache.masks == {} and np.array_equal(y_train, scratch.aspp_l_forward(spec, params, {}, x1, False)[0])
+    f = lambda x: scratch.aspp_l_infer(spec, params, {}, x)  # noqa: E731
+    bias = sum(params[f"branches.{i}.bias"] for i in range(4))[None, :, None, None]
+    assert rel(f(x1 + x2), f(x1) + f(x2) - bias) < 1e-12
+
+
+def test_aspp_l_as_one_conv():
+    """The ResNet form's four branches, summed, are one conv with a sparse 49x49 kernel (33 non-zero taps):
+    torch's conv2d with that kernel gives the twin's output."""
+    spec = ASPPL(12, 5, fc_channels=None)
+    params, _ = _random(spec, F64, seed=10, prefix="classifier")
+    w, b = scratch.aspp_l_as_one_conv(spec, params, "classifier")
+    assert w.shape == (5, 12, 49, 49) and b.shape == (5,)
+    taps = np.argwhere(np.abs(w).sum(axis=(0, 1)) > 0)
+    assert len(taps) == 33 and {tuple(t) for t in taps} == {(24 + i * r, 24 + j * r) for r in (6, 12, 18, 24)
+                                                             for i in (-1, 0, 1) for j in (-1, 0, 1)}
+    assert np.array_equal(w[:, :, 24, 24], sum(params[f"classifier.branches.{i}.weight"][:, :, 1, 1] for i in range(4)))
+    m = ref.ASPPLModule(spec)
+    params_to_torch(m, {k[len("classifier."):]: v for k, v in params.items()}, {}).eval()
+    x = torch.from_numpy(np.random.default_rng(11).standard_normal((2, 12, 30, 27)))
+    with torch.no_grad():
+        expected = m(x).numpy()
+        got = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), padding=24).numpy()
+    assert rel(got, expected) < 1e-12
+    with pytest.raises(ValueError, match=r"aspp_l_as_one_conv: spec has fc_channels=4: fc6-fc7-fc8 with ReLUs is not one conv"):
+        scratch.aspp_l_as_one_conv(_LSPEC, _LP)
+    with pytest.raises(ValueError, match=r"aspp_l_as_one_conv: params do not match ASPPL\(.*below 'classifier': missing"):
+        scratch.aspp_l_as_one_conv(spec, {k: v for k, v in params.items() if "branches.3" not in k}, "classifier")
 
 
 def test_dropout_only_in_training():
@@ -253,6 +318,10 @@ BAD = [
     ("ASPP", lambda: ASPP(8, dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
     ("ASPP", lambda: ASPP(8, separable=1), "separable must be True or False, got 1"),
     ("ASPPL", lambda: ASPPL(8, 0), "num_classes must be an int >= 1, got 0"),
+    ("ASPPL", lambda: ASPPL(8, 3, fc_channels=0), r"fc_channels must be None \(one 3x3 conv per rate, the ResNet-101 "
+                                                  r"form\) or an int >= 1 \(fc6-fc7-fc8, the VGG-16 form\), got 0"),
+    ("ASPPL", lambda: ASPPL(8, 3, fc_channels=None, dropout=0.5),
+     r"dropout=0.5 needs fc layers \(drop6, drop7\): with fc_channels=None each branch is one 3x3 conv"),
     ("init_aspp", lambda: scratch.init_aspp(_SPEC, 0), "rng must be a numpy.random.Generator"),
     ("init_aspp", lambda: scratch.init_aspp("aspp", np.random.default_rng(0)), "spec must be an ASPP or ASPPL, got str"),
     ("aspp_forward", lambda: _fwd(spec=_LSPEC), "spec must be an ASPP, got ASPPL"),
@@ -281,6 +350,8 @@ BAD = [
     ("aspp_infer", lambda: scratch.aspp_infer(_SPEC, _P, _B, X[:, :16]), r"x has shape \(2, 16, 7, 9\), expected 24 channels"),
     ("aspp_infer", lambda: scratch.aspp_infer(_LSPEC, _LP, {}, X), "spec must be an ASPP, got ASPPL"),
     ("aspp_l_infer", lambda: scratch.aspp_l_infer(_LSPEC, _LP, {}, X.astype(F32)), r"has dtype float64 but x has dtype float32"),
+    ("aspp_l_forward", lambda: scratch.aspp_l_forward(ASPPL(24, 3, fc_channels=None), _LP, {}, X, False),
+     r"params do not match ASPPL\(.*fc_channels=None.*: missing 'branches.0.weight'"),
 ]
 
 

@@ -8,7 +8,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 
 from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.scratch.aspp import ASPP
+from minideeplab.scratch.aspp import ASPP, ASPPL
 from minideeplab.scratch.backbone import VGG, ResNet, init_backbone
 
 from helpers import cast_model, nontrivial_model, rel
@@ -25,7 +25,8 @@ X33 = np.random.default_rng(1).standard_normal((2, 3, 33, 33))
 # (id, name, options, input): every member of the family, mini/narrow backbones and resnet18/50
 FAMILY = [
     ("v1-vgg", "v1", dict(backbone=NARROW_VGG), X33),
-    ("v2-mini", "v2", dict(backbone="mini", fc_channels=32), X33),
+    ("v2-mini", "v2", dict(backbone="mini"), X33),                     # ResNet form: one 3x3 conv per rate
+    ("v2-mini-fc", "v2", dict(backbone="mini", fc_channels=32), X33),  # fc6-fc7-fc8 on a ResNet (asked for)
     ("v2-vgg", "v2", dict(backbone=NARROW_VGG, fc_channels=12), X33),
     ("v3-mini-os16", "v3", dict(backbone="mini"), X33),
     ("v3-mini-os8-multigrid-aux", "v3", dict(backbone="mini", output_stride=8, multi_grid=(1, 2, 4), aux=True), X33),
@@ -33,10 +34,10 @@ FAMILY = [
     ("v3plus-mini-separable-smp", "v3plus", dict(backbone="mini", aspp_separable=True, decoder_separable=True,
                                                  align_corners=True, dilation_convention="smp", dropout=0.1),
      np.random.default_rng(2).standard_normal((2, 3, 32, 48))),
-    ("v2-resnet18", "v2", dict(backbone="resnet18", fc_channels=64), X33),
+    ("v2-resnet18", "v2", dict(backbone="resnet18"), X33),
     ("v3-resnet18", "v3", dict(backbone="resnet18", output_stride=8, aux=True), X33),
     ("v3plus-resnet18-os8", "v3plus", dict(backbone="resnet18", output_stride=8, image_pooling=False), X33),
-    ("v2-resnet50", "v2", dict(backbone="resnet50", fc_channels=64), X33[:1]),
+    ("v2-resnet50", "v2", dict(backbone="resnet50"), X33[:1]),
     ("v3plus-resnet50", "v3plus", dict(backbone="resnet50", aspp_separable=True), X33),
 ]
 MINI = [f for f in FAMILY if "resnet" not in f[0]]
@@ -61,7 +62,13 @@ def test_config_defaults_and_rates():
     assert scratch.make_config("v3plus", "resnet101", 32).atrous_rates == (3, 6, 9)
     assert scratch.make_config("v3", atrous_rates=(1, 2, 3, 4)).atrous_rates == (1, 2, 3, 4)  # given: kept
     v2 = scratch.make_config("v2")
-    assert v2.backbone == ResNet(101, 8) and v2.atrous_rates == (6, 12, 18, 24) and v2.aspp.fc_channels == 1024
+    assert v2.backbone == ResNet(101, 8) and v2.atrous_rates == (6, 12, 18, 24)
+    assert v2.fc_channels is None and v2.aspp == ASPPL(2048, 21, (6, 12, 18, 24), None)  # the released ResNet-101's
+    assert scratch.make_config("v2", "vgg16").aspp == ASPPL(512, 21, (6, 12, 18, 24), 1024, 0.5)  # the VGG-16 ASPP-L
+    assert scratch.make_config("v2", fc_channels=256, dropout=0.3).aspp == ASPPL(2048, 21, fc_channels=256, dropout=0.3)
+    assert scratch.make_config("v2", "vgg16", fc_channels=None).aspp == ASPPL(512, 21, fc_channels=None)
+    assert scratch.make_config("v2", dropout=0.0).aspp.dropout == 0
+    assert v3.fc_channels == "auto" and v2 == scratch.DeepLabConfig("v2", ResNet(101, 8), fc_channels=None)
     v1 = scratch.make_config("v1")
     assert v1.backbone == VGG() and v1.atrous_rates == (12,) and v1.aspp is None and v1.dropout == 0.5
     assert scratch.make_config("v1", atrous_rates=(24,)).backbone.fc6_rate == 24
@@ -259,6 +266,32 @@ def test_eval_call_keeps_no_caches(monkeypatch):
     assert not seen and y.shape == expected.shape
 
 
+def _head_count(config):
+    params, _ = scratch.model_parameter_shapes(config)
+    return sum(int(np.prod(v)) for k, v in params.items() if k.startswith("classifier."))
+
+
+def test_v2_heads():
+    """v2 on ResNet-101 is the released model's head: classifier.branches.{i} = one 3x3 conv 2048 -> 21
+    at rate (6, 12, 18, 24)[i] with bias (Caffe's fc1_voc12_c{i}), 4 x (2048 * 21 * 9 + 21) parameters;
+    v2 on VGG-16 keeps fc6-fc7-fc8 (1024 wide), 23.2 M. The twin has the same names and counts."""
+    r101 = scratch.make_config("v2", "resnet101")
+    params, buffers = scratch.model_parameter_shapes(r101)
+    head = {k: v for k, v in params.items() if k.startswith("classifier.")}
+    assert list(head) == [f"classifier.branches.{i}.{t}" for i in range(4) for t in ("weight", "bias")]
+    assert head["classifier.branches.0.weight"] == (21, 2048, 3, 3)
+    assert _head_count(r101) == 4 * (2048 * 21 * 9 + 21) == 1_548_372
+    assert not any(k.startswith("classifier.") for k in buffers)
+    vgg = scratch.make_config("v2", "vgg16")
+    assert _head_count(vgg) == 4 * (512 * 1024 * 9 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21) == 23_162_964
+    assert scratch.model_parameter_shapes(vgg)[0]["classifier.branches.3.fc6.weight"] == (1024, 512, 3, 3)
+    mini = scratch.make_config("v2", "mini", num_classes=3)
+    t = ref.DeepLabModule(mini)
+    assert [k for k, _ in t.named_parameters()] == list(scratch.model_parameter_shapes(mini)[0])
+    assert [(c.dilation[0], c.padding[0]) for c in t.classifier.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    assert not any(isinstance(m, ref.Dropout) for m in t.classifier.modules())
+
+
 def test_init_model():
     """The backbone's weights are init_backbone's draws (they come first); head convs Kaiming fan-out, BN 1 / 0."""
     model = scratch.build_model("v3", "resnet18", num_classes=4, aux=True, rng=np.random.default_rng(3), dtype=F64)
@@ -281,6 +314,11 @@ def test_round_trip():
     assert all(np.array_equal(back.params[k], v) for k, v in model.params.items())
     back.params["classifier.branches.0.fc6.weight"][...] = 0
     assert model.params["classifier.branches.0.fc6.weight"].any()  # copies
+    model = nontrivial_model("v2", F64, backbone="mini")  # the ResNet form
+    back = ref.to_scratch(ref.to_torch(model))
+    assert back.config == model.config and back.config.fc_channels is None
+    assert all(np.array_equal(back.params[k], v) for k, v in model.params.items())
+    assert "classifier.branches.3.weight" in back.params
 
 
 # --------------------------------------------------------------------------- input sizes and bad input
@@ -322,6 +360,13 @@ BAD = [
     ("make_config", lambda: scratch.make_config("v3plus", aux=True), "aux=True applies to v3 only, not v3plus"),
     ("make_config", lambda: scratch.make_config("v2", aspp_separable=True), "aspp_separable=True applies to v3 and v3plus only"),
     ("make_config", lambda: scratch.make_config("v3", dropout=1), r"dropout must be a number in \[0, 1\), got 1"),
+    ("make_config", lambda: scratch.make_config("v3", fc_channels=1024), "fc_channels=1024 applies to v2 only, not v3"),
+    ("make_config", lambda: scratch.make_config("v1", fc_channels=None), "fc_channels=None applies to v2 only, not v1"),
+    ("make_config", lambda: scratch.make_config("v2", fc_channels=0), r"fc_channels must be 'auto', None \(v2's ResNet "
+                                                                       r"form: one 3x3 conv per rate\) or an int >= 1"),
+    ("make_config", lambda: scratch.make_config("v2", fc_channels="vgg"), "fc_channels must be 'auto', None or an int >= 1, got 'vgg'"),
+    ("make_config", lambda: scratch.make_config("v2", dropout=0.1), r"dropout=0.1 applies to v2's fc6-fc7-fc8 head \(fc_channels "
+                                                                     r"an int\) only: with fc_channels=None"),
     ("make_config", lambda: scratch.make_config("v3", num_classes=0), "num_classes must be an int >= 1, got 0"),
     ("make_config", lambda: scratch.make_config("v3", atrous_rates=[]), r"atrous_rates must be None or a non-empty tuple"),
     ("make_config", lambda: scratch.make_config("v1", VGG(), atrous_rates=(6,)), r"v1's one atrous rate is its VGG's fc6_rate \(12\)"),

@@ -294,7 +294,8 @@ ROUND_TRIP = [
                                   align_corners=True, dilation_convention="smp")),
     ("v3plus", "v3plus", dict(backbone="mini", output_stride=8)),
     ("v3-aux", "v3", dict(backbone="mini", aux=True)),
-    ("v2", "v2", dict(backbone="mini", fc_channels=16)),
+    ("v2", "v2", dict(backbone="mini")),                           # ResNet form: one 3x3 conv per rate
+    ("v2-fc", "v2", dict(backbone="mini", fc_channels=16)),        # fc6-fc7-fc8
 ]
 
 

@@ -3,7 +3,9 @@
 ``ASPPModule`` has torchvision's ``ASPP`` layout (``convs.{i}``, ``project``), so its ``state_dict`` keys
 are the scratch names below an empty prefix, and torchvision's ``classifier.0`` loads into it by name;
 with ``separable=True`` the 3x3 branches are smp's ``SeparableConv2d`` (``.0`` depthwise, ``.1``
-pointwise). ``ASPPLModule`` is DeepLab v2's ASPP-L. Autograd gives every backward.
+pointwise). ``ASPPLModule`` is DeepLab v2's ASPP-L: with ``fc_channels=None`` the released ResNet-101's
+(``branches.{i}`` one 3x3 conv to the classes, Caffe's ``fc1_voc12_c{i}``), else the VGG-16 one
+(``branches.{i}.fc6/fc7/fc8``). Autograd gives every backward.
 
 ``Dropout`` is ``nn.Dropout`` that can replay a given mask (``keep``): ``set_dropout_masks(module,
 masks)`` hands it the masks a scratch forward drew (its cache's ``masks``), so that a training forward
@@ -123,16 +125,21 @@ class _ASPPLBranch(nn.Module):
 
 
 class ASPPLModule(nn.Module):
-    """DeepLab v2's ASPP-L: ``branches.{i}`` fc6 (3x3 at rate i) -> ReLU -> drop6 -> fc7 -> ReLU -> drop7 -> fc8,
-    summed."""
+    """DeepLab v2's ASPP-L, the branches' logits summed. fc_channels None (released ResNet-101):
+    ``branches.{i}`` = Conv2d(in, classes, 3, dilation=rate i, bias). Else (VGG-16): ``branches.{i}`` fc6
+    (3x3 at rate i) -> ReLU -> drop6 -> fc7 -> ReLU -> drop7 -> fc8."""
 
     def __init__(self, spec: ASPPL):
         super().__init__()
         if not isinstance(spec, ASPPL):
             raise ValueError(f"ASPPLModule: spec must be an ASPPL, got {type(spec).__name__}")
         self.spec = spec
-        self.branches = nn.ModuleList(_ASPPLBranch(spec.in_channels, spec.fc_channels, spec.num_classes, r, spec.dropout)
-                                      for r in spec.atrous_rates)
+        if spec.has_fc:
+            self.branches = nn.ModuleList(_ASPPLBranch(spec.in_channels, spec.fc_channels, spec.num_classes, r,
+                                                       spec.dropout) for r in spec.atrous_rates)
+        else:
+            self.branches = nn.ModuleList(nn.Conv2d(spec.in_channels, spec.num_classes, 3, padding=r, dilation=r)
+                                          for r in spec.atrous_rates)
         _init(self)
 
     def forward(self, x):

@@ -8,6 +8,9 @@ params + buffers keys: for v3, exactly torchvision's ``deeplabv3_resnet50/101`` 
 Forward returns ``{"out": logits}``, plus ``"aux"`` for v3 with aux=True when training (torchvision
 computes aux in eval too; here it is a training-only output, as in the scratch model).
 
+v2's ``classifier`` is ``ASPPLModule``: on a ResNet the released DeepLab-v2 ResNet-101 head (per rate one
+3x3 conv to the classes, summed), on VGG-16 the paper's fc6-fc7-fc8 ASPP-L (``fc_channels`` chooses).
+
 ``decoder_layout="smp"`` (v3, v3plus) builds segmentation_models_pytorch's structure (see the scratch
 module); ``minideeplab.interop`` loads torchvision's and smp's models into the scratch one.
 
@@ -35,7 +38,7 @@ __all__ = ["VGGPool5", "DeepLabModule", "build_model", "params_to_torch", "param
 
 
 class VGGPool5(VGGLargeFOV):
-    """VGG-16 LargeFOV's ``features`` only (up to pool5), for DeepLab v2 on VGG: ASPP-L brings its own fc6/fc7."""
+    """VGG-16 LargeFOV's ``features`` only (up to pool5), for DeepLab v2 on VGG: ASPP-L replaces fc6/fc7."""
 
     def __init__(self, spec: VGG):
         super().__init__(spec)

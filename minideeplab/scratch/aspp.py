@@ -8,8 +8,14 @@ a different field of view, and the branches are fused.
   (global average pool, 1x1, BN, ReLU, broadcast back to the map), each conv without bias and followed
   by BN + ReLU; the branches are concatenated and a 1x1 ``project``ion (+ BN, ReLU, dropout) fuses them.
   ``separable=True`` makes each 3x3 branch depthwise 3x3 + pointwise 1x1 (Xception, v3+).
-* ``ASPPL`` (v2, "ASPP-L"): one branch per rate, each fc6 (3x3 at the rate) -> ReLU -> dropout -> fc7
-  (1x1) -> ReLU -> dropout -> fc8 (1x1 to the classes), all with bias; the branches' logits are summed.
+* ``ASPPL`` (v2, "ASPP-L"): one branch per rate (6, 12, 18, 24), the branches' logits summed, in one
+  of two forms:
+  - ``fc_channels=None``, the released DeepLab-v2 ResNet-101 (Caffe prototxt ``fc1_voc12_c0..c3``, and
+    its ports): each branch is ONE 3x3 conv at its rate, straight from the features to the classes,
+    with bias. No ReLU, no dropout: the head is linear.
+  - ``fc_channels=1024``, the DeepLab-v2 VGG-16 ASPP-L (the paper's, on pool5): each branch is fc6
+    (3x3 at the rate) -> ReLU -> dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (1x1 to the classes),
+    all with bias.
 
 Parameters live in flat dicts keyed by ``state_dict`` names below a ``prefix`` (``"classifier.0"`` in
 torchvision's DeepLab v3), as in ``backbone``, so real weights load by name:
@@ -20,12 +26,15 @@ torchvision's DeepLab v3), as in ``backbone``, so real weights load by name:
                         convs.{i}.0.1.weight  pointwise (256, C, 1, 1) read from its source)
            convs.{R+1}.1.weight               image pooling 1x1   convs.{R+1}.2.* its BN  (.0 is the pool)
            project.0.weight                   1x1 fusion          project.1.*   its BN  (.3 is the dropout)
-    ASPPL  branches.{i}.fc6.weight/.bias, branches.{i}.fc7.weight/.bias, branches.{i}.fc8.weight/.bias
-           (dropouts: branches.{i}.drop6, branches.{i}.drop7)
+    ASPPL  fc_channels=None: branches.{i}.weight/.bias   3x3 conv at rate i to the classes
+             (Caffe's fc1_voc12_c{i}; kazuto1011/deeplab-pytorch's aspp.c{i})
+           fc_channels=int:  branches.{i}.fc6.weight/.bias, branches.{i}.fc7.weight/.bias,
+             branches.{i}.fc8.weight/.bias (dropouts: branches.{i}.drop6, branches.{i}.drop7)
 
 BN ``*`` = weight, bias (params), running_mean, running_var, num_batches_tracked (buffers). This is
 torchvision's ``ASPP`` module exactly (``classifier.0`` of ``deeplabv3_resnet50``), and smp's with
-``separable=True``. ASPP-L's names are ours (the paper's layer names per branch).
+``separable=True``. ASPP-L's names are ours: ``branches.{i}`` is the branch at ``atrous_rates[i]``, a
+conv itself in the ResNet form, with the paper's fc6/fc7/fc8 inside it in the VGG form.
 
 Dropout runs only when training (``rng``, a ``np.random.Generator``, draws the masks); the caches keep
 each mask under its module's name (``dropout_masks``), so that a PyTorch twin can replay them.
@@ -58,9 +67,9 @@ from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm
 
 __all__ = ["ASPP", "ASPPL", "join", "parameter_shapes", "init_params", "init_aspp", "check_subset",
            "ConvUnitCache", "conv_unit_shapes", "conv_unit_forward", "conv_unit_backward",
-           "conv1x1_forward", "conv1x1_backward", "maybe_dropout",
+           "conv1x1_forward", "conv1x1_backward", "conv_bias_forward", "conv_bias_backward", "maybe_dropout",
            "ASPPCache", "aspp_forward", "aspp_backward", "ASPPLCache", "aspp_l_forward", "aspp_l_backward",
-           "conv_unit_infer", "conv1x1_infer", "aspp_infer", "aspp_l_infer"]
+           "conv_unit_infer", "conv1x1_infer", "aspp_infer", "aspp_l_infer", "aspp_l_as_one_conv"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,24 +149,47 @@ class ASPP:
 
 @dataclass(frozen=True)
 class ASPPL:
-    """DeepLab v2's ASPP-L: per rate, fc6 (3x3 at the rate, ``fc_channels``) -> ReLU -> dropout -> fc7
-    (1x1, ``fc_channels``) -> ReLU -> dropout -> fc8 (1x1 to ``num_classes``), all with bias; the
-    branches' logits are summed. Rates (6, 12, 18, 24) (ASPP-L; the paper's ASPP-S is (2, 4, 8, 12)).
-    dropout: drop6 and drop7 (0.5 in the paper), when training.
+    """DeepLab v2's ASPP-L: one branch per rate, the branches' logits summed. Rates (6, 12, 18, 24)
+    (ASPP-L; the paper's ASPP-S is (2, 4, 8, 12)).
+
+    fc_channels: None: each branch is one 3x3 conv at its rate from ``in_channels`` to ``num_classes``,
+      with bias (the released DeepLab-v2 ResNet-101, Caffe's ``fc1_voc12_c{i}``: 2048 -> 21, 4 x 387,093
+      parameters). An int (1024 in the paper, on VGG-16's 512-channel pool5): each branch is fc6 (3x3 at
+      the rate, ``fc_channels``) -> ReLU -> drop6 -> fc7 (1x1, ``fc_channels``) -> ReLU -> drop7 -> fc8
+      (1x1 to ``num_classes``), all with bias (DeepLab-v2 VGG-16).
+    dropout: drop6 and drop7, when training. None (default): 0.5 with fc layers (the paper's), 0 without
+      (the ResNet form has no dropout; any other value is an error there).
     """
 
     in_channels: int
     num_classes: int
     atrous_rates: tuple[int, ...] = (6, 12, 18, 24)
-    fc_channels: int = 1024
-    dropout: float = 0.5
+    fc_channels: int | None = 1024
+    dropout: float | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
-        for name in ("in_channels", "num_classes", "fc_channels"):
+        for name in ("in_channels", "num_classes"):
             set_(self, name, _check_positive("ASPPL", name, getattr(self, name)))
+        if self.fc_channels is not None:
+            if not _is_int(self.fc_channels) or self.fc_channels < 1:
+                raise _spec_error("ASPPL", f"fc_channels must be None (one 3x3 conv per rate, the ResNet-101 "
+                                           f"form) or an int >= 1 (fc6-fc7-fc8, the VGG-16 form), "
+                                           f"got {self.fc_channels!r}")
+            set_(self, "fc_channels", int(self.fc_channels))
         set_(self, "atrous_rates", _check_rates("ASPPL", self.atrous_rates))
-        set_(self, "dropout", _check_p("ASPPL", "dropout", self.dropout))
+        if self.dropout is None:
+            set_(self, "dropout", 0.5 if self.fc_channels is not None else 0.0)
+        else:
+            set_(self, "dropout", _check_p("ASPPL", "dropout", self.dropout))
+            if self.fc_channels is None and self.dropout != 0:
+                raise _spec_error("ASPPL", f"dropout={self.dropout!r} needs fc layers (drop6, drop7): with "
+                                           f"fc_channels=None each branch is one 3x3 conv, with no dropout")
+
+    @property
+    def has_fc(self) -> bool:
+        """True: fc6-fc7-fc8 per branch (VGG-16 form); False: one 3x3 conv per branch (ResNet-101 form)."""
+        return self.fc_channels is not None
 
 
 def _check_spec(fn, spec, cls=(ASPP, ASPPL)):
@@ -199,6 +231,9 @@ def parameter_shapes(spec, prefix="") -> tuple[dict[str, tuple], dict[str, tuple
     if isinstance(spec, ASPPL):
         for i in range(len(spec.atrous_rates)):
             b = join(prefix, f"branches.{i}")
+            if not spec.has_fc:
+                params[f"{b}.weight"], params[f"{b}.bias"] = (spec.num_classes, spec.in_channels, 3, 3), (spec.num_classes,)
+                continue
             fc = spec.fc_channels
             for name, shape in (("fc6", (fc, spec.in_channels, 3, 3)), ("fc7", (fc, fc, 1, 1)),
                                 ("fc8", (spec.num_classes, fc, 1, 1))):
@@ -286,6 +321,25 @@ def conv1x1_forward(x, params, name):
 
 def conv1x1_backward(dy, cache):
     dx, dw, db = atrous_conv2d_backward(dy, cache.x, cache.weight, 1, 1, 0)
+    return dx, {f"{cache.name}.weight": dw, f"{cache.name}.bias": db}
+
+
+class ConvBiasCache(NamedTuple):
+    name: str
+    x: np.ndarray
+    weight: np.ndarray
+    rate: int
+
+
+def conv_bias_forward(x, params, name, rate):
+    """conv(x) + bias at ``rate``, stride 1, "same" padding, no activation (a classifier):
+    x (N, C, H, W) -> (N, Cout, H, W)."""
+    w = params[f"{name}.weight"]
+    return atrous_conv2d(x, w, params[f"{name}.bias"], rate, 1, "same"), ConvBiasCache(name, x, w, rate)
+
+
+def conv_bias_backward(dy, cache):
+    dx, dw, db = atrous_conv2d_backward(dy, cache.x, cache.weight, cache.rate, 1, "same")
     return dx, {f"{cache.name}.weight": dw, f"{cache.name}.bias": db}
 
 
@@ -413,11 +467,12 @@ def aspp_backward(dy, cache):
 
 
 class ASPPLCache(NamedTuple):
-    """What ``aspp_l_backward`` needs: per branch the fc6, fc7 caches, the two dropout masks and fc8's."""
+    """What ``aspp_l_backward`` needs: per branch its conv's cache (ResNet form), or the fc6, fc7 caches,
+    the two dropout masks and fc8's (VGG form)."""
 
     spec: ASPPL
     prefix: str
-    branches: list          # (ConvReLUCache fc6, mask6, ConvReLUCache fc7, mask7, Conv1x1Cache fc8)
+    branches: list          # ConvBiasCache, or (ConvReLUCache fc6, mask6, ConvReLUCache fc7, mask7, Conv1x1Cache fc8)
     x_shape: tuple
     y_shape: tuple
     dtype: np.dtype
@@ -425,6 +480,8 @@ class ASPPLCache(NamedTuple):
     @property
     def masks(self) -> dict:
         out = {}
+        if not self.spec.has_fc:
+            return out
         for i, (_, m6, _, m7, _) in enumerate(self.branches):
             for name, m in (("drop6", m6), ("drop7", m7)):
                 if m is not None:
@@ -433,15 +490,20 @@ class ASPPLCache(NamedTuple):
 
 
 def aspp_l_forward(spec, params, buffers, x, training, rng=None, prefix=""):
-    """x (N, in_channels, H, W) -> (y (N, num_classes, H, W) = sum over the rates of
-    fc8(drop7(ReLU(fc7(drop6(ReLU(fc6_rate(x))))))), ASPPLCache). No BN: training only turns dropout on.
-    ``buffers`` is unused (ASPP-L has none); pass {}."""
+    """x (N, in_channels, H, W) -> (y (N, num_classes, H, W), ASPPLCache): y = sum over the rates of
+    conv_rate(x) + bias (fc_channels None), or of fc8(drop7(ReLU(fc7(drop6(ReLU(fc6_rate(x))))))).
+    No BN: training only turns dropout on (fc form). ``buffers`` is unused (ASPP-L has none); pass {}."""
     fn = "aspp_l_forward"
     _check_call(fn, spec, ASPPL, params, buffers, x, training, prefix)
     training = bool(training)
     y, branches = None, []
     for i, rate in enumerate(spec.atrous_rates):
         b = join(prefix, f"branches.{i}")
+        if not spec.has_fc:
+            s, c = conv_bias_forward(x, params, b, rate)
+            y = s if y is None else y + s
+            branches.append(c)
+            continue
         h, c6 = conv_relu_forward(x, params, f"{b}.fc6", rate)
         h, m6 = maybe_dropout(h, spec.dropout, training, rng, fn)
         h, c7 = conv_relu_forward(h, params, f"{b}.fc7", 1)
@@ -459,6 +521,13 @@ def aspp_l_backward(dy, cache):
         raise ValueError(f"{fn}: cache must be the ASPPLCache returned by aspp_l_forward, got {type(cache).__name__}")
     _check_dy(fn, dy, cache.y_shape, cache.dtype)
     grads, dx = {}, np.zeros(cache.x_shape, dtype=cache.dtype)
+    if not cache.spec.has_fc:
+        for c in cache.branches:
+            d, g = conv_bias_backward(dy, c)
+            grads.update(g)
+            dx += d
+        order = parameter_shapes(cache.spec, cache.prefix)[0]
+        return dx, {k: grads[k] for k in order}
     for c6, m6, c7, m7, c8 in cache.branches:
         d, g8 = conv1x1_backward(dy, c8)
         d = d if m7 is None else dropout_backward(d, m7)
@@ -512,12 +581,42 @@ def aspp_infer(spec, params, buffers, x, prefix=""):
 
 def aspp_l_infer(spec, params, buffers, x, prefix=""):
     """Eval ``aspp_l_forward`` without caches: x (N, in_channels, H, W) -> y (N, num_classes, H, W);
-    each branch's fc8 adds its logits to the running sum in its own pass."""
+    each branch's last conv adds its logits to the running sum in its own pass."""
     _check_call("aspp_l_infer", spec, ASPPL, params, buffers, x, False, prefix)
     y = None
     for i, rate in enumerate(spec.atrous_rates):
         b = join(prefix, f"branches.{i}")
+        if not spec.has_fc:
+            w, bias = params[f"{b}.weight"], params[f"{b}.bias"]
+            y = conv2d_fused(x, w, np.ones_like(bias), bias, rate, 1, "same", residual=y)
+            continue
         h = conv_relu_infer(x, params, f"{b}.fc6", rate)
         h = conv_relu_infer(h, params, f"{b}.fc7", 1)
         y = conv1x1_infer(h, params, f"{b}.fc8", residual=y)
     return y
+
+
+def aspp_l_as_one_conv(spec, params, prefix=""):
+    """The ResNet form (fc_channels=None) as the one conv it is: a sum of linear 3x3 convs at rates r_i is
+    a single conv (rate 1, "same" padding) whose (2 max(r) + 1)^2 kernel holds each branch's 9 weights at
+    offsets (-r_i, 0, r_i) from the centre (the centres add up), bias the sum of the biases.
+    -> (weight (num_classes, in_channels, K, K), bias (num_classes,)); (6, 12, 18, 24) gives K = 49 with
+    1 + 8 * 4 = 33 non-zero taps."""
+    fn = "aspp_l_as_one_conv"
+    _check_spec(fn, spec, ASPPL)
+    if spec.has_fc:
+        raise ValueError(f"{fn}: spec has fc_channels={spec.fc_channels}: fc6-fc7-fc8 with ReLUs is not one conv; "
+                         f"only the ResNet form (fc_channels=None) is linear")
+    first = params.get(join(prefix, "branches.0.weight")) if isinstance(params, dict) else None
+    dtype = first.dtype if isinstance(first, np.ndarray) else np.float64
+    check_subset(fn, repr(spec) + (f" below {prefix!r}" if prefix else ""), *parameter_shapes(spec, prefix),
+                 params, {}, dtype, prefix)
+    R = max(spec.atrous_rates)
+    first = params[join(prefix, "branches.0.weight")]
+    weight = np.zeros(first.shape[:2] + (2 * R + 1, 2 * R + 1), dtype=first.dtype)
+    bias = np.zeros(first.shape[:1], dtype=first.dtype)
+    for i, r in enumerate(spec.atrous_rates):
+        b = join(prefix, f"branches.{i}")
+        weight[:, :, R - r:R + r + 1:r, R - r:R + r + 1:r] += params[f"{b}.weight"]
+        bias += params[f"{b}.bias"]
+    return weight, bias

@@ -2,7 +2,9 @@
 v3+ (ASPP + decoder), as configurations of one model, in NumPy on top of ``backbone`` and ``aspp``.
 
     v1      VGG-16 LargeFOV (fc6 3x3 at rate 12, fc7 1x1) -> drop7 -> fc8 (1x1 to the classes) -> bilinear x8
-    v2      ResNet-101 at output stride 8 (or VGG-16 up to pool5) -> ASPP-L (branch logits summed) -> bilinear x8
+    v2      ResNet-101 at output stride 8 -> ASPP-L: per rate (6, 12, 18, 24) one 3x3 conv to the classes,
+            summed (the released DeepLab-v2 ResNet-101) -> bilinear x8; or VGG-16 up to pool5 -> ASPP-L with
+            fc6-fc7-fc8 per rate (the paper's VGG-16 ASPP-L), summed -> bilinear x8
     v3      ResNet -> ASPP -> 3x3 conv, BN, ReLU -> 1x1 to the classes -> bilinear to the input (torchvision's
             ``deeplabv3_resnet50``), optionally an auxiliary FCN head on layer3 for training
     v3plus  ResNet -> ASPP -> resize to the stride-4 ``low_level`` features, concat with their 1x1 projection
@@ -20,7 +22,8 @@ Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`
     backbone.*                  the backbone's torchvision names (``backbone.layer4.2.conv3.weight``,
                                 ``backbone.features.0.weight``, ``backbone.fc6.weight``)
     v1  classifier.fc8.*        (dropout ``classifier.drop7``)
-    v2  classifier.branches.{i}.fc6/fc7/fc8.*          (see ``aspp.ASPPL``)
+    v2  classifier.branches.{i}.weight/.bias           ResNet form: 3x3 conv at rate i (Caffe's fc1_voc12_c{i})
+        classifier.branches.{i}.fc6/fc7/fc8.*          VGG form (see ``aspp.ASPPL``)
     v3  classifier.0.*          the ASPP, torchvision's names (``aspp.ASPP``)
         classifier.1.weight     3x3 conv 256 -> 256, no bias
         classifier.2.*          BN
@@ -55,8 +58,7 @@ align_corners=False accepts any size (there feature i of a stride-s map, centred
 resized as if it were centred on (i + 1/2) s - 1/2: a shift of (s - 1)/2 pixels, torchvision's choice).
 
 Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout), the
-released DeepLab v2 ResNet-101's ASPP (one 3x3 conv to the classes per rate, no fc7/fc8), the dense CRF
-(``crf``), multi-scale inputs.
+dense CRF (``crf``), multi-scale inputs.
 """
 
 from __future__ import annotations
@@ -128,8 +130,12 @@ class DeepLabConfig:
     aspp_separable: depthwise-separable 3x3 ASPP branches (v3, v3plus; smp's v3+ default).
     aspp_channels: of the ASPP branches and its projection, 256 (v3, v3plus).
     dropout: v3/v3plus: after the ASPP projection (0.5 torchvision and smp, 0.1 TF DeepLab). v2: drop6 and
-      drop7 in every ASPP-L branch (0.5). v1: drop7 before fc8 (0.5). Only when training.
-    fc_channels: width of ASPP-L's fc6 and fc7 (v2), 1024.
+      drop7 in every ASPP-L branch with fc layers (0.5); the ResNet form has no dropout (leave it at 0.5,
+      unused, or set 0). v1: drop7 before fc8 (0.5). Only when training.
+    fc_channels: v2's ASPP-L form (see ``aspp.ASPPL``). "auto" (default): by the backbone, as released:
+      None for a ResNet (one 3x3 conv per rate to the classes: DeepLab-v2 ResNet-101, Caffe's
+      fc1_voc12_c0..c3), 1024 for VGG (fc6-fc7-fc8 per rate, fc6/fc7 that wide: DeepLab-v2 VGG-16).
+      None or an int asks for that form on either backbone. Resolved on construction.
     aux: torchvision's auxiliary FCN head on layer3 (v3): 3x3 conv to layer3's channels / 4, BN, ReLU,
       dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training.
     low_level_channels: the v3+ decoder's projection of the stride-4 features, 48.
@@ -154,7 +160,7 @@ class DeepLabConfig:
     aspp_separable: bool = False
     aspp_channels: int = 256
     dropout: float = 0.5
-    fc_channels: int = 1024
+    fc_channels: int | None | str = "auto"
     aux: bool = False
     low_level_channels: int = 48
     decoder_channels: int = 256
@@ -173,7 +179,7 @@ class DeepLabConfig:
             raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
         if name in ("v3", "v3plus") and not isinstance(spec, ResNet):
             raise _cfg_error(f"{name} needs a ResNet backbone, got {spec!r}")
-        for f in ("num_classes", "aspp_channels", "fc_channels", "low_level_channels", "decoder_channels"):
+        for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels"):
             v = getattr(self, f)
             if not _is_int(v) or v < 1:
                 raise _cfg_error(f"{f} must be an int >= 1, got {v!r}")
@@ -195,6 +201,22 @@ class DeepLabConfig:
         for f, models in _APPLIES.items():
             if getattr(self, f) != defaults[f] and name not in models:
                 raise _cfg_error(f"{f}={getattr(self, f)!r} applies to {' and '.join(models)} only, not {name}")
+        fc = self.fc_channels
+        if isinstance(fc, str):
+            if fc != "auto":
+                raise _cfg_error(f"fc_channels must be 'auto', None or an int >= 1, got {fc!r}")
+            if name == "v2":
+                fc = 1024 if isinstance(spec, VGG) else None
+        elif fc is not None:
+            if not _is_int(fc) or fc < 1:
+                raise _cfg_error(f"fc_channels must be 'auto', None (v2's ResNet form: one 3x3 conv per rate) or an "
+                                 f"int >= 1 (fc6-fc7-fc8 that wide, the VGG form), got {fc!r}")
+            fc = int(fc)
+        set_(self, "fc_channels", fc)
+        if name == "v2" and fc is None and self.dropout not in (0.0, defaults["dropout"]):
+            raise _cfg_error(f"dropout={self.dropout!r} applies to v2's fc6-fc7-fc8 head (fc_channels an int) "
+                             f"only: with fc_channels=None (the ResNet-101 form) each branch is one 3x3 conv, "
+                             f"with no dropout")
 
         rates = self.atrous_rates
         if rates is not None:
@@ -225,7 +247,8 @@ class DeepLabConfig:
         spec = self.backbone
         if self.name == "v2":
             cin = spec.widths[4] if isinstance(spec, VGG) else spec.out_channels
-            return ASPPL(cin, self.num_classes, self.atrous_rates, self.fc_channels, self.dropout)
+            fc = self.fc_channels
+            return ASPPL(cin, self.num_classes, self.atrous_rates, fc, self.dropout if fc is not None else None)
         if self.name in ("v3", "v3plus"):
             return ASPP(spec.out_channels, self.aspp_channels, self.atrous_rates, self.image_pooling,
                         self.aspp_separable, self.dropout)
