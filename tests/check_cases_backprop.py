@@ -27,26 +27,16 @@ def fd_student(f, x, h=1e-5, mistake=None):
     return grad
 
 
-def fd_not_restored(f, x, h=1e-5):
-    """In place, forgetting to put the entry back."""
+def fd_in_place(f, x, h=1e-5, restore=None):
+    """In place, forgetting to put the entry back, or (restore="arithmetic") adding h back: off by rounding."""
     grad = np.zeros_like(x)
     for i in np.ndindex(x.shape):
         x[i] += h
         f_plus = f(x)
         x[i] -= 2 * h
         grad[i] = (f_plus - f(x)) / (2 * h)
-    return grad
-
-
-def fd_restored_by_arithmetic(f, x, h=1e-5):
-    """In place, putting the entry back by adding h again: off by rounding."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        x[i] += h
-        f_plus = f(x)
-        x[i] -= 2 * h
-        grad[i] = (f_plus - f(x)) / (2 * h)
-        x[i] += h
+        if restore == "arithmetic":
+            x[i] += h
     return grad
 
 
@@ -135,8 +125,9 @@ WRONG = [
     ("exercise_6_1", lambda f, x, h=1e-5: fd_student(f, x, h, "tiny"), "step of 1e-10: too small"),
     ("exercise_6_1", lambda f, x, h=1e-5: fd_student(f, x, h, "together"), "one entry at a time"),
     ("exercise_6_1", lambda f, x, h=1e-5: fd_student(f, x, h, "float32"), "dtype float32, expected float64"),
-    ("exercise_6_1", fd_not_restored, "changed its argument `x`"),
-    ("exercise_6_1", fd_restored_by_arithmetic, "Save the entry first and put it back"),
+    ("exercise_6_1", fd_in_place, "changed its argument `x`"),
+    ("exercise_6_1", lambda f, x, h=1e-5: fd_in_place(f, x, h, restore="arithmetic"),
+     "Save the entry first and put it back"),
     ("exercise_6_2", lambda *a, **k: bn_student(*a, **k, mistake="eval"), "eval-mode gradient"),
     ("exercise_6_2", lambda *a, **k: bn_student(*a, **k, mistake="no_var"), "variance's term is missing"),
     ("exercise_6_2", lambda *a, **k: bn_student(*a, **k, mistake="unbiased"), "biased batch variance"),

@@ -389,7 +389,7 @@ def _real_share(H, W, Ho, Wo, kh, kw, rate, stride, ph, pw):
 
 def _use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
     kh, kw = weight.shape[2:]
-    if groups != 1 or (kh, kw, stride, ph, pw) == (1, 1, 1, 0, 0) or ph < 0 or pw < 0:
+    if groups != 1 or (kh, kw, stride, ph, pw) == (1, 1, 1, 0, 0):
         return False  # grouped: the tap paths; a plain 1x1 is one GEMM already (``_init_out``)
     return _real_share(x.shape[2], x.shape[3], Ho, Wo, kh, kw, rate, stride, ph, pw) >= IM2COL_MIN_REAL
 
@@ -402,7 +402,7 @@ def _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, out):
     K = C * kh * kw
     w2 = weight.reshape(Cout, K)
     band = max(1, min(Ho, IM2COL_BYTES // (K * Wo * x.itemsize)))
-    band = -(-Ho // -(-Ho // band))  # as many bands, of equal height: no thin last band (a slow GEMM)
+    band = -(-Ho // -(-Ho // band))  # same number of bands, rows spread over them: no thin last band (slow GEMM)
     buf = np.empty(K * band * Wo, dtype=x.dtype)
     for n in range(N):
         o2 = out[n].reshape(Cout, Ho * Wo)
