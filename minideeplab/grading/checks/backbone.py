@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.checks.common import as_number, first_bad
+from minideeplab.grading.checks.common import as_number, first_bad, offsets_mask
 from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
 
 __all__ = ["exercise_3_1", "exercise_3_2", "exercise_3_3"]
@@ -232,9 +232,7 @@ def _footprint_variant(plan, mistake):
         offsets = offsets | taps if mistake == "union" else {o + t for o in offsets for t in taps}
         if mistake != "jump_first":
             jump *= stride * dilation if mistake == "jump_rate" else stride
-    lo = min(offsets)
-    mask = np.zeros(max(offsets) - lo + 1, dtype=bool)
-    mask[[o - lo for o in offsets]] = True
+    mask = offsets_mask(offsets)
     return np.ones_like(mask) if mistake == "dense" else mask
 
 

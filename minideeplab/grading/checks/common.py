@@ -17,3 +17,11 @@ def as_number(v, exercise, call):
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise ExerciseWrong(f"Exercise {exercise}: {call} returned {v!r} ({type(v).__name__}), expected a number")
     return v
+
+
+def offsets_mask(offsets) -> np.ndarray:
+    """A set of integer offsets as a bool mask over their span, the smallest offset at index 0."""
+    lo = min(offsets)
+    mask = np.zeros(max(offsets) - lo + 1, dtype=bool)
+    mask[[o - lo for o in offsets]] = True
+    return mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.checks.common import as_number, first_bad
+from minideeplab.grading.checks.common import as_number, first_bad, offsets_mask
 from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
 
 __all__ = ["exercise_1_1", "exercise_1_2", "exercise_1_3"]
@@ -118,9 +118,7 @@ def _footprint_variant(layers, mistake):
         step = {"no_jump": r, "jump_rate": r * jump}.get(mistake, r * jump)
         offsets = {o + step * t for o in offsets for t in range(k)}
         jump *= s * r if mistake == "jump_rate" else s
-    lo = min(offsets)
-    mask = np.zeros(max(offsets) - lo + 1, dtype=bool)
-    mask[[o - lo for o in offsets]] = True
+    mask = offsets_mask(offsets)
     return np.ones_like(mask) if mistake == "dense" else mask
 
 
