@@ -35,14 +35,17 @@ def _bench(args) -> int:
 
 
 def _errors_to_exit(fn):
-    """Run a sub-command; a bad argument or a missing file becomes one line on stderr and exit status 2."""
+    """Run a sub-command; a bad argument or a missing file becomes one line on stderr and exit status 2
+    (naming the process under torchrun)."""
     def run(args) -> int:
+        import os
         import sys
 
         try:
             return fn(args)
         except (ValueError, FileNotFoundError) as e:
-            print(f"minideeplab {args.command}: error: {e}", file=sys.stderr)
+            who = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+            print(f"minideeplab {args.command}{who}: error: {e}", file=sys.stderr)
             return 2
     return run
 
@@ -50,6 +53,11 @@ def _errors_to_exit(fn):
 def _train_config(args):
     from minideeplab.train import TrainConfig
 
+    options = {}
+    for key, value in args.model_option or []:
+        if key in options:
+            raise ValueError(f"--model-option {key} is given twice ({options[key]!r} and {value!r})")
+        options[key] = value
     out = args.out or f"runs/{args.model}_{args.backbone}"
     return TrainConfig(model=args.model, backbone=args.backbone, output_stride=args.output_stride,
                        data_root=args.data_root, train_split=args.train_split, val_split=args.val_split, out=out,
@@ -57,7 +65,22 @@ def _train_config(args):
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
-                       device=_device(args.device))
+                       device=_device(args.device), model_options=options)
+
+
+def _model_option(text):
+    """"KEY=VALUE" -> (KEY, VALUE parsed as a Python literal)."""
+    import ast
+
+    key, eq, value = text.partition("=")
+    if not eq or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. image_pooling=False, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(
+            f"{key}: the value must be a Python literal (False, 256, 0.1, \"(6, 12, 18)\", \"'smp'\" with the "
+            f"quotes for a string), got {value!r}") from None
 
 
 def _device(name):
@@ -70,17 +93,38 @@ def _device(name):
     return name
 
 
+def _scratch_trainer():
+    try:
+        from minideeplab.scratch.train import train
+    except ModuleNotFoundError as e:
+        if e.name != "minideeplab.scratch.train":
+            raise
+        raise ValueError("--backend scratch: minideeplab.scratch.train is missing from this installation") from None
+    return train
+
+
 @_errors_to_exit
 def _train(args) -> int:
-    from minideeplab.train import train
+    import math
+    import os
 
-    log = (lambda *a: None) if args.quiet else print
     config = _train_config(args)
     if not Path(config.data_root).exists():
         raise FileNotFoundError(f"--data-root {config.data_root} does not exist")
-    ckpt = train(config, resume=args.resume, quiet=args.quiet, log=log)
-    if not args.quiet:
-        print(f"checkpoint: {Path(ckpt['config']['out']) / 'last.pt'} (iteration {ckpt['iteration']})")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.backend == "scratch":
+        if world > 1:
+            raise ValueError(f"--backend scratch: the NumPy trainer runs in one process; launch it without "
+                             f"torchrun (WORLD_SIZE is {world})")
+        train = _scratch_trainer()
+    else:
+        from minideeplab.train import train
+    ckpt = train(config, resume=args.resume, quiet=args.quiet, log=print)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"checkpoint: {Path(config.out) / 'last.pt'} (iteration {ckpt['iteration']})")
+        scores = [r["miou"] for r in ckpt.get("metrics", []) if not math.isnan(r.get("miou", math.nan))]
+        if scores and (Path(config.out) / "best.pt").exists():
+            print(f"best: {Path(config.out) / 'best.pt'} (val mIoU {max(scores):.4f})")
     return 0
 
 
@@ -150,8 +194,11 @@ def _add_train(sub):
         "train", help="train a DeepLab (PyTorch reference) on a VOC-layout data set",
         description="Train a DeepLab with SGD (momentum, weight decay), the poly learning rate and cross-entropy "
                     "that ignores label 255, on random scale/crop/flip crops. Writes OUT/last.pt at the end of "
-                    "every epoch (and every --checkpoint-every iterations), atomically; --resume continues from "
-                    "it and reaches the same weights as an uninterrupted run.")
+                    "every epoch (and every --checkpoint-every iterations), atomically, and OUT/best.pt when "
+                    "an evaluation beats the best val mIoU so far; --resume continues from OUT/last.pt and "
+                    "reaches the same weights as an uninterrupted run. Data parallel: launch with torchrun "
+                    "--nproc_per_node=N -m minideeplab train ... (gloo on the CPU, NCCL with --device cuda); "
+                    "--batch-size is the global batch, so N processes make the run of one.")
     p.add_argument("--model", default="v3plus", help="v1, v2, v3 or v3plus (default: %(default)s)")
     p.add_argument("--backbone", default="mini",
                    help="vgg16, resnet18/34/50/101/152, or mini, which trains on a CPU (default: %(default)s)")
@@ -163,7 +210,8 @@ def _add_train(sub):
     p.add_argument("--val-split", default="val", help="split list to evaluate on (default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for checkpoints (default: runs/MODEL_BACKBONE)")
     p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="the global batch, split over torchrun's processes (default: %(default)s)")
     p.add_argument("--crop-size", type=int, default=128, help="square training crops (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.01,
                    help="base learning rate of the poly schedule (default: %(default)s)")
@@ -177,9 +225,16 @@ def _add_train(sub):
     p.add_argument("--train-images", type=int, default=None, metavar="N", help="train on the first N images only")
     p.add_argument("--val-images", type=int, default=None, metavar="N", help="evaluate on the first N images only")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:1 or auto; under torchrun cuda is cuda:LOCAL_RANK (default: %(default)s)")
+    p.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
+                   help="another build_model argument, a Python literal, repeatable: image_pooling=False, "
+                        "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True")
+    p.add_argument("--backend", choices=("torch", "scratch"), default="torch",
+                   help="torch: this PyTorch trainer; scratch: the NumPy one (minideeplab.scratch.train, one "
+                        "process) (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments as its run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines are still printed)")
     p.set_defaults(func=_train)
 
 

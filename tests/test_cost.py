@@ -21,5 +21,9 @@ def test_model_mult_adds_orders_the_family():
     sep = model_mult_adds("v3plus", "mini", size=(65, 65), aspp_separable=True, decoder_separable=True)
     assert set(plus) == {"backbone", "aspp", "decoder", "classifier"}
     assert v3 < v3_os8 and sep["decoder"] < plus["decoder"] and sep["backbone"] == plus["backbone"]
-    # the decoder's first 3x3 conv: 256 outputs x 304 inputs x 9 taps at 17x17 (ceil(65 / 4))
-    assert plus["decoder"] >= 256 * 304 * 9 * 17 * 17
+    # at 17x17 (ceil(65 / 4)), the mini's quarter-width decoder: low_level 64 -> 12 (1x1), then 3x3 convs
+    # (64 + 12) -> 64 and 64 -> 64; the paper's widths when asked for: 64 -> 48, (256 + 48) -> 256, 256 -> 256
+    assert plus["decoder"] == 17 * 17 * (64 * 12 + 76 * 64 * 9 + 64 * 64 * 9)
+    full = model_mult_adds("v3plus", "mini", size=(65, 65), aspp_channels=256, low_level_channels=48,
+                           decoder_channels=256)
+    assert full["decoder"] == 17 * 17 * (64 * 48 + 304 * 256 * 9 + 256 * 256 * 9)

@@ -304,6 +304,121 @@ def test_init_model():
     assert model.params["aux_classifier.0.weight"].shape == (64, 256, 3, 3)  # layer3 / 4, as FCNHead
 
 
+# --------------------------------------------------------------------------- mini heads, class-score init
+
+def test_mini_heads_are_a_quarter_wide():
+    """The mini backbone (ResNet-50's widths / 4) gets heads a quarter of the paper's unless the caller sets
+    them: ASPP 64, low_level 12, decoder 64 (2.19 M parameters for 7 classes instead of 6.56 M); an explicit
+    option wins; other backbones keep the paper's 256 / 48 / 256. The twin builds the same shapes."""
+    plus = scratch.make_config("v3plus", "mini", num_classes=7)
+    assert (plus.aspp_channels, plus.low_level_channels, plus.decoder_channels) == (64, 12, 64)
+    assert plus == scratch.make_config("v3plus", ResNet("mini", 16), num_classes=7)  # named or a spec
+    params, buffers = scratch.model_parameter_shapes(plus)
+    assert params["decoder.low_level.0.weight"] == (12, 64, 1, 1)
+    assert params["decoder.fuse.0.0.weight"] == (64, 76, 3, 3)
+    assert sum(np.prod(v) for v in params.values()) == 2_190_575
+    twin = ref.build_model("v3plus", "mini", num_classes=7)
+    assert {k: tuple(v.shape) for k, v in twin.state_dict().items()} == params | buffers
+    full = scratch.make_config("v3plus", "mini", num_classes=7, aspp_channels=256, low_level_channels=48,
+                               decoder_channels=256)
+    assert sum(np.prod(v) for v in scratch.model_parameter_shapes(full)[0].values()) == 6_564_983
+    some = scratch.make_config("v3plus", "mini", decoder_channels=32)
+    assert (some.aspp_channels, some.low_level_channels, some.decoder_channels) == (64, 12, 32)
+    v3 = scratch.make_config("v3", "mini", aux=True)
+    assert v3.aspp_channels == 64 and v3.aux_channels == (256, 64)  # the aux head: layer3 / 4 already
+    assert scratch.make_config("v3", "mini", aspp_channels=256).aspp_channels == 256
+    assert scratch.make_config("v2", "mini").aspp == ASPPL(512, 21, fc_channels=None)  # no width of its own
+    r18 = scratch.make_config("v3plus", "resnet18")
+    assert (r18.aspp_channels, r18.low_level_channels, r18.decoder_channels) == (256, 48, 256)
+
+
+# every form of head, with 7 classes: no other width is 7
+SCORE_CASES = [
+    ("v1", dict(backbone=NARROW_VGG), {"classifier.fc8"}),
+    ("v2", dict(backbone="mini"), {f"classifier.branches.{i}" for i in range(4)}),
+    ("v2", dict(backbone=NARROW_VGG, fc_channels=12), {f"classifier.branches.{i}.fc8" for i in range(4)}),
+    ("v3", dict(backbone="mini", aux=True), {"classifier.4", "aux_classifier.4"}),
+    ("v3plus", dict(backbone="mini"), {"classifier"}),
+    ("v3plus", dict(backbone="mini", decoder_layout="smp", aspp_separable=True, decoder_separable=True),
+     {"classifier"}),
+]
+SCORE_IDS = [f"{c[0]}-{'vgg' if isinstance(c[1]['backbone'], VGG) else 'mini'}-{i}" for i, c in enumerate(SCORE_CASES)]
+
+
+@pytest.mark.parametrize("name, options, scores", SCORE_CASES, ids=SCORE_IDS)
+def test_score_layers_are_the_convs_to_the_classes(name, options, scores):
+    """is_score_layer names exactly the head's convs with num_classes outputs, each with a bias."""
+    params = scratch.model_parameter_shapes(scratch.make_config(name, num_classes=7, **options))[0]
+    convs = {k[:-len(".weight")]: v for k, v in params.items() if len(v) == 4 and not k.startswith("backbone.")}
+    by_rule = {k for k in convs if scratch.is_score_layer(k)}
+    by_shape = {k for k, v in convs.items() if v[0] == 7}
+    assert by_rule == by_shape == scores
+    assert all(params[f"{k}.bias"] == (7,) for k in scores)
+
+
+@pytest.mark.parametrize("name, options, scores", SCORE_CASES, ids=SCORE_IDS)
+def test_score_layers_init(name, options, scores):
+    """Scratch: the class-score convs are N(0, 0.01) with zero bias, from the same draws as the Kaiming init
+    (scaled), every other array unchanged; build_model = init_model. The twin: score convs std 0.01, bias 0,
+    the other head convs Kaiming fan-out (std within 5 standard errors of the sample std)."""
+    from minideeplab.scratch.backbone import init_params
+
+    config = scratch.make_config(name, num_classes=7, **options)
+    shapes, buffer_shapes = scratch.model_parameter_shapes(config)
+    params, _ = scratch.init_model(config, np.random.default_rng(0), F64)
+    kaiming, _ = init_params(shapes, buffer_shapes, np.random.default_rng(0), F64)
+    for k, v in params.items():
+        if k[:-len(".weight")] in scores:
+            fan_out = v.shape[0] * v.shape[2] * v.shape[3]
+            assert np.allclose(v, kaiming[k] * 0.01 / np.sqrt(2 / fan_out), rtol=1e-12, atol=0), k
+            assert (params[k[:-len(".weight")] + ".bias"] == 0).all()
+        else:
+            assert np.array_equal(v, kaiming[k]), k
+    built = scratch.build_model(name, num_classes=7, rng=np.random.default_rng(0), dtype=F64, **options)
+    assert all(np.array_equal(built.params[k], v) for k, v in params.items())
+
+    torch.manual_seed(0)
+    twin = ref.build_model(name, num_classes=7, **options)
+    for k, m in twin.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and not k.startswith("backbone."):
+            w = m.weight.detach().numpy()
+            std = 0.01 if k in scores else np.sqrt(2 / (m.out_channels // m.groups * w.shape[2] * w.shape[3]))
+            assert abs(w.std() / std - 1) < 5 / np.sqrt(2 * w.size), (k, w.std(), std)
+            assert k not in scores or (m.bias.detach().numpy() == 0).all()
+
+
+# (name, options, bound on |loss - ln C|): v2's ResNet form sums four 3x3 convs over the backbone's
+# un-normalised 512 channels, logits of std about 0.01 * sqrt(4 * 9 * 512) * rms(features) ~ 0.5: measured
+# 0.11 to 0.27 above ln 7 over 5 seeds (Kaiming there: about 15); the others within 0.006
+LOSS_CASES = [(name, options, 0.5 if name == "v2" and options["backbone"] == "mini" else 0.05)
+              for name, options, _ in SCORE_CASES]
+
+
+@pytest.mark.parametrize("name, options, bound", LOSS_CASES, ids=SCORE_IDS)
+def test_fresh_model_loss_is_near_ln_classes(name, options, bound):
+    """A fresh model's first training loss (batch statistics, dropout) on random images and labels is
+    about ln(num_classes), the uniform prediction's, in scratch and in the twin (the aux head's too): the
+    point of DeepLab's N(0, 0.01) score layers (Kaiming there: 6 to 20 with 7 classes)."""
+    import torch.nn.functional as F
+
+    from minideeplab.scratch.layers import softmax_cross_entropy
+
+    C, rng = 7, np.random.default_rng(0)
+    x, target = rng.standard_normal((2, 3, 48, 48)), rng.integers(0, C, (2, 48, 48))
+    model = scratch.build_model(name, num_classes=C, rng=np.random.default_rng(1), dtype=F64, **options).train()
+    logits, cache = model.forward(x)
+    losses = [softmax_cross_entropy(logits, target)[0]]
+    losses += [softmax_cross_entropy(cache.aux, target)[0]] if cache.aux is not None else []
+    torch.manual_seed(1)
+    twin = ref.build_model(name, num_classes=C, **options)
+    assert twin.training
+    with torch.no_grad():
+        out = twin(torch.from_numpy(x.astype(F32)))
+    losses += [F.cross_entropy(v, torch.from_numpy(target)).item() for v in out.values()]
+    assert len(losses) == (4 if options.get("aux") else 2)
+    assert max(abs(v - np.log(C)) for v in losses) < bound, losses
+
+
 def test_round_trip():
     model = nontrivial_model("v2", F64, backbone=NARROW_VGG, fc_channels=8)
     assert not any(k.startswith(("backbone.fc6", "backbone.fc7")) for k in model.params)  # v2 VGG ends at pool5

@@ -21,6 +21,7 @@ from torch import nn
 
 from minideeplab.reference import layers as ref_layers
 from minideeplab.scratch.aspp import ASPP, ASPPL
+from minideeplab.scratch.deeplab import SCORE_STD, is_score_layer
 
 __all__ = ["Dropout", "set_dropout_masks", "SeparableConv2d", "conv_unit", "ASPPPooling", "ASPPModule",
            "ASPPLModule", "build_aspp"]
@@ -78,12 +79,13 @@ class ASPPPooling(nn.Sequential):
         return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
 
 
-def _init(module):
-    """The scratch init's scheme (Kaiming normal, fan-out, per group; biases 0), for modules built here."""
-    for m in module.modules():
+def _init(module, prefix=""):
+    """The scratch init's scheme, for modules built here: Kaiming normal (fan-out, per group), biases 0;
+    class-score convs (``scratch.deeplab.is_score_layer`` of ``prefix``.name, the model's names) N(0, 0.01)."""
+    for name, m in module.named_modules(prefix=prefix):
         if isinstance(m, nn.Conv2d):
             fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            nn.init.normal_(m.weight, 0.0, SCORE_STD if is_score_layer(name) else (2.0 / fan_out) ** 0.5)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 

@@ -104,10 +104,9 @@ class DeepLabModule(nn.Module):
             self.aspp = ASPPModule(config.aspp)
             self.decoder = _Decoder(config)
             self.classifier = nn.Conv2d(config.decoder_channels, C, 1)
-        _init(self.classifier)
-        for m in ("aux_classifier", "decoder"):
+        for m in ("classifier", "aux_classifier", "decoder"):
             if getattr(self, m, None) is not None:
-                _init(getattr(self, m))
+                _init(getattr(self, m), m)
 
     def _features(self, x):
         """{"low_level", "out"} and, for the aux head, "layer3" (run stage by stage: ResNetBackbone's
@@ -148,8 +147,9 @@ class DeepLabModule(nn.Module):
 
 def build_model(name, backbone=None, output_stride=None, num_classes=21, **options) -> DeepLabModule:
     """The twin of ``scratch.deeplab.build_model`` (same arguments, less rng and dtype): a
-    ``DeepLabModule`` in float32 with torch's random weights (the scratch init's scheme), in train mode
-    (torch's default)."""
+    ``DeepLabModule`` in float32 with torch's random weights (the scratch init's scheme: class-score convs
+    N(0, 0.01); the mini backbone's heads a quarter as wide unless told otherwise), in train mode (torch's
+    default)."""
     return DeepLabModule(make_config(name, backbone, output_stride, num_classes, _fn="build_model", **options))
 
 

@@ -325,10 +325,13 @@ def parameter_shapes(spec) -> tuple[dict[str, tuple], dict[str, tuple]]:
     return params, buffers
 
 
-def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params"):
+def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params", std=None):
     """Fresh arrays for the given shapes, as torchvision initialises: conv weights Kaiming normal, fan-out
     mode, std sqrt(2 / (Cout/groups * kh * kw)) (a depthwise kernel (C, 1, k, k) counts k * k), conv
-    biases 0; BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64)."""
+    biases 0; BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64).
+    std: {conv weight name: std} drawn N(0, std) instead (DeepLab's class-score layers); the draws are
+    the same ones, in the same order, only scaled differently."""
+    std = {} if std is None else std
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                          f"got {type(rng).__name__}")
@@ -339,7 +342,7 @@ def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params"):
         if len(shape) == 4:  # a conv weight
             depthwise = shape[1] == 1 and shape[2] > 1
             fan_out = (1 if depthwise else shape[0]) * shape[2] * shape[3]
-            params[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
+            params[name] = (rng.standard_normal(shape) * std.get(name, np.sqrt(2.0 / fan_out))).astype(dtype)
         elif name.endswith(".weight") and name[:-len(".weight")] + ".running_mean" in buffer_shapes:
             params[name] = np.ones(shape, dtype=dtype)  # BN gamma
         else:

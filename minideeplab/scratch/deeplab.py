@@ -57,12 +57,22 @@ k * output_stride (smp, whose x4 upsampling is a scale factor) or k * output_str
 align_corners=False accepts any size (there feature i of a stride-s map, centred on input pixel i*s, is
 resized as if it were centred on (i + 1/2) s - 1/2: a shift of (s - 1)/2 pixels, torchvision's choice).
 
+Head widths: the papers' (ASPP 256, decoder 256, low_level projection 48) by default; ``make_config`` /
+``build_model`` give the "mini" backbone, whose widths are ResNet-50's / 4, heads a quarter as wide (ASPP
+64, decoder 64, low_level 12) unless the caller sets them. (v3's aux head is layer3's channels / 4 either
+way; v2's ResNet-form head has no width of its own.)
+
+Init (``init_model``, ``build_model``): torchvision's (Kaiming normal, fan-out) everywhere except the
+class-score convs (``is_score_layer``), which get DeepLab's N(0, 0.01) weights and zero bias: a fresh
+model's logits are then small and its loss starts near ln(num_classes).
+
 Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout), the
 dense CRF (``crf``), multi-scale inputs.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -82,8 +92,9 @@ from minideeplab.scratch.layers import (MaxPoolCache, _float_array, concat, conc
                                         max_pool2d, max_pool2d_backward, max_pool2d_infer, resize_bilinear,
                                         resize_bilinear_backward, resize_bilinear_infer)
 
-__all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "model_parameter_shapes", "init_model",
-           "DeepLabCache", "model_forward", "model_backward", "model_infer", "DeepLab", "build_model", "sgd_step"]
+__all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "model_parameter_shapes", "is_score_layer",
+           "init_model", "DeepLabCache", "model_forward", "model_backward", "model_infer", "DeepLab", "build_model",
+           "sgd_step"]
 
 
 MODELS = ("v1", "v2", "v3", "v3plus")
@@ -94,6 +105,8 @@ DECODER_LAYOUTS = ("paper", "smp")
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
+MINI_HEAD = {"aspp_channels": 64, "low_level_channels": 12, "decoder_channels": 64}  # the paper's / 4, as the mini
+SCORE_STD = 0.01                                            # DeepLab's init of the class-score convs
 
 # fields that mean something only for some models: a non-default value elsewhere is an error
 _APPLIES = {
@@ -128,7 +141,8 @@ class DeepLabConfig:
       VGG's fc6 rate, (backbone.fc6_rate,) (set it in the VGG spec).
     image_pooling: the ASPP's image-level branch (v3, v3plus).
     aspp_separable: depthwise-separable 3x3 ASPP branches (v3, v3plus; smp's v3+ default).
-    aspp_channels: of the ASPP branches and its projection, 256 (v3, v3plus).
+    aspp_channels: of the ASPP branches and its projection, 256 (v3, v3plus). The widths here are the
+      papers'; ``make_config`` defaults the mini backbone's to a quarter of them (``MINI_HEAD``).
     dropout: v3/v3plus: after the ASPP projection (0.5 torchvision and smp, 0.1 TF DeepLab). v2: drop6 and
       drop7 in every ASPP-L branch with fc layers (0.5); the ResNet form has no dropout (leave it at 0.5,
       unused, or set 0). v1: drop7 before fc8 (0.5). Only when training.
@@ -138,8 +152,8 @@ class DeepLabConfig:
       None or an int asks for that form on either backbone. Resolved on construction.
     aux: torchvision's auxiliary FCN head on layer3 (v3): 3x3 conv to layer3's channels / 4, BN, ReLU,
       dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training.
-    low_level_channels: the v3+ decoder's projection of the stride-4 features, 48.
-    decoder_channels: of the v3+ decoder's two 3x3 convs, 256.
+    low_level_channels: the v3+ decoder's projection of the stride-4 features, 48 (mini: 12).
+    decoder_channels: of the v3+ decoder's two 3x3 convs, 256 (mini: 64).
     decoder_separable: depthwise-separable 3x3 convs in the v3+ decoder (with decoder_layout="smp": its
       conv on the ASPP output and its one conv after the concat, as smp's SeparableConv2d).
     decoder_layout: "paper" (default): v3 as torchvision, v3+ as the paper (concat, then two 3x3 convs).
@@ -311,12 +325,16 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
     """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus"}.
 
     backbone: a ResNet or VGG spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
-      "resnet152", "mini" (the small ResNet of ``backbone``). None: the paper's, "vgg16" for v1,
-      "resnet101" for v2, "resnet50" for v3 and v3plus.
+      "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4). None: the paper's,
+      "vgg16" for v1, "resnet101" for v2, "resnet50" for v3 and v3plus.
     output_stride: None: 8 for v1, v2 and any VGG, 16 for v3 and v3plus (VGG: 8 only).
     multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
     options: the other DeepLabConfig fields (atrous_rates, image_pooling, aspp_separable, dropout, aux,
       decoder_separable, align_corners, ...). v1 with backbone "vgg16" takes atrous_rates=(r,) as fc6's rate.
+      With the mini backbone (named or a ResNet("mini") spec) the head widths the caller does not set are
+      a quarter of the paper's, like the backbone's: aspp_channels 64, low_level_channels 12,
+      decoder_channels 64 (``MINI_HEAD``; v3+ on 128x128: 0.14 G multiply-adds in the heads beside the
+      backbone's 0.09 G, instead of 1.58 G at full width).
     """
     fn = _fn
     if name not in MODELS:
@@ -331,6 +349,8 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
         if isinstance(rates, (tuple, list)) and len(rates) == 1:
             fc6_rate = rates[0]
     spec = _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate)
+    if isinstance(spec, ResNet) and spec.depth == "mini":
+        options = {k: v for k, v in MINI_HEAD.items() if name in _APPLIES[k]} | options
     try:
         return DeepLabConfig(name, spec, num_classes, **options)
     except ValueError as e:  # name the function called, once: "make_config: ...", not "make_config: DeepLabConfig: ..."
@@ -397,11 +417,33 @@ def _n_fuse(config) -> int:
     return 1 if config.decoder_layout == "smp" else 2
 
 
+# the convs whose outputs are class scores (or, v2, terms of their sum), by the names of the module's docstring
+_SCORE_LAYER = re.compile(r"(aux_)?classifier(\.4|\.fc8|\.branches\.\d+(\.fc8)?)?")
+
+
+def is_score_layer(name) -> bool:
+    """Whether the conv module ``name`` (a model's, e.g. "classifier.4"; no ".weight") outputs class
+    scores: v1 classifier.fc8, v2 classifier.branches.{i} (ResNet form) or classifier.branches.{i}.fc8,
+    v3 classifier.4 and aux_classifier.4, v3plus classifier."""
+    return _SCORE_LAYER.fullmatch(name) is not None
+
+
+def _score_std(shapes) -> dict:
+    return {k: SCORE_STD for k in shapes if k.endswith(".weight") and is_score_layer(k[:-len(".weight")])}
+
+
 def init_model(config, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Fresh (params, buffers): conv weights Kaiming normal (fan-out), biases 0, BN 1 / 0, running
-    statistics 0 / 1 (as ``init_backbone``; the backbone's draws come first)."""
+    statistics 0 / 1 (as ``init_backbone``; the backbone's draws come first), except the class-score
+    convs (``is_score_layer``): N(0, 0.01) weights, zero bias, as DeepLab's released Caffe and TF models
+    initialise them. Why: with Kaiming there the logits are as large as the features and a fresh model's
+    loss is far above ln(num_classes) (7 classes, mini backbone, first training step: v3 and v3+ 6 to 9,
+    v2 about 17, instead of ln 7 = 1.95); small scores start the training from nearly the uniform
+    prediction (v1, v3, v3+ within 0.01 of ln C; v2's ResNet form, four 3x3 convs summed over the
+    backbone's un-normalised features, 0.1 to 0.3 above)."""
     _check_config("init_model", config)
-    return init_params(*model_parameter_shapes(config), rng, dtype, "init_model")
+    shapes, buffer_shapes = model_parameter_shapes(config)
+    return init_params(shapes, buffer_shapes, rng, dtype, "init_model", _score_std(shapes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,14 +797,16 @@ class DeepLab:
 
 def build_model(name, backbone=None, output_stride=None, num_classes=21, *, rng=None, dtype=np.float32,
                 **options) -> DeepLab:
-    """A DeepLab with fresh weights (``init_model``), in eval mode. Arguments as ``make_config``;
-    rng: a ``np.random.Generator`` for the weights and then the dropout masks (None: unseeded)."""
+    """A DeepLab with fresh weights (``init_model``: class-score convs N(0, 0.01)), in eval mode. Arguments
+    as ``make_config`` (the mini backbone gets heads a quarter as wide unless told otherwise); rng: a
+    ``np.random.Generator`` for the weights and then the dropout masks (None: unseeded)."""
     fn = "build_model"
     config = make_config(name, backbone, output_stride, num_classes, _fn=fn, **options)
     rng = np.random.default_rng() if rng is None else rng
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{fn}: rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
-    params, buffers = init_params(*model_parameter_shapes(config), rng, dtype, fn)
+    shapes, buffer_shapes = model_parameter_shapes(config)
+    params, buffers = init_params(shapes, buffer_shapes, rng, dtype, fn, _score_std(shapes))
     return DeepLab(config, params, buffers, False, rng)
 
 

@@ -123,25 +123,29 @@ def _torch_decoder(m, low, a, align_corners, mistake=None):
     return m.classifier(h)
 
 
-_DECODER_HINTS = {
-    "align": "the ASPP output was resized with the wrong align_corners: pass the decoder's align_corners "
-             "argument on to the resize (False: torchvision's convention, True: TF DeepLab's and smp's).",
-    "nearest": "the ASPP output was resized by nearest neighbour: DeepLabv3+ upsamples it bilinearly.",
-    "no_bn_low": "the 1x1 projection of low_level to 48 channels has no batch norm: it is conv -> BN "
-                 "(running statistics) -> ReLU, like every conv unit of the decoder.",
-    "no_relu_low": "the ReLU after the 48-channel projection of low_level is missing: conv -> BN -> ReLU.",
-    "order": "the concatenation is in the wrong order: the ASPP output (256 channels) comes first, then the "
-             "projected low_level (48): decoder.fuse.0's weight (256, 304, 3, 3) reads its input channels "
-             "in that order.",
-    "one_fuse": "only one 3x3 conv unit after the concatenation: the paper's decoder has two, "
-                "decoder.fuse.0 and decoder.fuse.1, each conv -> BN -> ReLU.",
-    "batch_stats": "batch norm used the batch's own mean and variance: in eval mode it uses running_mean "
-                   "and running_var, (h - mean) / sqrt(var + 1e-5) * weight + bias.",
-    "no_eps": "batch norm divides by sqrt(running_var + eps) with eps = 1e-5, not by sqrt(running_var).",
-    "no_classifier": "these are the decoder's 256 features: end with the 1x1 classifier (classifier.weight, "
-                     "classifier.bias) to get one logit per class.",
-    "no_bias": "the classifier's bias is missing: it is a 1x1 conv with bias (classifier.bias).",
-}
+def _decoder_hints(config) -> dict:
+    """Known mistake -> hint, with the widths of the model checked (the mini's: ASPP 64, low_level 12,
+    decoder 64; the paper's 256, 48, 256)."""
+    a, low, d = config.aspp_channels, config.low_level_channels, config.decoder_channels
+    return {
+        "align": "the ASPP output was resized with the wrong align_corners: pass the decoder's align_corners "
+                 "argument on to the resize (False: torchvision's convention, True: TF DeepLab's and smp's).",
+        "nearest": "the ASPP output was resized by nearest neighbour: DeepLabv3+ upsamples it bilinearly.",
+        "no_bn_low": f"the 1x1 projection of low_level to {low} channels has no batch norm: it is conv -> BN "
+                     f"(running statistics) -> ReLU, like every conv unit of the decoder.",
+        "no_relu_low": f"the ReLU after the {low}-channel projection of low_level is missing: conv -> BN -> ReLU.",
+        "order": f"the concatenation is in the wrong order: the ASPP output ({a} channels) comes first, then the "
+                 f"projected low_level ({low}): decoder.fuse.0's weight ({d}, {a + low}, 3, 3) reads its input "
+                 f"channels in that order.",
+        "one_fuse": "only one 3x3 conv unit after the concatenation: the paper's decoder has two, "
+                    "decoder.fuse.0 and decoder.fuse.1, each conv -> BN -> ReLU.",
+        "batch_stats": "batch norm used the batch's own mean and variance: in eval mode it uses running_mean "
+                       "and running_var, (h - mean) / sqrt(var + 1e-5) * weight + bias.",
+        "no_eps": "batch norm divides by sqrt(running_var + eps) with eps = 1e-5, not by sqrt(running_var).",
+        "no_classifier": f"these are the decoder's {d} features: end with the 1x1 classifier (classifier.weight, "
+                         f"classifier.bias) to get one logit per class.",
+        "no_bias": "the classifier's bias is missing: it is a 1x1 conv with bias (classifier.bias).",
+    }
 
 
 def _tol(dtype, expected):
@@ -169,7 +173,8 @@ def exercise_5_1(decoder):
             feats = m.backbone(torch.from_numpy(_input(shape, dtype, 50 + k)))
             low, a = feats["low_level"], m.aspp(feats["out"])
             expected = _torch_decoder(m, low, a, ac).numpy()
-            known = {text: _torch_decoder(m, low, a, ac, key).numpy() for key, text in _DECODER_HINTS.items()}
+            known = {text: _torch_decoder(m, low, a, ac, key).numpy()
+                     for key, text in _decoder_hints(m.config).items()}
         params = _decoder_params(m)
         low_np, a_np = low.numpy().copy(), a.numpy().copy()
         got = decoder(low_np.copy(), a_np.copy(), {n: v.copy() for n, v in params.items()}, ac)
@@ -196,35 +201,40 @@ def _pieces(m, x_shape, dtype):
     spec = m.config.backbone
     c_low, c_out, c_aspp = spec.low_level_channels, spec.out_channels, m.config.aspp_channels
     ac = m.config.align_corners
+    H, W = x_shape[2:]
+    s4, s_out = (-(-H // 4), -(-W // 4)), (-(-H // spec.output_stride), -(-W // spec.output_stride))
+    # (channels, size) -> which array it is: by channels and size, as the mini's low_level and ASPP output
+    # both have 64 channels
+    arrays = {(c_low, s4): "low_level", (c_out, s_out): "out", (c_aspp, s_out): "aspp_out"}
 
-    def tensor(name, a, channels, what):
+    def tensor(name, a, channels, size, what):
         if not isinstance(a, np.ndarray):
             raise ExerciseWrong(f"Exercise 5.2: {name} was given a {type(a).__name__}, expected a numpy array")
-        if a.ndim != 4 or a.shape[1] != channels:
+        if a.ndim != 4 or (a.shape[1], a.shape[2:]) != (channels, size):
             raise ExerciseWrong(f"Exercise 5.2: {name} was given an array of shape {a.shape}, expected {what} "
-                                f"with {channels} channels (N, {channels}, h, w).{_wiring_hint(name, a.shape)}")
+                                f"(N, {channels}, {size[0]}, {size[1]}).{_wiring_hint(name, a.shape)}")
         if a.dtype != dtype:
             raise ExerciseWrong(f"Exercise 5.2: {name} was given dtype {a.dtype}, expected {np.dtype(dtype).name} "
                                 f"(the input's)")
         return torch.from_numpy(np.ascontiguousarray(a))
 
     def _wiring_hint(name, shape):
-        c = shape[1] if len(shape) == 4 else None
-        if name == "aspp" and c == c_low:
+        given = arrays.get((shape[1], shape[2:])) if len(shape) == 4 else None
+        if name == "aspp" and given == "low_level":
             return (f"\n  Hint: that is low_level (layer1, stride 4, {c_low} channels): the ASPP runs on "
                     f"features['out'] (the last stage, {c_out} channels).")
-        if name == "decoder's low_level" and c == c_aspp:
+        if name == "decoder's low_level" and given == "aspp_out":
             return "\n  Hint: the arguments are swapped: decoder(low_level, aspp_out)."
-        if name == "decoder's low_level" and c == c_out:
+        if name == "decoder's low_level" and given == "out":
             return "\n  Hint: that is features['out']: the decoder's first argument is features['low_level']."
-        if name == "decoder's aspp_out" and c == c_out:
+        if name == "decoder's aspp_out" and given == "out":
             return "\n  Hint: that is the backbone's output: run the ASPP on it first, aspp(features['out'])."
-        if name == "decoder's aspp_out" and c == c_low:
+        if name == "decoder's aspp_out" and given == "low_level":
             return "\n  Hint: the arguments are swapped: decoder(low_level, aspp_out)."
         return ""
 
     def backbone(x):
-        t = tensor("backbone", x, 3, "the image")
+        t = tensor("backbone", x, 3, (H, W), "the image")
         if tuple(x.shape) != tuple(x_shape):
             raise ExerciseWrong(f"Exercise 5.2: backbone was given shape {x.shape}, expected the input x "
                                 f"{tuple(x_shape)}")
@@ -232,13 +242,13 @@ def _pieces(m, x_shape, dtype):
             return {k: v.numpy() for k, v in m.backbone(t).items()}
 
     def aspp(out):
-        t = tensor("aspp", out, c_out, "the backbone's features['out']")
+        t = tensor("aspp", out, c_out, s_out, "the backbone's features['out']")
         with torch.no_grad():
             return m.aspp(t).numpy()
 
     def decoder(low_level, aspp_out):
-        low = tensor("decoder's low_level", low_level, c_low, "the backbone's features['low_level']")
-        a = tensor("decoder's aspp_out", aspp_out, c_aspp, "the ASPP's output")
+        low = tensor("decoder's low_level", low_level, c_low, s4, "the backbone's features['low_level']")
+        a = tensor("decoder's aspp_out", aspp_out, c_aspp, s_out, "the ASPP's output")
         d = m.decoder
         with torch.no_grad():
             if d.aspp_conv is not None:
