@@ -65,7 +65,7 @@ def _train_config(args):
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
-                       device=_device(args.device), model_options=options)
+                       device=_device(args.device), model_options=options, dtype=args.dtype)
 
 
 def _model_option(text):
@@ -227,6 +227,8 @@ def _add_train(sub):
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:1 or auto; under torchrun cuda is cuda:LOCAL_RANK (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64 is slow; for exact comparisons (default: %(default)s)")
     p.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="another build_model argument, a Python literal, repeatable: image_pooling=False, "
                         "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True")

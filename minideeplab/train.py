@@ -92,6 +92,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "cpu"
     model_options: dict = field(default_factory=dict)
+    dtype: str = "float32"  # "float64": slow, for exact comparisons (the data-parallel test)
 
     # fields that may differ between a run and its resumption (they do not change the weights)
     RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "val_images", "num_workers", "device", "out")
@@ -122,6 +123,8 @@ class TrainConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"TrainConfig: scale_range must be (low, high) with 0 < low <= high, "
                              f"got {self.scale_range}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"TrainConfig: {_flag('dtype')} must be 'float32' or 'float64', got {self.dtype!r}")
         if not isinstance(self.model_options, dict):
             raise ValueError(f"TrainConfig: model_options must be a dict, got {type(self.model_options).__name__}")
         for k, v in self.model_options.items():
@@ -212,11 +215,12 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
 
 
 def build(config: TrainConfig, num_classes: int, device=None):
-    """The model of a config (with its model_options), in train mode, on device (default: config.device)."""
+    """The model of a config (with its model_options), in train mode, on device (default: config.device), in
+    config.dtype."""
     from minideeplab.reference.deeplab import build_model
 
     model = build_model(config.model, config.backbone, config.output_stride, num_classes, **config.model_options)
-    return model.to(device or config.device)
+    return model.to(device=device or config.device, dtype=getattr(torch, config.dtype))
 
 
 def save_checkpoint(checkpoint: dict, path) -> Path:
@@ -454,7 +458,7 @@ def _train(config, resume, quiet, log, world, rank, device) -> dict:
                                                  generator=torch.Generator().manual_seed(config.seed))
             tic, seen, running = time.perf_counter(), 0, None
             for x, y in loader:
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device=device, dtype=getattr(torch, config.dtype)), y.to(device)
                 lr = poly_lr(config.lr, it, max_iter, config.power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -548,7 +552,8 @@ def predict(model, image: np.ndarray, scales=(1.0,), flip: bool = False, device=
     to a multiple of the model's output stride (with the mean colour, 0 after normalisation) and the logits are
     cropped back before they are resized to (H, W)."""
     model.eval()
-    x = to_tensor(image)[None].to(device)
+    weight = next(model.parameters(), None)  # the model's dtype (float32 for a model without parameters)
+    x = to_tensor(image)[None].to(device=device, dtype=torch.float32 if weight is None else weight.dtype)
     H, W = x.shape[-2:]
     stride = getattr(getattr(model, "config", None), "output_stride", 1)
     total = 0

@@ -20,13 +20,15 @@ DATA = ROOT / "data" / "synthetic"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 8 images of 64x64 in global batches of 4: 2 epochs of 2 iterations, an evaluation on 3 val images after
-# each (3: rank 0 scores two, rank 1 one). No dropout: the processes draw their own masks. lr 1e-3: at 1e-2
-# this fresh model amplifies rounding ~20x per iteration (two single-process runs, one with 2 threads,
-# differ by 1.4e-3 in the 4th loss), at 1e-3 they differ by one float32 ulp.
+# each (3: rank 0 scores two, rank 1 one). No dropout: the processes draw their own masks. float64: the two
+# programs sum in different orders, and in float32 a fresh model amplifies that rounding (at lr 1e-2 ~20x per
+# iteration: two single-process runs, one with 2 threads, differ by 1.4e-3 in the 4th loss); at lr 1e-3 they
+# differed by one ulp on one data set and, where a ReLU input sat within rounding of 0, by 2.1e-5 (parameters
+# 2.8e-2 of their update) on another. In float64 the same run agrees to 1e-13 (measured on both).
 CONFIG = dict(model="v3plus", backbone="mini", data_root=str(DATA), epochs=2, batch_size=4, crop_size=64, lr=1e-3,
-              train_images=8, val_images=3, model_options={"dropout": 0.0})
+              train_images=8, val_images=3, model_options={"dropout": 0.0}, dtype="float64")
 FLAGS = ["--data-root", str(DATA), "--epochs", "2", "--batch-size", "4", "--crop-size", "64", "--lr", "0.001",
-         "--train-images", "8", "--val-images", "3", "--model-option", "dropout=0.0"]
+         "--train-images", "8", "--val-images", "3", "--model-option", "dropout=0.0", "--dtype", "float64"]
 
 
 def torchrun(out, *flags):
@@ -59,39 +61,39 @@ def differences(a: dict, b: dict, init: dict) -> tuple[float, float]:
 
 
 def test_two_processes_make_the_single_process_run(runs):
-    """Same per-iteration loss and final weights. Measured on this machine: losses equal to 1.2e-7 (one
-    float32 ulp at 1.9; two single-process runs with 1 and 2 threads differ as much), parameters to 7e-4 of
-    their update (the 2-thread run: 1.4e-4), running statistics to 3e-6. Tolerances 1e-6, 5e-3, 3e-5: several
-    times that. Plausible bugs sit far outside (measured): per-process batch norm (BatchNorm2d left
-    unsynchronised) moves the first loss by 3e-3 and the parameters by 0.97 of their update; each process's
-    loss the mean over its own labelled pixels (the shards hold different numbers) by 3.5e-5 and 0.15."""
+    """Same per-iteration loss and final weights, in float64. Measured on this machine: losses equal to
+    6.7e-16, parameters to 1.1e-13 of their update, running statistics to 1.1e-14. Tolerances 1e-12, 1e-9,
+    1e-10. Plausible bugs sit far outside (measured, float64): per-process batch norm (BatchNorm2d left
+    unsynchronised) moves the losses by 4.8e-3 and the parameters by 1.0 of their update; each process's loss
+    the mean over its own labelled pixels (the shards hold different numbers) by 2.4e-4 and 0.14."""
     _, ddp, single = runs
     assert ddp["world_size"] == 2 and len(ddp["rng"]["ranks"]) == 2
     assert ddp["config"] == {**single["config"], "out": ddp["config"]["out"]}
     assert len(ddp["losses"]) == len(single["losses"]) == ddp["iteration"] == 4
+    assert ddp["model"]["classifier.weight"].dtype == single["model"]["classifier.weight"].dtype == torch.float64
     worst = max(abs(a - b) for a, b in zip(ddp["losses"], single["losses"]))
-    assert worst <= 1e-6, (ddp["losses"], single["losses"])
+    assert worst <= 1e-12, (ddp["losses"], single["losses"])
 
     assert ddp["model"].keys() == single["model"].keys()
     torch.manual_seed(0)
     init = T.build(T.TrainConfig(**CONFIG), len(single["classes"])).state_dict()
     params, stats = differences(ddp["model"], single["model"], init)
-    assert params <= 5e-3, f"parameters differ by {params:.2e} of their update"
-    assert stats <= 3e-5, f"running statistics differ by {stats:.2e}"
+    assert params <= 1e-9, f"parameters differ by {params:.2e} of their update"
+    assert stats <= 1e-10, f"running statistics differ by {stats:.2e}"
     # rank 1's dropout draws are its own (rank 0's continue the single-process stream)
     assert not torch.equal(ddp["rng"]["ranks"][0]["torch"], ddp["rng"]["ranks"][1]["torch"])
 
 
 def test_evaluation_is_split_over_the_processes_and_summed(runs):
     """Rank 0 scores val images 0 and 2, rank 1 image 1; the summed confusion matrices give the
-    single-process scores, up to the few pixels whose argmax the rounding flips (measured: 4e-5 in pixel
-    accuracy, 8e-6 in mIoU; rank 1's image left out moves both by 1.1e-2)."""
+    single-process scores (float64: equal, measured; in float32 a few pixels' argmax flipped, 4e-5 in pixel
+    accuracy; rank 1's image left out moves the scores by 1.1e-2)."""
     _, ddp, single = runs
     for d, s in zip(ddp["metrics"], single["metrics"]):
         assert d["images"] == s["images"] == 3
-        assert d["pixel_accuracy"] == pytest.approx(s["pixel_accuracy"], abs=1e-3)
-        assert d["miou"] == pytest.approx(s["miou"], abs=1e-3)
-        assert d["trimap_accuracy"] == pytest.approx(s["trimap_accuracy"], abs=1e-3)
+        assert d["pixel_accuracy"] == pytest.approx(s["pixel_accuracy"], abs=1e-12)
+        assert d["miou"] == pytest.approx(s["miou"], abs=1e-12)
+        assert d["trimap_accuracy"] == pytest.approx(s["trimap_accuracy"], abs=1e-12)
 
 
 def test_only_rank_0_logs_and_its_checkpoints_load_as_single_process_ones(runs):
@@ -127,11 +129,11 @@ def test_a_single_process_run_resumes_with_two_processes(runs, tmp_path, monkeyp
     resumed = torch.load(tmp_path / "last.pt", weights_only=True)
     assert resumed["iteration"] == 4 and resumed["world_size"] == 2
     assert resumed["losses"][:2] == single["losses"][:2]  # the single-process part, kept
-    assert max(abs(a - b) for a, b in zip(resumed["losses"], single["losses"])) <= 1e-6
+    assert max(abs(a - b) for a, b in zip(resumed["losses"], single["losses"])) <= 1e-12
     torch.manual_seed(0)
     init = T.build(T.TrainConfig(**CONFIG), len(single["classes"])).state_dict()
     params, stats = differences(resumed["model"], single["model"], init)
-    assert params <= 5e-3 and stats <= 3e-5, (params, stats)
+    assert params <= 1e-9 and stats <= 1e-10, (params, stats)
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path, monkeypatch, capsys):

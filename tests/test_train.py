@@ -179,6 +179,8 @@ def test_model_options_build_store_and_load(tmp_path):
         tiny(tmp_path, model_options={"dropout": torch.tensor(0.1)})
     with pytest.raises(ValueError, match="model_options must be a dict, got list"):
         tiny(tmp_path, model_options=[("dropout", 0.1)])
+    with pytest.raises(ValueError, match=r"dtype \(--dtype\) must be 'float32' or 'float64', got 'float16'"):
+        tiny(tmp_path, dtype="float16")
 
 
 def test_checkpoint_is_plain_and_loads_with_weights_only(checkpoint):
