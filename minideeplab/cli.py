@@ -179,6 +179,28 @@ def _segment(args) -> int:
     return 0
 
 
+@_errors_to_exit
+def _ablate(args) -> int:
+    from minideeplab import ablate
+
+    if args.list:
+        print(ablate.format_rows())
+        return 0
+    if not Path(args.data_root).exists():
+        raise FileNotFoundError(f"--data-root {args.data_root} does not exist")
+    rows = ablate.run_ablation(args.out, args.only, epochs=args.epochs, train_images=args.train_images,
+                               val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
+                               results=args.results, threads=args.threads, log=print)
+    results = Path(args.results or args.out)
+    print(f"\n{len(rows)} rows in {results / 'ablation.csv'} (and ablation.json, ablation_miou.png, "
+          f"ablation_trimap.png)\n")
+    print(ablate.format_table(rows))
+    print()
+    for line in ablate.trends(rows):
+        print(f"- {line}")
+    return 0
+
+
 def _positive(kind):
     def parse(text):
         v = kind(text)
@@ -350,6 +372,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refine with the dense CRF (DeepLab v2's parameters, 10 mean-field iterations)")
     seg.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours (default: %(default)s)")
     seg.set_defaults(func=_segment)
+
+    ab = sub.add_parser(
+        "ablate", help="the papers' ablations on the synthetic set: train, measure, tabulate",
+        description="Train and measure each configuration of minideeplab.ablate.ROWS (a no-atrous FCN, v1, v2, "
+                    "v3 at output stride 32/16/8, without image pooling, with the paper's rates, v3+ with and "
+                    "without the dense CRF, and a shallow network with a 27 px field of view) with one schedule, "
+                    "on the mini backbone; each in OUT/NAME (a finished row is skipped, an interrupted one "
+                    "resumes). Writes ablation.csv, ablation.json, ablation_miou.png and ablation_trimap.png "
+                    "to RESULTS, prints the table and checks the papers' trends against it. The shipped "
+                    "results: minideeplab ablate --out runs/ablation --results data/ablation")
+    ab.add_argument("--out", default="runs/ablation",
+                    help="folder for the rows' checkpoints and results (default: %(default)s)")
+    ab.add_argument("--results", default=None,
+                    help="folder for the table and plots (default: OUT); data/ablation for the shipped ones")
+    ab.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="these rows only (see --list); a CRF row brings the row whose weights it uses")
+    ab.add_argument("--epochs", type=_positive(int), default=40, help="(default: %(default)s)")
+    ab.add_argument("--train-images", type=_positive(int), default=None, metavar="N",
+                    help="train on the first N images only (default: all)")
+    ab.add_argument("--val-images", type=_positive(int), default=None, metavar="N",
+                    help="evaluate on the first N images only (default: all)")
+    ab.add_argument("--crop-size", type=_positive(int), default=128, help="(default: %(default)s)")
+    ab.add_argument("--data-root", default="data/synthetic", help="(default: %(default)s)")
+    ab.add_argument("--threads", type=_positive(int), default=1,
+                    help="torch threads for the inference timing, the same for every row (default: %(default)s)")
+    ab.add_argument("--list", action="store_true", help="print the configurations (costs included) and exit")
+    ab.set_defaults(func=_ablate)
     return parser
 
 

@@ -1,0 +1,271 @@
+"""minideeplab.ablate and `minideeplab ablate`: a tiny study (1 epoch, 16 train / 8 val images, 64 px crops) writes
+the table, the JSON and the plots with the model's own counts; a rerun trains nothing; an interrupted row resumes;
+another schedule in the same folder, an unknown row and a missing base are clear errors; ``trends`` says "holds"
+and "does not hold" where it should."""
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minideeplab import ablate as A
+from minideeplab import train as T
+from minideeplab.bench.cost import model_mult_adds
+from minideeplab.cli import build_parser, main
+from minideeplab.reference.deeplab import build_model
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+TINY = dict(epochs=1, train_images=16, val_images=8, crop_size=64, data_root=str(DATA), timing_images=2)
+ONLY = ["shallow", "fcn", "v3plus-os16-crf"]  # the CRF row brings v3plus-os16
+CLASSES = ["background", "disc", "square", "triangle", "ring", "cross", "star"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, one_torch_thread):
+    out = tmp_path_factory.mktemp("ablation")
+    lines = []
+    rows = A.run_ablation(out, ONLY, log=lines.append, **TINY)
+    return out, rows, lines
+
+
+def _same(a, b):
+    """Records equal, nan equal to nan."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, float) and math.isnan(x):
+            assert isinstance(y, float) and math.isnan(y), k
+        else:
+            assert x == y, (k, x, y)
+
+
+# ---------------------------------------------------------------- the tiny study
+
+
+def test_tiny_study_writes_the_table_with_the_models_own_counts(study):
+    out, rows, lines = study
+    assert [r["name"] for r in rows] == ["shallow", "fcn", "v3plus-os16", "v3plus-os16-crf"]  # table order
+    assert "v3plus-os16: added (v3plus-os16-crf evaluates its weights)" in lines
+    assert any(line.startswith("  fcn: epoch 1/1") for line in lines), lines  # the trainer's lines, per row
+
+    with open(out / "ablation.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == (A._FIRST + [f"trimap_{w}" for w in (1, 2, 4, 8, 16)] + [f"iou_{c}" for c in CLASSES]
+                      + A._LAST)
+    assert header[:5] == ["name", "model", "backbone", "output_stride", "atrous_rates"]
+    for back, row in zip(A.read_csv(out / "ablation.csv"), rows, strict=True):
+        _same(back, row)
+    for back, row in zip(json.loads((out / "ablation.json").read_text()), rows, strict=True):
+        assert list(back) == header
+        assert back["atrous_rates"] == list(row["atrous_rates"]) and back["miou"] == row["miou"]
+    for name in ("ablation_miou.png", "ablation_trimap.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.width > 400 and im.height > 200
+
+    by = {r["name"]: r for r in rows}
+    v3plus = {"atrous_rates": (2, 4, 6), "image_pooling": True}
+    for name, model, os_, options in [("fcn", "v2", 32, {"atrous_rates": (1,)}), ("v3plus-os16", "v3plus", 16, v3plus)]:
+        module = build_model(model, "mini", os_, 7, **options)
+        assert by[name]["parameters"] == sum(p.numel() for p in module.parameters())
+        macs = model_mult_adds(model, "mini", os_, 7, (128, 128), **options)
+        assert by[name]["mult_adds"] == sum(macs.values())
+    shallow = A.ShallowFCN(7)
+    assert by["shallow"]["parameters"] == sum(p.numel() for p in shallow.parameters()) < 20_000
+    state = torch.load(out / "shallow" / "last.pt", weights_only=True)["model"]
+    assert state.keys() == shallow.state_dict().keys()
+    for r in rows:
+        assert 0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1, r
+        assert all(0 <= r[f"trimap_{w}"] <= 1 for w in (1, 2, 4, 8, 16)), r
+        assert r["train_seconds"] > 0 and r["images_per_s"] > 0 and r["inference_ms"] > 0 and r["threads"] == 1
+        assert (r["epochs"], r["train_images"], r["val_images"], r["crop_size"]) == (1, 16, 8, 64)
+    # the CRF row: v3plus-os16's weights (nothing trained for it), its time, the CRF's own inference time
+    crf, base = by["v3plus-os16-crf"], by["v3plus-os16"]
+    assert not (out / "v3plus-os16-crf" / "last.pt").exists()
+    assert crf["crf"] == "deeplab-v2-resnet" and base["crf"] is None
+    assert (crf["train_seconds"], crf["parameters"], crf["final_loss"]) == (base["train_seconds"], base["parameters"],
+                                                                            base["final_loss"])
+    assert crf["inference_ms"] > base["inference_ms"]
+
+
+def test_crf_evaluation_without_iterations_is_the_plain_evaluation(study):
+    """evaluate_crf's loop with n_iters=0 (the CRF returns its normalised input) scores as train.evaluate."""
+    out, _, _ = study
+    model, classes = T.load_model(out / "v3plus-os16" / "last.pt")
+    data = T.FirstN(T.open_split(DATA, "val"), 2)
+    plain = T.evaluate(model, data, classes, quiet=True)
+    none = A.evaluate_crf(model, data, classes, crf={"n_iters": 0})
+    assert none["miou"] == plain["miou"] and none["trimap_accuracy"] == plain["trimap_accuracy"]
+    by = {r["name"]: r for r in study[1]}  # with its ten iterations the CRF does change the scores
+    assert [by["v3plus-os16-crf"][f"trimap_{w}"] for w in (1, 2, 4, 8, 16)] != \
+           [by["v3plus-os16"][f"trimap_{w}"] for w in (1, 2, 4, 8, 16)]
+
+
+def test_rerun_skips_finished_rows(study, monkeypatch):
+    out, rows, _ = study
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*")}
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished row was trained or evaluated again")
+
+    monkeypatch.setattr(T, "train", refuse)
+    monkeypatch.setattr(T, "evaluate", refuse)
+    monkeypatch.setattr(A, "evaluate_crf", refuse)
+    lines = []
+    again = A.run_ablation(out, ONLY, log=lines.append, **TINY)
+    for a, b in zip(again, rows, strict=True):
+        _same(a, b)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*")} == stamps
+    assert sum("skipped" in line for line in lines) == 4
+
+
+def test_an_interrupted_row_resumes_from_its_checkpoint(study, tmp_path, monkeypatch):
+    """A row with last.pt and no result.json (stopped after training, or mid-training) goes through train(...,
+    resume=True), which here has nothing left to do; the scores are those of the first run."""
+    out, rows, _ = study
+    (tmp_path / "shallow").mkdir()
+    shutil.copy(out / "shallow" / "last.pt", tmp_path / "shallow" / "last.pt")
+    calls, original = [], T.train
+
+    def spy(config, resume=False, **kw):
+        calls.append(resume)
+        return original(config, resume=resume, **kw)
+
+    monkeypatch.setattr(T, "train", spy)
+    lines = []
+    (row,) = A.run_ablation(tmp_path, ["shallow"], log=lines.append, **TINY)
+    assert calls == [True] and "shallow: resuming" in lines[1]
+    first = next(r for r in rows if r["name"] == "shallow")
+    assert (row["miou"], row["trimap_2"], row["train_seconds"]) == (first["miou"], first["trimap_2"],
+                                                                    first["train_seconds"])
+
+
+def test_one_folder_holds_one_schedule(study, monkeypatch):
+    out, _, _ = study
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("trained before checking the schedule"))
+    with pytest.raises(ValueError, match=r"result.json was measured with epochs=1 \(now 2\): one --out folder"):
+        A.run_ablation(out, ["fcn"], log=lambda _: None, **{**TINY, "epochs": 2})
+
+
+def test_a_crf_row_needs_its_base_weights(tmp_path):
+    crf = A._BY_NAME["v3plus-os16-crf"]
+    schedule = A._schedule(1, 16, 8, 64, 8, 0.01, 0)
+    with pytest.raises(FileNotFoundError, match="evaluates the weights of row v3plus-os16, but .* does not exist"):
+        A._run_row(crf, tmp_path, schedule, DATA, None, CLASSES, 1, 2, lambda _: None)
+
+
+# ---------------------------------------------------------------- the table of configurations
+
+
+def test_rows_read_as_the_papers_table():
+    names = [r.name for r in A.ROWS]
+    assert len(set(names)) == len(names)
+    assert {"fcn", "v1", "v2", "v3-os32", "v3-os16", "v3-os8", "v3-os16-nopool", "v3plus-os16",
+            "v3plus-os16-crf", "shallow"} <= set(names)
+    by = A._BY_NAME
+    assert by["fcn"].model_options() == {"atrous_rates": (1,)} and by["fcn"].output_stride == 32
+    assert by["v1"].model_options() == {"atrous_rates": (4,), "fc_channels": 256}
+    assert by["v3-os16-nopool"].model_options()["image_pooling"] is False
+    assert [by[f"v3-os{s}"].atrous_rates for s in (32, 16, 8)] == [(1, 2, 3), (2, 4, 6), (4, 8, 12)]
+    for r in A.ROWS:
+        assert (r.crf is None) == (r.weights_of is None)
+        if r.weights_of:  # the same model as its base
+            assert by[r.weights_of][1:5] == r[1:5] and by[r.weights_of].crf is None
+    assert build_parser().parse_args(["ablate"]).epochs == A.EPOCHS
+
+
+def test_select_keeps_table_order_and_brings_a_crf_rows_base():
+    assert [r.name for r in A.select(["v3plus-os16-crf", "fcn"])] == ["fcn", "v3plus-os16", "v3plus-os16-crf"]
+    assert A.select(None) == list(A.ROWS)
+    with pytest.raises(ValueError, match=r"--only: unknown row 'v4'; the rows are shallow, fcn, v1, "):
+        A.select(["fcn", "v4"])
+
+
+def test_unknown_row_on_the_command_line(tmp_path, capsys):
+    assert main(["ablate", "--out", str(tmp_path / "x"), "--data-root", str(DATA), "--only", "v3", "fcn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minideeplab ablate: error: --only: unknown row 'v3'; the rows are shallow, fcn")
+    assert not (tmp_path / "x").exists()
+
+
+def test_field_of_view():
+    """By hand for the mini ResNet (stem 7x7/2, max pool 3x3/2, one 3x3 per bottleneck): shallow 7 + 2*2
+    (pool) + 2*4 (layer1) + 2*4 (head) = 27; fcn at OS 32 reaches 235 after layer4, + 2*32 (head) = 299."""
+    assert A.field_of_view(A._BY_NAME["shallow"]) == 27
+    assert A.field_of_view(A._BY_NAME["fcn"]) == 299
+    assert A.field_of_view(A._BY_NAME["v3plus-os16"]) == A.field_of_view(A._BY_NAME["v3-os16"]) - 2 * 16 + 16
+
+
+def test_shallow_network_sees_27_pixels():
+    """The measured field: the input gradient of one class score of ShallowFCN (before the x4 resize) spans
+    exactly 27 x 27 pixels. All-positive weights, so that no ReLU cuts a path, and the max pool replaced by an
+    average pool of its shape (3x3, stride 2, padding 1), whose gradient reaches its whole window."""
+    torch.manual_seed(0)
+    net = A.ShallowFCN(7).eval()
+    for p in net.parameters():
+        p.data.abs_().add_(0.01)
+    net.backbone.maxpool = torch.nn.AvgPool2d(3, 2, 1)
+    x = torch.zeros(1, 3, 96, 96, requires_grad=True)
+    b = net.backbone
+    s = net.classifier(b.layer1(b.maxpool(torch.relu(b.bn1(b.conv1(x + 1))))))
+    s[0, 0, 12, 12].backward()
+    rows, cols = np.nonzero(x.grad[0].abs().sum(0).numpy())
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (27, 27)
+
+
+def test_list_prints_every_configuration(capsys):
+    assert main(["ablate", "--list"]) == 0
+    text = capsys.readouterr().out
+    for r in A.ROWS:
+        assert f"\n{r.name} " in text
+    assert "27" in text.splitlines()[2]  # shallow's field of view
+
+
+# ---------------------------------------------------------------- trends
+
+
+def _rows(**values):
+    """Hand-made records: name -> (mIoU, trimap accuracy at 2 px), as fractions."""
+    return [{"name": n.replace("_", "-"), "miou": m, "trimap_2": t, "seed": 0} for n, (m, t) in values.items()]
+
+
+PAPERLIKE = dict(shallow=(0.30, 0.50), fcn=(0.35, 0.45), v1=(0.40, 0.52), v2=(0.45, 0.55),
+                 v3_os32=(0.44, 0.50), v3_os16=(0.50, 0.58), v3_os8=(0.52, 0.62), v3_os16_nopool=(0.48, 0.57),
+                 v3_os16_paper_rates=(0.47, 0.56), v3_os8_paper_rates=(0.49, 0.60), v3plus_os16=(0.55, 0.66),
+                 v3plus_os8=(0.56, 0.70), v3plus_os16_crf=(0.56, 0.68))
+
+
+def test_trends_hold_on_a_table_that_shows_them():
+    lines = A.trends(_rows(**PAPERLIKE))
+    assert lines[0] == "v3plus-os16 beats fcn by 20.0 mIoU points (55.0 vs 35.0; the issue asks >= 10: holds)"
+    assert lines[1] == ("output stride (v3), trimap accuracy at 2 px: v3-os8 62.0, v3-os16 58.0, v3-os32 50.0 "
+                        "(a smaller output stride places boundaries better: holds)")
+    assert "v3plus-os16 beats v3-os16 by 8.0 trimap-2px points (66.0 vs 58.0; the decoder improves boundary " \
+           "accuracy: holds)" in lines
+    assert any(line.startswith("CRF on v3plus-os16: mIoU +1.0 points") and line.endswith("holds)") for line in lines)
+    assert lines[-2] == ("v3plus-os16 beats shallow by 25.0 mIoU points (55.0 vs 30.0; a small field of view does "
+                         "clearly worse, >= 10 points: holds)")
+    assert not [line for line in lines if "does not hold" in line or "not measured" in line]
+
+
+def test_trends_say_where_they_do_not_hold():
+    worse = {**PAPERLIKE, "fcn": (0.50, 0.45), "v3_os16": (0.50, 0.49), "shallow": (0.49, 0.50),
+             "v3plus_os16_crf": (0.54, 0.69)}
+    lines = A.trends(_rows(**worse))
+    assert lines[0] == "v3plus-os16 beats fcn by 5.0 mIoU points (55.0 vs 50.0; the issue asks >= 10: does not hold)"
+    assert lines[1] == ("output stride (v3), trimap accuracy at 2 px: v3-os8 62.0, v3-os16 49.0, v3-os32 50.0 "
+                        "(a smaller output stride places boundaries better: does not hold; not where v3-os32 50.0 "
+                        ">= v3-os16 49.0)")
+    assert any(line.startswith("CRF on v3plus-os16: mIoU -1.0 points") and line.endswith("does not hold)")
+               for line in lines)
+    assert "a small field of view does clearly worse, >= 10 points: does not hold)" in lines[-2]
+    fewer = A.trends(_rows(fcn=(0.3, 0.4), v3plus_os16=(0.2, 0.5)))
+    assert fewer[0] == "v3plus-os16 trails fcn by 10.0 mIoU points (20.0 vs 30.0; the issue asks >= 10: does not hold)"
+    assert "v3plus-os16 vs shallow, mIoU: not measured: needs row shallow" in fewer
