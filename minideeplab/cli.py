@@ -334,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                   "agree. Prints a table of time and extra memory (peak RSS above the loaded model's) and "
                   "the ratios scratch/torch.",
                   "threads for every library", 3, "small models on a 65x65 input, one repeat"),
+        "train": ("a DeepLab training step in NumPy against torch's, same weights and batch",
+                  "Time a training step (forward + loss, backward, SGD update) of the mini DeepLab v3+ in NumPy "
+                  "(minideeplab.scratch.train) against the torch trainer's: 8 128x128 crops, float32, the same "
+                  "weights, the same thread count for torch, numba and NumPy's BLAS, each side in its own "
+                  "process; the first step's losses are checked to agree. Prints img/s, the ratio numpy/torch "
+                  "and each phase's time.",
+                  "threads for every library", 5, "2 64x64 crops, one repeat"),
     }
     for name, (help_, description, threads_help, repeat, quick_help) in suites.items():
         suite = bench_sub.add_parser(name, help=help_, description=description)

@@ -56,6 +56,19 @@ def test_bench_model_quick_json():
     assert report["ratio"] == max(r["ratio"] for r in report["cases"].values())
 
 
+def test_bench_train_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "train", "--quick", "--json", "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)  # exactly one JSON object, nothing else on stdout
+    assert report["threads"] == 1 and report["quick"] is True and report["agree"] is True
+    assert set(report["cases"]) == {"quick-v3plus-mini-64-b2"}
+    for row in report["cases"].values():
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert row["first_loss_rel_err"] <= report["max_rel_err_allowed"] == 1e-4
+    assert math.isfinite(report["ratio"]) and report["ratio"] > 0
+
+
 def test_bench_model_json_wrong_row_is_valid_json(monkeypatch, capsys):
     """A row whose outputs cannot be compared (here: shapes differ) is WRONG, and --json stays valid JSON:
     its error is null (JSON has no Infinity)."""
