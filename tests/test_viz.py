@@ -1,6 +1,7 @@
 """Figures build, and the widgets (dilation, dense CRF) really redraw when a slider moves."""
 
 import io
+from pathlib import Path
 
 import matplotlib
 
@@ -174,3 +175,103 @@ def test_deeplab_figures_build():
     assert len(fig.axes) == 9
     fig = plot_align_corners(size=33, strides=(16, 8, 4))
     assert len(fig.axes) == 3
+
+
+# ------------------------------------------------------------------ notebook 07: training and evaluation
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Four 64x64 scenes of the synthetic set as (image, label) pairs: a data set in memory."""
+    from minideeplab.data.synthetic import scene
+
+    return [(s.image, s.label) for s in (scene(0, i, size=64) for i in range(4))]
+
+
+def test_label_colours_are_voc_and_255_is_cream():
+    from minideeplab.data.voc import voc_palette
+    from minideeplab.viz.training import label_rgb
+
+    rgb = label_rgb(np.array([[0, 1], [6, 255]], np.uint8))
+    np.testing.assert_array_equal(rgb * 255, voc_palette()[[[0, 1], [6, 255]]])
+    assert rgb[1, 1].tolist() == [224 / 255, 224 / 255, 192 / 255]
+
+
+def test_windows_lie_wholly_inside_their_class():
+    from minideeplab.data.voc import VOCSegmentation
+    from minideeplab.viz.training import find_windows, plot_windows
+
+    val = VOCSegmentation(Path(__file__).resolve().parents[1] / "data" / "synthetic", "val")
+    windows = find_windows(val, val.classes, window=9)
+    names = [w[0] for w in windows]
+    assert names == ["background (grey)", "background (clutter)", *val.classes[1:]]
+    for name, i, y, x in windows:
+        image, label = val[i]
+        box = label[y:y + 9, x:x + 9]
+        cls = val.classes.index(name) if name in val.classes else 0
+        assert box.shape == (9, 9) and np.all(box == cls), f"{name}: the window is not inside its class"
+        colour = np.ptp(image[y:y + 9, x:x + 9].astype(int), axis=-1) > 40
+        if name == "background (clutter)":
+            assert colour.mean() > 0.4
+        if name == "background (grey)":
+            assert not colour.any()
+    assert find_windows(val, val.classes, window=9) == windows                # seeded
+    assert len(plot_windows(val, windows).axes) == 2 * len(windows)
+
+
+def test_running_mean_is_the_mean_of_the_last_n():
+    from minideeplab.viz.training import running_mean
+
+    v = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
+    np.testing.assert_allclose(running_mean(v, 2), [4, 3, 4, 3, 4])
+    np.testing.assert_allclose(running_mean(v, 10), np.cumsum(v) / np.arange(1, 6))
+    np.testing.assert_allclose(running_mean(v, 1), v)
+
+
+def test_error_map_marks_wrong_pixels_red_and_ignored_cream():
+    from minideeplab.viz.training import WRONG_COLOR, error_rgb
+
+    image = np.full((2, 3, 3), 100, np.uint8)
+    label = np.array([[0, 1, 255], [2, 2, 2]], np.uint8)
+    pred = np.array([[0, 2, 0], [2, 2, 1]])
+    rgb = error_rgb(image, label, pred)
+    wrong = np.all(rgb == WRONG_COLOR, axis=-1)
+    assert wrong.tolist() == [[False, True, False], [False, False, True]]
+    np.testing.assert_allclose(rgb[0, 2] * 255, [224, 224, 192])
+    assert np.ptp(rgb[0, 0]) == 0 and rgb[0, 0, 0] < 1                        # right pixels: faded grey
+
+
+def test_predict_labels_is_the_argmax_of_predict(scenes):
+    import torch
+
+    from minideeplab.train import TrainConfig, build, predict
+    from minideeplab.viz.training import predict_labels
+
+    torch.manual_seed(0)
+    model = build(TrainConfig(), 7).eval()
+    preds = predict_labels(model, scenes, [1, 3])
+    assert preds.shape == (2, 64, 64) and preds.dtype == np.int64
+    for p, i in zip(preds, (1, 3)):
+        np.testing.assert_array_equal(p, predict(model, scenes[i][0]).argmax(0).numpy())
+
+
+def test_training_figures_build(scenes):
+    from minideeplab.data.synthetic import CLASSES
+    from minideeplab.metrics import confusion_matrix
+    from minideeplab.viz.training import plot_confusions, plot_failures, plot_ignored, plot_losses, plot_samples
+
+    images, labels = [s[0] for s in scenes], np.stack([s[1] for s in scenes])
+    preds = np.where(labels == 255, 0, labels)
+    preds[:, :10] = 3
+    assert len(plot_samples(images, labels, CLASSES).axes) == 8
+    assert len(plot_ignored(images[0], labels[0], CLASSES, zoom=16).axes) == 4
+    rng = np.random.default_rng(0)
+    fig = plot_losses({"a": 1.9 - 0.01 * np.arange(30) + 0.1 * rng.random(30), "b": np.linspace(1.9, 0.5, 200)},
+                      num_classes=7)
+    fig.canvas.draw()
+    cm = confusion_matrix(preds, labels, 7)
+    fig = plot_confusions({"one": cm, "two": cm.T.copy()}, CLASSES)
+    fig.canvas.draw()
+    assert len(fig.axes) == 2 and fig.axes[0].images[0].get_array().max() <= 1
+    fig = plot_failures(images[:3], labels[:3], preds[:3], CLASSES, titles=["a", "b", "c"])
+    fig.canvas.draw()
+    assert len(fig.axes) == 12 and fig.axes[3].get_title().startswith("wrong: ")

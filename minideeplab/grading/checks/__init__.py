@@ -16,4 +16,5 @@ from minideeplab.grading.checks.backbone import *  # noqa: F403  notebook 03
 from minideeplab.grading.checks.aspp import *  # noqa: F403  notebook 04
 from minideeplab.grading.checks.deeplab import *  # noqa: F403  notebook 05
 from minideeplab.grading.checks.backprop import *  # noqa: F403  notebook 06
+from minideeplab.grading.checks.metrics import *  # noqa: F403  notebook 07
 from minideeplab.grading.checks.crf import *  # noqa: F403  notebook 08
