@@ -9,7 +9,7 @@ Every row is the "mini" ResNet (ResNet-50's widths / 4) with the quarter-wide he
 in the head, the output stride (OS), the rates or the post-processing only. ``ROWS`` reads as the papers' table:
 
     shallow      the mini ResNet cut after layer1 (stride 4) + a 3x3 conv to the classes: a 27 px field of
-                 view on 128 px images whose objects span 12 to 120 px (``ShallowFCN``)
+                 view on 128 px images whose objects span 16 to 80 px (``ShallowFCN``)
     fcn          no atrous convolution anywhere: the ResNet at OS 32, one 3x3 conv to the classes (v2's
                  ResNet-form head with the single rate 1)
     v1           LargeFOV: fc6 3x3 at one large rate, fc7 1x1, fc8 1x1, fc6/fc7 256 wide (VGG-16's 1024 / 4), OS 8.
@@ -40,7 +40,8 @@ interrupted one resumes from its last.pt (``train``'s resumption: the same weigh
 One OUT folder holds one schedule: a result.json from another schedule is an error, not a silent mix.
 The table goes to RESULTS (default OUT): ablation.csv (one row per configuration, ``columns`` order),
 ablation.json (the same records), ablation_miou.png and ablation_trimap.png. ``trends(rows)`` checks the
-issue's claims against a table and says, with the numbers, where they hold and where they do not.
+course's claims (the papers' trends) against a table and says, with the numbers, where they hold and
+where they do not.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ LR = 0.01
 SEED = 0
 IMAGE_SIZE = (128, 128)  # the synthetic set's: multiply-adds are counted at this size
 NARROW = 2           # the trimap band (pixels) that ``trends`` calls "boundary accuracy"
-CLEARLY = 10.0       # mIoU points: "beats by at least 10" (the issue), "clearly worse" (the data section)
+CLEARLY = 10.0       # mIoU points: v3+ "beats the no-atrous baseline by at least 10"; the shallow net "clearly worse"
 
 
 class Row(NamedTuple):
@@ -628,7 +629,7 @@ def plot_trimap(rows, path) -> Path:
 
 
 def trends(rows, width=NARROW) -> list[str]:
-    """The issue's claims checked against a table (records as ``read_csv`` or ``run_ablation`` return them),
+    """The course's claims checked against a table (records as ``read_csv`` or ``run_ablation`` return them),
     one plain statement each, with its numbers and "holds" / "does not hold" (or "not measured" when a row is
     missing). mIoU and trimap accuracy in points (%); boundary accuracy is the trimap accuracy within
     ``width`` pixels of a boundary."""
@@ -665,7 +666,7 @@ def trends(rows, width=NARROW) -> list[str]:
         listing = ", ".join(f"{n} {v:.1f}" for n, v in zip(names, values))
         return f"{what}: {listing} ({claim}: {verdict(not fails)}{'; not where ' + '; '.join(fails) if fails else ''})"
 
-    out.append(beats("v3plus-os16", "fcn", "miou", "mIoU", CLEARLY, f"the issue asks >= {CLEARLY:g}"))
+    out.append(beats("v3plus-os16", "fcn", "miou", "mIoU", CLEARLY, f"the course asks >= {CLEARLY:g}"))
     out.append(ordered(["v3-os8", "v3-os16", "v3-os32"], tri,
                        f"output stride (v3), trimap accuracy at {width:g} px",
                        "a smaller output stride places boundaries better"))

@@ -244,7 +244,7 @@ PAPERLIKE = dict(shallow=(0.30, 0.50), fcn=(0.35, 0.45), v1=(0.40, 0.52), v2=(0.
 
 def test_trends_hold_on_a_table_that_shows_them():
     lines = A.trends(_rows(**PAPERLIKE))
-    assert lines[0] == "v3plus-os16 beats fcn by 20.0 mIoU points (55.0 vs 35.0; the issue asks >= 10: holds)"
+    assert lines[0] == "v3plus-os16 beats fcn by 20.0 mIoU points (55.0 vs 35.0; the course asks >= 10: holds)"
     assert lines[1] == ("output stride (v3), trimap accuracy at 2 px: v3-os8 62.0, v3-os16 58.0, v3-os32 50.0 "
                         "(a smaller output stride places boundaries better: holds)")
     assert "v3plus-os16 beats v3-os16 by 8.0 trimap-2px points (66.0 vs 58.0; the decoder improves boundary " \
@@ -259,7 +259,7 @@ def test_trends_say_where_they_do_not_hold():
     worse = {**PAPERLIKE, "fcn": (0.50, 0.45), "v3_os16": (0.50, 0.49), "shallow": (0.49, 0.50),
              "v3plus_os16_crf": (0.54, 0.69)}
     lines = A.trends(_rows(**worse))
-    assert lines[0] == "v3plus-os16 beats fcn by 5.0 mIoU points (55.0 vs 50.0; the issue asks >= 10: does not hold)"
+    assert lines[0] == "v3plus-os16 beats fcn by 5.0 mIoU points (55.0 vs 50.0; the course asks >= 10: does not hold)"
     assert lines[1] == ("output stride (v3), trimap accuracy at 2 px: v3-os8 62.0, v3-os16 49.0, v3-os32 50.0 "
                         "(a smaller output stride places boundaries better: does not hold; not where v3-os32 50.0 "
                         ">= v3-os16 49.0)")
@@ -267,5 +267,5 @@ def test_trends_say_where_they_do_not_hold():
                for line in lines)
     assert "a small field of view does clearly worse, >= 10 points: does not hold)" in lines[-2]
     fewer = A.trends(_rows(fcn=(0.3, 0.4), v3plus_os16=(0.2, 0.5)))
-    assert fewer[0] == "v3plus-os16 trails fcn by 10.0 mIoU points (20.0 vs 30.0; the issue asks >= 10: does not hold)"
+    assert fewer[0] == "v3plus-os16 trails fcn by 10.0 mIoU points (20.0 vs 30.0; the course asks >= 10: does not hold)"
     assert "v3plus-os16 vs shallow, mIoU: not measured: needs row shallow" in fewer
