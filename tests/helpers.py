@@ -37,3 +37,16 @@ def cast_model(m, dtype):
     return scratch.DeepLab(m.config, {k: v.astype(dtype) for k, v in m.params.items()},
                            {k: v.astype(dtype) if v.dtype.kind == "f" else v.copy() for k, v in m.buffers.items()},
                            m.training, np.random.default_rng(7))
+
+
+def interrupt_at(monkeypatch, trainer, iteration):
+    """Make `trainer` (the module minideeplab.train or minideeplab.scratch.train) stop with KeyboardInterrupt
+    when it is about to run `iteration` (0-based): its poly_lr, asked first in every iteration, raises."""
+    poly = trainer.poly_lr
+
+    def interrupted(base, it, max_it, power=0.9):
+        if it == iteration:
+            raise KeyboardInterrupt
+        return poly(base, it, max_it, power)
+
+    monkeypatch.setattr(trainer, "poly_lr", interrupted)

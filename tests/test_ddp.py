@@ -14,6 +14,8 @@ import torch
 from minideeplab import train as T
 from minideeplab.cli import main
 
+from helpers import interrupt_at
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "synthetic"
 
@@ -111,15 +113,8 @@ def test_a_single_process_run_resumes_with_two_processes(runs, tmp_path, monkeyp
     """Interrupted after epoch 1 (iteration 2), resumed by torchrun: the single-process run's end, within the
     tolerances of the first test."""
     _, _, single = runs
-    poly = T.poly_lr
-
-    def interrupted(base, it, max_it, power=0.9):
-        if it == 2:
-            raise KeyboardInterrupt
-        return poly(base, it, max_it, power)
-
     with monkeypatch.context() as m:
-        m.setattr(T, "poly_lr", interrupted)
+        interrupt_at(m, T, 2)
         with pytest.raises(KeyboardInterrupt):
             T.train(T.TrainConfig(**CONFIG, out=str(tmp_path)), quiet=True, log=lambda *a: None)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2

@@ -17,7 +17,7 @@ from minideeplab.reference.aspp import set_dropout_masks
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch import train as S
 
-from helpers import rel
+from helpers import interrupt_at, rel
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
@@ -172,18 +172,6 @@ def test_train_step_with_an_aux_head_matches_torch():
         assert rel(model.params[k], state[k].numpy()) <= 1e-10, k
 
 
-def _interrupt_at(monkeypatch, iteration):
-    """Make the NumPy trainer stop (KeyboardInterrupt) when it is about to run `iteration` (0-based)."""
-    poly = S.poly_lr
-
-    def interrupted(base, it, max_it, power=0.9):
-        if it == iteration:
-            raise KeyboardInterrupt
-        return poly(base, it, max_it, power)
-
-    monkeypatch.setattr(S, "poly_lr", interrupted)
-
-
 def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypatch):
     """2 epochs of 3 iterations, checkpoints every 2: interrupted before iteration 5 (last checkpoint:
     iteration 4, mid-epoch 2), then resumed: weights, batch norm statistics, momentum buffers and losses
@@ -191,7 +179,7 @@ def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypa
     whole = S.train(tiny(tmp_path / "whole"), quiet=True, log=quiet_log)
     config = tiny(tmp_path / "cut")
     with monkeypatch.context() as m:
-        _interrupt_at(m, 5)
+        interrupt_at(m, S, 5)
         with pytest.raises(KeyboardInterrupt):
             S.train(config, quiet=True, log=quiet_log)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 4

@@ -15,6 +15,8 @@ from minideeplab.cli import _train_config, build_parser, main
 from minideeplab.data.voc import VOCSegmentation, voc_palette
 from minideeplab.metrics import boundary_band, class_iou, confusion_matrix, mean_iou, pixel_accuracy, trimap_confusion
 
+from helpers import interrupt_at
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,18 +63,6 @@ def test_loss_decreases_on_a_repeated_batch(tmp_path):
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(T.poly_lr(0.03, 11, 12), rel=1e-12)
 
 
-def _interrupt_at(monkeypatch, iteration):
-    """Make train() stop (KeyboardInterrupt) when it is about to run iteration `iteration` (0-based)."""
-    poly = T.poly_lr
-
-    def interrupted(base, it, max_it, power=0.9):
-        if it == iteration:
-            raise KeyboardInterrupt
-        return poly(base, it, max_it, power)
-
-    monkeypatch.setattr(T, "poly_lr", interrupted)
-
-
 def test_resume_reaches_the_uninterrupted_weights(tmp_path, monkeypatch):
     """v3+ (with dropout: torch's generator state must be restored) for 3 epochs of 3 iterations, checkpoints
     every 2 iterations: interrupted before iteration 6 (last checkpoint: iteration 4, mid-epoch), then resumed;
@@ -82,7 +72,7 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, monkeypatch):
 
     config = tiny(tmp_path / "cut", checkpoint_every=2)
     with monkeypatch.context() as m:
-        _interrupt_at(m, 5)
+        interrupt_at(m, T, 5)
         with pytest.raises(KeyboardInterrupt):
             T.train(config, quiet=True, log=quiet_log)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 4
@@ -141,7 +131,7 @@ def test_best_checkpoint_follows_the_best_val_miou(tmp_path, monkeypatch):
     lines = []
     seen = _scripted_evaluations(monkeypatch, [float("nan"), 0.5, 0.3], tmp_path)
     with monkeypatch.context() as m:
-        _interrupt_at(m, 3)
+        interrupt_at(m, T, 3)
         with pytest.raises(KeyboardInterrupt):
             T.train(config, quiet=True, log=lines.append)
     assert seen == [None, None, 2]
