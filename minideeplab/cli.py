@@ -60,8 +60,9 @@ def _train_config(args):
         options[key] = value
     out = args.out or f"runs/{args.model}_{args.backbone}"
     return TrainConfig(model=args.model, backbone=args.backbone, output_stride=args.output_stride,
-                       data_root=args.data_root, train_split=args.train_split, val_split=args.val_split, out=out,
-                       epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+                       data_root=args.data_root, train_split=args.train_split, val_split=args.val_split,
+                       val_root=args.val_root, out=out, epochs=args.epochs, batch_size=args.batch_size,
+                       crop_size=args.crop_size, scale_range=tuple(args.scale_range), lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
@@ -109,8 +110,9 @@ def _train(args) -> int:
     import os
 
     config = _train_config(args)
-    if not Path(config.data_root).exists():
-        raise FileNotFoundError(f"--data-root {config.data_root} does not exist")
+    for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root)):
+        if root is not None and not Path(root).exists():
+            raise FileNotFoundError(f"{flag} {root} does not exist")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if args.backend == "scratch":
         if world > 1:
@@ -146,7 +148,7 @@ def _eval(args) -> int:
     device = _device(args.device)
     model, classes = load_model(args.checkpoint, device)
     config = load_checkpoint(args.checkpoint)["config"]
-    root = args.data_root or config["data_root"]
+    root = args.data_root or config.get("val_root") or config["data_root"]
     data = open_split(root, args.split or config["val_split"], "--data-root" if args.data_root else "data root")
     if list(data.classes) != classes:
         raise ValueError(f"--data-root {root} has classes {list(data.classes)} but {args.checkpoint} was trained "
@@ -163,6 +165,15 @@ def _eval(args) -> int:
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:<16} IoU {iou:.4f}")
     print("trimap accuracy: " + "  ".join(f"{w}px {a:.4f}" for w, a in result["trimap_accuracy"].items()))
+    return 0
+
+
+@_errors_to_exit
+def _export(args) -> int:
+    from minideeplab.train import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, args.dtype)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights in {args.dtype})")
     return 0
 
 
@@ -186,10 +197,12 @@ def _ablate(args) -> int:
     if args.list:
         print(ablate.format_rows())
         return 0
-    if not Path(args.data_root).exists():
-        raise FileNotFoundError(f"--data-root {args.data_root} does not exist")
+    for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
+        if root is not None and not Path(root).exists():
+            raise FileNotFoundError(f"{flag} {root} does not exist")
     rows = ablate.run_ablation(args.out, args.only, epochs=args.epochs, train_images=args.train_images,
                                val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
+                               val_root=args.val_root,
                                results=args.results, threads=args.threads, log=print)
     results = Path(args.results or args.out)
     print(f"\n{len(rows)} rows in {results / 'ablation.csv'} (and ablation.json, ablation_miou.png, "
@@ -230,11 +243,16 @@ def _add_train(sub):
                    help="folder in the PASCAL VOC layout (default: %(default)s)")
     p.add_argument("--train-split", default="train", help="split list to train on (default: %(default)s)")
     p.add_argument("--val-split", default="val", help="split list to evaluate on (default: %(default)s)")
+    p.add_argument("--val-root", default=None,
+                   help="folder whose --val-split is evaluated, e.g. data/synthetic while --data-root is a larger "
+                        "generated set (default: --data-root)")
     p.add_argument("--out", default=None, help="folder for checkpoints (default: runs/MODEL_BACKBONE)")
     p.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="the global batch, split over torchrun's processes (default: %(default)s)")
     p.add_argument("--crop-size", type=int, default=128, help="square training crops (default: %(default)s)")
+    p.add_argument("--scale-range", type=_positive(float), nargs=2, default=[0.5, 2.0], metavar=("LOW", "HIGH"),
+                   help="random rescaling of training images before the crop (default: 0.5 2.0, DeepLab's)")
     p.add_argument("--lr", type=float, default=0.01,
                    help="base learning rate of the poly schedule (default: %(default)s)")
     p.add_argument("--momentum", type=float, default=0.9, help="(default: %(default)s)")
@@ -380,6 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours (default: %(default)s)")
     seg.set_defaults(func=_segment)
 
+    ex = sub.add_parser(
+        "export", help="write a checkpoint to ship: weights, config and history, no optimizer state",
+        description="Copy a training checkpoint without what only --resume needs (the optimizer's momentum, the "
+                    "random states), its weights in --dtype: float16 makes the mini v3+ about 4.4 MB. eval, "
+                    "segment and load_model read the result like any checkpoint; it cannot be resumed.")
+    ex.add_argument("--checkpoint", required=True, help="a checkpoint written by 'minideeplab train'")
+    ex.add_argument("--out", required=True, help="file to write (atomically)")
+    ex.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float16",
+                    help="of the floating-point weights (default: %(default)s)")
+    ex.set_defaults(func=_export)
+
     ab = sub.add_parser(
         "ablate", help="the papers' ablations on the synthetic set: train, measure, tabulate",
         description="Train and measure each configuration of minideeplab.ablate.ROWS (a no-atrous FCN, v1, v2, "
@@ -395,13 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for the table and plots (default: OUT); data/ablation for the shipped ones")
     ab.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="these rows only (see --list); a CRF row brings the row whose weights it uses")
-    ab.add_argument("--epochs", type=_positive(int), default=40, help="(default: %(default)s)")
+    ab.add_argument("--epochs", type=_positive(int), default=8, help="(default: %(default)s, ablate.EPOCHS)")
     ab.add_argument("--train-images", type=_positive(int), default=None, metavar="N",
                     help="train on the first N images only (default: all)")
     ab.add_argument("--val-images", type=_positive(int), default=None, metavar="N",
                     help="evaluate on the first N images only (default: all)")
     ab.add_argument("--crop-size", type=_positive(int), default=128, help="(default: %(default)s)")
-    ab.add_argument("--data-root", default="data/synthetic", help="(default: %(default)s)")
+    ab.add_argument("--data-root", default="data/synthetic",
+                    help="VOC-layout folder whose train split the rows train on (default: %(default)s; the shipped "
+                         "study: 3,000 generated images, see README)")
+    ab.add_argument("--val-root", default=None,
+                    help="folder whose val split scores the rows (default: --data-root)")
     ab.add_argument("--threads", type=_positive(int), default=1,
                     help="torch threads for the inference timing, the same for every row (default: %(default)s)")
     ab.add_argument("--list", action="store_true", help="print the configurations (costs included) and exit")

@@ -65,9 +65,10 @@ class TrainConfig:
     """Everything a run depends on (stored in its checkpoints). output_stride None: the model's default.
     batch_size: the global batch (split over the processes under torchrun). checkpoint_every: iterations
     between checkpoints (0: at the end of each epoch only). eval_every: epochs between evaluations on
-    val_split (0: never). train_images / val_images: use only the first N. model_options: more arguments of
-    ``reference.deeplab.build_model`` (image_pooling, atrous_rates, aspp_channels, dropout, aux, ...), plain
-    values."""
+    val_split (0: never). train_images / val_images: use only the first N. val_root: the folder whose
+    val_split is evaluated (None: data_root), e.g. the committed set while training on a larger generated one.
+    model_options: more arguments of ``reference.deeplab.build_model`` (image_pooling, atrous_rates,
+    aspp_channels, dropout, aux, ...), plain values."""
 
     model: str = "v3plus"
     backbone: str = "mini"
@@ -75,6 +76,7 @@ class TrainConfig:
     data_root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str = "val"
+    val_root: str | None = None  # the folder of val_split (None: data_root)
     out: str = "runs/deeplab"
     epochs: int = 30
     batch_size: int = 8
@@ -95,7 +97,7 @@ class TrainConfig:
     dtype: str = "float32"  # "float64": slow, for exact comparisons (the data-parallel test)
 
     # fields that may differ between a run and its resumption (they do not change the weights)
-    RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "val_images", "num_workers", "device", "out")
+    RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "val_images", "val_root", "num_workers", "device", "out")
 
     def __post_init__(self):
         self.scale_range = tuple(float(s) for s in self.scale_range)
@@ -206,6 +208,13 @@ def open_split(root, split, what="data root") -> VOCSegmentation:
         raise FileNotFoundError(f"{what} {root}, split {split!r}: {e}") from None
 
 
+def open_val(config: TrainConfig) -> VOCSegmentation:
+    """The validation split of a config: val_split of val_root, or of data_root when val_root is None."""
+    if config.val_root is None:
+        return open_split(config.data_root, config.val_split)
+    return open_split(config.val_root, config.val_split, "val root")
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -241,8 +250,10 @@ def save_checkpoint(checkpoint: dict, path) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint written by ``train`` (loaded with weights_only=True); errors name the file."""
+def load_checkpoint(path, map_location="cpu", resumable=False) -> dict:
+    """A checkpoint written by ``train`` or ``export_checkpoint`` (loaded with weights_only=True); errors name
+    the file. resumable: also require what ``--resume`` needs (the optimizer's state), which an exported
+    checkpoint drops."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -250,10 +261,32 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated files, foreign objects refused by weights_only
         raise ValueError(f"checkpoint {path} could not be read: {e}") from None
-    missing = [k for k in ("format", "model", "optimizer", "iteration", "config", "classes") if k not in ckpt]
-    if not isinstance(ckpt, dict) or missing:
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a minideeplab checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in ("format", "model", "iteration", "config", "classes") if k not in ckpt]
+    if missing:
         raise ValueError(f"{path} is not a minideeplab checkpoint (missing {missing})")
+    if resumable and "optimizer" not in ckpt:
+        raise ValueError(f"{path} holds weights only (an exported checkpoint: no optimizer state), so a run "
+                         f"cannot resume from it; resume from the run's own last.pt")
     return ckpt
+
+
+def export_checkpoint(src, dst, dtype: str = "float16") -> Path:
+    """Write a checkpoint to ship: src's weights (floating-point tensors in ``dtype``; integer buffers as they
+    are), config, classes, per-epoch metrics and per-iteration losses, without the optimizer's momentum or the
+    random states (last.pt holds float32 weights and as many momentum values), so it is about half of last.pt
+    in float32 and a quarter in float16, and cannot be resumed.
+    ``load_model`` reads it like any checkpoint (the weights are cast to the config's dtype)."""
+    if dtype not in ("float16", "float32", "float64"):
+        raise ValueError(f"export_checkpoint: dtype must be 'float16', 'float32' or 'float64', got {dtype!r}")
+    ckpt = load_checkpoint(src)
+    to = getattr(torch, dtype)
+    model = {k: v.to(to) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    keep = ("format", "iteration", "epoch", "config", "classes", "metrics", "losses", "world_size")
+    shipped = {k: ckpt[k] for k in keep if k in ckpt}
+    shipped.update(model=model, exported={"from": str(src), "dtype": dtype})
+    return save_checkpoint(shipped, dst)
 
 
 def _config_of(saved: dict) -> TrainConfig:
@@ -389,7 +422,7 @@ def _train(config, resume, quiet, log, world, rank, device) -> dict:
     last, best_path = out / "last.pt", out / "best.pt"
     train_set = FirstN(open_split(config.data_root, config.train_split), config.train_images)
     classes = list(train_set.dataset.classes)
-    val_set = FirstN(open_split(config.data_root, config.val_split), config.val_images) if config.eval_every else None
+    val_set = FirstN(open_val(config), config.val_images) if config.eval_every else None
     if config.batch_size > len(train_set):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_set)} training images")
     per_epoch = len(train_set) // config.batch_size
@@ -404,7 +437,7 @@ def _train(config, resume, quiet, log, world, rank, device) -> dict:
                                 weight_decay=config.weight_decay)
     it, history, losses = 0, [], []
     if resume:
-        ckpt = load_checkpoint(last)
+        ckpt = load_checkpoint(last, resumable=True)
         _check_same_run(ckpt["config"], config, last)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -21,7 +21,10 @@ from minideeplab.cli import build_parser, main
 from minideeplab.reference.deeplab import build_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
-TINY = dict(epochs=1, train_images=16, val_images=8, crop_size=64, data_root=str(DATA), timing_images=2)
+# lr and scales of the schedule these tests were written for: after 2 steps at lr 0.05 the model predicts one
+# class everywhere, and the CRF can change nothing
+TINY = dict(epochs=1, train_images=16, val_images=8, crop_size=64, data_root=str(DATA), timing_images=2, lr=0.01,
+            scale_range=(0.5, 2.0))
 ONLY = ["shallow", "fcn", "v3plus-os16-crf"]  # the CRF row brings v3plus-os16
 CLASSES = ["background", "disc", "square", "triangle", "ring", "cross", "star"]
 
@@ -95,6 +98,23 @@ def test_tiny_study_writes_the_table_with_the_models_own_counts(study):
     assert crf["inference_ms"] > base["inference_ms"]
 
 
+def test_per_image_confusions_sum_to_the_table(study):
+    """ablation_per_image.npz holds every row's val images' confusion matrices, in table order: summed, they
+    give the row's mIoU and trimap accuracies exactly."""
+    from minideeplab.metrics import mean_iou, pixel_accuracy
+
+    out, rows, _ = study
+    per_image = A.read_per_image(out / "ablation_per_image.npz")
+    assert list(per_image) == [r["name"] for r in rows] + ["widths"] and per_image["widths"] == [1, 2, 4, 8, 16]
+    for r in rows:
+        cms, trimaps = per_image[r["name"]]["cms"], per_image[r["name"]]["trimaps"]
+        assert cms.shape == (8, 7, 7) and trimaps.shape == (8, 5, 7, 7) and cms.dtype == np.int64
+        assert mean_iou(cms.sum(0)) == r["miou"]
+        assert [pixel_accuracy(t) for t in trimaps.sum(0)] == [r[f"trimap_{w}"] for w in (1, 2, 4, 8, 16)]
+    with pytest.raises(FileNotFoundError, match="nowhere.npz does not exist"):
+        A.read_per_image(out / "nowhere.npz")
+
+
 def test_crf_evaluation_without_iterations_is_the_plain_evaluation(study):
     """evaluate_crf's loop with n_iters=0 (the CRF returns its normalised input) scores as train.evaluate."""
     out, _, _ = study
@@ -145,6 +165,23 @@ def test_an_interrupted_row_resumes_from_its_checkpoint(study, tmp_path, monkeyp
     first = next(r for r in rows if r["name"] == "shallow")
     assert (row["miou"], row["trimap_2"], row["train_seconds"]) == (first["miou"], first["trimap_2"],
                                                                     first["train_seconds"])
+
+
+def test_val_root_scores_the_rows_on_another_folder(study, tmp_path, capsys):
+    """A finished row re-scored against another val folder is a new schedule (val_images differs), so it goes in
+    a new OUT; there the rows train on --data-root and score on --val-root's val split. A val root with other
+    classes is refused."""
+    from minideeplab.data.synthetic import generate
+
+    other = generate(tmp_path / "other", seed=3, n_train=0, n_val=3, size=64, progress=False)
+    (row,) = A.run_ablation(tmp_path / "out", ["shallow"], log=lambda _: None,
+                            **{**TINY, "val_images": None, "val_root": str(other)})
+    assert row["val_images"] == 3 and row["train_images"] == 16
+    assert (row["scale_min"], row["scale_max"], row["lr"]) == (0.5, 2.0, 0.01)
+    (other / "classes.txt").write_text("background\ncat\n")
+    assert main(["ablate", "--out", str(tmp_path / "x"), "--data-root", str(DATA), "--val-root", str(other),
+                 "--only", "shallow"]) == 2
+    assert f"val root {other} has classes ['background', 'cat']" in capsys.readouterr().err
 
 
 def test_one_folder_holds_one_schedule(study, monkeypatch):

@@ -402,3 +402,80 @@ def test_loader_workers_do_not_change_the_weights(tmp_path):
     runs = [T.train(tiny(tmp_path / str(w), epochs=1, train_images=4, num_workers=w), quiet=True, log=quiet_log)
             for w in (0, 2)]
     assert all(torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in runs[0]["model"])
+
+
+# ---------------------------------------------------------------- another val folder, shipped checkpoints
+
+
+def test_val_root_scores_another_folder(tmp_path, capsys):
+    """Train on the committed set, evaluate on two images of another folder: the records, `eval`'s default
+    data and a resumption with another val_root (allowed: it changes no weight) all use it; a missing val
+    root is an error that names it."""
+    from minideeplab.data.synthetic import generate
+
+    other = generate(tmp_path / "other", seed=3, n_train=0, n_val=2, size=64, progress=False)
+    config = tiny(tmp_path / "run", epochs=1, train_images=2, eval_every=1, val_root=str(other))
+    ckpt = T.train(config, quiet=True, log=quiet_log)
+    assert ckpt["config"]["val_root"] == str(other) and ckpt["metrics"][0]["images"] == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", "--data-root", str(DATA),
+                 "--images", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    T.train(tiny(tmp_path / "run", epochs=1, train_images=2, eval_every=1), resume=True, quiet=True, log=quiet_log)
+
+    with pytest.raises(FileNotFoundError, match=f"val root {tmp_path / 'nowhere'}"):
+        T.train(tiny(tmp_path / "run2", epochs=1, train_images=2, eval_every=1, val_root=str(tmp_path / "nowhere")),
+                quiet=True, log=quiet_log)
+    assert main(["train", "--data-root", str(DATA), "--val-root", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert f"--val-root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_scale_range_flag(capsys):
+    parse = build_parser().parse_args
+    assert _train_config(parse(["train"])).scale_range == (0.5, 2.0)
+    assert _train_config(parse(["train", "--scale-range", "0.75", "1.5"])).scale_range == (0.75, 1.5)
+    with pytest.raises(SystemExit):
+        parse(["train", "--scale-range", "0", "1"])
+    assert "must be > 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"scale_range must be \(low, high\) with 0 < low <= high, got \(2.0, 1.0\)"):
+        _train_config(parse(["train", "--scale-range", "2", "1"]))
+
+
+def test_export_ships_weights_without_the_optimizer(checkpoint, tmp_path, capsys):
+    """float16 export: no optimizer or random state, about a quarter of last.pt, the history kept; load_model
+    reads it (weights cast back to float32, within float16's rounding of the original); it cannot be resumed.
+    A float32 export holds exactly the trained weights."""
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "ship.pt")]) == 0
+    assert "weights in float16" in capsys.readouterr().out
+    full, shipped = torch.load(checkpoint, weights_only=True), torch.load(tmp_path / "ship.pt", weights_only=True)
+    assert "optimizer" not in shipped and "rng" not in shipped
+    assert shipped["exported"] == {"from": str(checkpoint), "dtype": "float16"}
+    assert repr(shipped["metrics"]) == repr(full["metrics"]) and shipped["losses"] == full["losses"]  # nan != nan
+    assert shipped["config"] == full["config"] and shipped["classes"] == full["classes"]
+    for k, v in full["model"].items():
+        s = shipped["model"][k]
+        assert s.dtype == (torch.float16 if v.is_floating_point() else v.dtype), k
+        assert torch.allclose(s.float(), v.float(), rtol=1e-3, atol=1e-4) if v.is_floating_point() else torch.equal(s, v)
+    assert (tmp_path / "ship.pt").stat().st_size < checkpoint.stat().st_size / 3.5  # float32 weights + momentum
+
+    model, classes = T.load_model(tmp_path / "ship.pt")
+    original, _ = T.load_model(checkpoint)
+    assert classes == full["classes"] and next(model.parameters()).dtype == torch.float32
+    x = T.to_tensor(VOCSegmentation(DATA, "val")[0][0])[None]
+    with torch.no_grad():
+        a, b = model(x)["out"], original(x)["out"]
+    assert (a - b).abs().max() <= 1e-2 * b.abs().max(), "float16 weights moved the logits by more than 1 %"
+
+    T.export_checkpoint(checkpoint, tmp_path / "ship32.pt", dtype="float32")
+    model32, _ = T.load_model(tmp_path / "ship32.pt")
+    assert all(torch.equal(v, full["model"][k]) for k, v in model32.state_dict().items())
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "ship.pt").rename(tmp_path / "run" / "last.pt")
+    config = T.TrainConfig(**{k: v for k, v in full["config"].items()})
+    config.out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="holds weights only .* cannot resume from it"):
+        T.train(config, resume=True, quiet=True, log=quiet_log)
+    with pytest.raises(ValueError, match="dtype must be 'float16', 'float32' or 'float64', got 'int8'"):
+        T.export_checkpoint(checkpoint, tmp_path / "x.pt", dtype="int8")

@@ -46,8 +46,8 @@ from minideeplab.reference.deeplab import to_scratch
 from minideeplab.scratch.deeplab import sgd_step
 from minideeplab.scratch.layers import softmax_cross_entropy
 from minideeplab.train import (AUX_WEIGHT, CHECKPOINT_FORMAT, FirstN, TrainConfig, _Augmented, _check_same_run,
-                               _progress, build, epoch_batches, evaluate, load_checkpoint, open_split, poly_lr,
-                               save_checkpoint)
+                               _progress, build, epoch_batches, evaluate, load_checkpoint, open_split, open_val,
+                               poly_lr, save_checkpoint)
 
 __all__ = ["train", "train_step"]
 
@@ -96,7 +96,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=pr
     last, best_path = Path(config.out) / "last.pt", Path(config.out) / "best.pt"
     train_set = FirstN(open_split(config.data_root, config.train_split), config.train_images)
     classes = list(train_set.dataset.classes)
-    val_set = FirstN(open_split(config.data_root, config.val_split), config.val_images) if config.eval_every else None
+    val_set = FirstN(open_val(config), config.val_images) if config.eval_every else None
     if config.batch_size > len(train_set):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_set)} training images")
     per_epoch = len(train_set) // config.batch_size
@@ -108,7 +108,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=pr
     model = to_scratch(twin).train()
     it, history, losses, state, lr = 0, [], [], {}, config.lr
     if resume:
-        ckpt = load_checkpoint(last)
+        ckpt = load_checkpoint(last, resumable=True)
         _check_same_run(ckpt["config"], config, last)
         for d in (model.params, model.buffers):
             d.update({k: ckpt["model"][k].numpy().copy() for k in d})

@@ -7,6 +7,7 @@
 * ``plot_confusions``: confusion matrices, each row (a true class) normalised.
 * ``predict_labels``: a model's argmax labels for every image of a data set.
 * ``plot_failures``: image, truth, prediction and the pixels it got wrong, one row per image.
+* ``plot_trimap_curves``: pixel accuracy in bands of growing width around the true boundaries, per model.
 """
 
 from __future__ import annotations
@@ -222,4 +223,24 @@ def plot_failures(images, labels, preds, classes, titles=None, figsize=None):
             _show(ax, rgb, head, fontsize=8)
     fig.legend(handles=_legend_handles(classes), loc="outside lower center", ncol=len(classes) + 1, fontsize=8,
                frameon=False)
+    return fig
+
+
+def plot_trimap_curves(widths, curves: dict, overall: dict | None = None, figsize=(6.4, 3.6)):
+    """Trimap accuracy against the band's width: curves maps a name to one accuracy per width (e.g. the
+    "trimap_accuracy" values of ``train.evaluate``); overall (optional) maps the same names to the accuracy
+    over all pixels, drawn as a dashed line of the same colour. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    for k, (name, acc) in enumerate(curves.items()):
+        ax.plot(widths, 100 * np.asarray(acc, dtype=np.float64), "o-", color=f"C{k}", label=name)
+        if overall and name in overall:
+            ax.axhline(100 * overall[name], color=f"C{k}", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xlabel("band width: pixels from a true boundary")
+    ax.set_ylabel("pixel accuracy in the band (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, title="dashed: all pixels" if overall else None, title_fontsize=8)
     return fig
