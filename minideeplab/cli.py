@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "export", help="write a checkpoint to ship: weights, config and history, no optimizer state",
         description="Copy a training checkpoint without what only --resume needs (the optimizer's momentum, the "
-                    "random states), its weights in --dtype: float16 makes the mini v3+ about 4.4 MB. eval, "
+                    "random states), its weights in --dtype: float16 makes the mini v3+ about 4.7 MB. eval, "
                     "segment and load_model read the result like any checkpoint; it cannot be resumed.")
     ex.add_argument("--checkpoint", required=True, help="a checkpoint written by 'minideeplab train'")
     ex.add_argument("--out", required=True, help="file to write (atomically)")

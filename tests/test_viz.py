@@ -275,3 +275,29 @@ def test_training_figures_build(scenes):
     fig = plot_failures(images[:3], labels[:3], preds[:3], CLASSES, titles=["a", "b", "c"])
     fig.canvas.draw()
     assert len(fig.axes) == 12 and fig.axes[3].get_title().startswith("wrong: ")
+
+
+def test_trimap_curve_figure_draws_each_model_and_its_overall_line():
+    from minideeplab.viz.training import plot_trimap_curves
+
+    fig = plot_trimap_curves((1, 2, 4), {"a": [0.5, 0.6, 0.7], "b": [0.6, 0.7, 0.8]}, overall={"a": 0.9})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert [list(line.get_ydata()) for line in ax.lines[:1]] == [[50.0, 60.0, 70.0]]
+    assert sum(1 for line in ax.lines if line.get_linestyle() == "--") == 1
+    plt.close(fig)
+
+
+def test_ablation_figures_build():
+    from minideeplab.viz.ablation import plot_cost_front, plot_intervals
+
+    fig = plot_intervals(["a vs b", "c vs d"], [0.05, -0.01], [(0.02, 0.08), (-0.03, 0.01)])
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a vs b", "c vs d"]
+    rows = [{"name": "x", "mult_adds": 1e8, "miou": 0.3}, {"name": "y", "mult_adds": 3e8, "miou": 0.5},
+            {"name": "z", "mult_adds": 5e8, "miou": 0.4}]
+    fig = plot_cost_front(rows, [True, True, False], scale=1e-9, cost_label="G multiply-adds")
+    fig.canvas.draw()
+    front_line = fig.axes[0].lines[0]
+    assert list(front_line.get_xdata()) == pytest.approx([0.1, 0.3]) and list(front_line.get_ydata()) == [30.0, 50.0]
+    plt.close("all")
