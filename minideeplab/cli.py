@@ -149,7 +149,8 @@ def _eval(args) -> int:
     model, classes = load_model(args.checkpoint, device)
     config = load_checkpoint(args.checkpoint)["config"]
     root = args.data_root or config.get("val_root") or config["data_root"]
-    data = open_split(root, args.split or config["val_split"], "--data-root" if args.data_root else "data root")
+    what = "--data-root" if args.data_root else "val root" if config.get("val_root") else "data root"
+    data = open_split(root, args.split or config["val_split"], what)
     if list(data.classes) != classes:
         raise ValueError(f"--data-root {root} has classes {list(data.classes)} but {args.checkpoint} was trained "
                          f"on {classes}")

@@ -208,11 +208,17 @@ def open_split(root, split, what="data root") -> VOCSegmentation:
         raise FileNotFoundError(f"{what} {root}, split {split!r}: {e}") from None
 
 
-def open_val(config: TrainConfig) -> VOCSegmentation:
-    """The validation split of a config: val_split of val_root, or of data_root when val_root is None."""
+def open_val(config: TrainConfig, classes=None) -> VOCSegmentation:
+    """The validation split of a config: val_split of val_root, or of data_root when val_root is None.
+    classes: the training set's, which the validation set must have (same names, same order)."""
     if config.val_root is None:
-        return open_split(config.data_root, config.val_split)
-    return open_split(config.val_root, config.val_split, "val root")
+        val = open_split(config.data_root, config.val_split)
+    else:
+        val = open_split(config.val_root, config.val_split, "val root")
+    if classes is not None and list(val.classes) != list(classes):
+        raise ValueError(f"val root {config.val_root} has classes {list(val.classes)}, the data root "
+                         f"{config.data_root} has {list(classes)}")
+    return val
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -422,7 +428,7 @@ def _train(config, resume, quiet, log, world, rank, device) -> dict:
     last, best_path = out / "last.pt", out / "best.pt"
     train_set = FirstN(open_split(config.data_root, config.train_split), config.train_images)
     classes = list(train_set.dataset.classes)
-    val_set = FirstN(open_val(config), config.val_images) if config.eval_every else None
+    val_set = FirstN(open_val(config, classes), config.val_images) if config.eval_every else None
     if config.batch_size > len(train_set):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_set)} training images")
     per_epoch = len(train_set) // config.batch_size

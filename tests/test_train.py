@@ -429,6 +429,10 @@ def test_val_root_scores_another_folder(tmp_path, capsys):
                 quiet=True, log=quiet_log)
     assert main(["train", "--data-root", str(DATA), "--val-root", str(tmp_path / "nowhere"), "--quiet"]) == 2
     assert f"--val-root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (other / "classes.txt").write_text("background\ncat\n")
+    with pytest.raises(ValueError, match=rf"val root {other} has classes \['background', 'cat'\], the data root"):
+        T.train(tiny(tmp_path / "run3", epochs=1, train_images=2, eval_every=1, val_root=str(other)), quiet=True,
+                log=quiet_log)
 
 
 def test_scale_range_flag(capsys):

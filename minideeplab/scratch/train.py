@@ -96,7 +96,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=pr
     last, best_path = Path(config.out) / "last.pt", Path(config.out) / "best.pt"
     train_set = FirstN(open_split(config.data_root, config.train_split), config.train_images)
     classes = list(train_set.dataset.classes)
-    val_set = FirstN(open_val(config), config.val_images) if config.eval_every else None
+    val_set = FirstN(open_val(config, classes), config.val_images) if config.eval_every else None
     if config.batch_size > len(train_set):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_set)} training images")
     per_epoch = len(train_set) // config.batch_size
