@@ -306,3 +306,54 @@ def test_trends_say_where_they_do_not_hold():
     fewer = A.trends(_rows(fcn=(0.3, 0.4), v3plus_os16=(0.2, 0.5)))
     assert fewer[0] == "v3plus-os16 trails fcn by 10.0 mIoU points (20.0 vs 30.0; the course asks >= 10: does not hold)"
     assert "v3plus-os16 vs shallow, mIoU: not measured: needs row shallow" in fewer
+
+
+# ---------------------------------------------------------------- the shipped study
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "ablation"
+
+
+def test_shipped_study_is_complete_and_consistent():
+    """data/ablation holds every row, measured with the study's schedule on the 3,000 generated images and the
+    100 committed val images; its per-image matrices give the table's numbers; the plots are there."""
+    from minideeplab.metrics import mean_iou, pixel_accuracy
+
+    rows = A.read_csv(SHIPPED / "ablation.csv")
+    assert [r["name"] for r in rows] == [r.name for r in A.ROWS]
+    for r in rows:
+        assert (r["epochs"], r["train_images"], r["val_images"], r["batch_size"], r["crop_size"]) == \
+               (A.EPOCHS, 3000, 100, A.BATCH_SIZE, A.CROP_SIZE), r["name"]
+        assert (r["lr"], r["scale_min"], r["scale_max"], r["seed"]) == (A.LR, *A.SCALE_RANGE, A.SEED), r["name"]
+        assert 0 < r["miou"] < 1 and r["train_seconds"] > 0 and r["inference_ms"] > 0
+    for back, row in zip(json.loads((SHIPPED / "ablation.json").read_text()), rows, strict=True):
+        assert back["name"] == row["name"] and back["miou"] == row["miou"]
+    per_image = A.read_per_image(SHIPPED / "ablation_per_image.npz")
+    for r in rows:
+        cms, trimaps = per_image[r["name"]]["cms"], per_image[r["name"]]["trimaps"]
+        assert cms.shape == (100, 7, 7)
+        assert mean_iou(cms.sum(0)) == pytest.approx(r["miou"], rel=1e-12)
+        assert [pixel_accuracy(t) for t in trimaps.sum(0)] == pytest.approx([r[f"trimap_{w}"] for w in
+                                                                             (1, 2, 4, 8, 16)], rel=1e-12)
+    for name in ("ablation_miou.png", "ablation_trimap.png"):
+        with Image.open(SHIPPED / name) as im:
+            assert im.format == "PNG"
+
+
+def test_shipped_long_runs_are_the_readme_runs():
+    """long_runs.json: three 30-epoch runs with the shipped model's recipe; its v3+ entry is the shipped model's
+    own record, and each run's config is the README command's (model, output stride, rates)."""
+    long_runs = json.loads((SHIPPED / "long_runs.json").read_text())
+    assert list(long_runs) == ["v3plus-os16", "v3-os16", "fcn"]
+    shipped = torch.load(Path(__file__).resolve().parents[1] / "data" / "models" / "mini_v3plus.pt",
+                         weights_only=True)
+    assert [r["miou"] for r in long_runs["v3plus-os16"]["metrics"]] == [r["miou"] for r in shipped["metrics"]
+                                                                        if "miou" in r]
+    for name, model, os_, rates in (("v3-os16", "v3", None, [2, 4, 6]), ("fcn", "v2", 32, [1])):
+        config = long_runs[name]["config"]
+        assert (config["model"], config["output_stride"], config["model_options"]["atrous_rates"]) == \
+               (model, os_, rates)
+        keys = ("epochs", "lr", "scale_range", "data_root", "val_root")
+        assert json.loads(json.dumps({k: config[k] for k in keys})) == \
+               json.loads(json.dumps({k: shipped["config"][k] for k in keys}))  # tuples as JSON's lists
+        assert long_runs[name]["metrics"][-1]["iteration"] == 11250

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 
 def plot_intervals(labels, differences, intervals, figsize=None):
@@ -45,6 +46,9 @@ def plot_cost_front(rows, front, cost_key="mult_adds", cost_label=None, scale=1.
     for r, c, m in zip(rows, cost, miou):
         ax.annotate(r["name"], (c, m), xytext=(3, 3), textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))   # 0.01, 0.02, 0.05, 0.1, ...
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(cost_label or cost_key)
     ax.set_ylabel("mIoU (%), val")
     ax.grid(alpha=0.3, which="both")
