@@ -446,12 +446,8 @@ def run_ablation(out="runs/ablation", only=None, *, epochs=EPOCHS, train_images=
             if r.weights_of and r.weights_of not in only:
                 log(f"{r.weights_of}: added ({r.name} evaluates its weights)")
     train_set = T.FirstN(T.open_split(data_root, "train"), train_images)
-    val_set = T.FirstN(T.open_split(data_root, "val") if val_root is None else
-                       T.open_split(val_root, "val", "val root"), val_images)
     classes = list(train_set.dataset.classes)
-    if list(val_set.dataset.classes) != classes:
-        raise ValueError(f"val root {val_root} has classes {list(val_set.dataset.classes)}, the data root "
-                         f"{data_root} has {classes}")
+    val_set = T.FirstN(T.open_val(T.TrainConfig(data_root=str(data_root), val_root=val_root), classes), val_images)
     T.TrainConfig(epochs=epochs, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
                   scale_range=scale_range)  # its errors, early
     schedule = _schedule(epochs, len(train_set), len(val_set), crop_size, batch_size, lr, seed, scale_range)
