@@ -517,8 +517,8 @@ def _csv_cell(key, v):
 
 def write_results(rows, folder, per_image=None) -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
-    (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row; returns their
-    paths."""
+    (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
+    is removed); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
@@ -539,6 +539,8 @@ def write_results(rows, folder, per_image=None) -> list[Path]:
                             cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
                             trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
         paths.append(folder / "ablation_per_image.npz")
+    else:  # a file from an earlier table would no longer match this one
+        (folder / "ablation_per_image.npz").unlink(missing_ok=True)
     return paths
 
 

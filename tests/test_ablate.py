@@ -113,6 +113,12 @@ def test_per_image_confusions_sum_to_the_table(study):
         assert [pixel_accuracy(t) for t in trimaps.sum(0)] == [r[f"trimap_{w}"] for w in (1, 2, 4, 8, 16)]
     with pytest.raises(FileNotFoundError, match="nowhere.npz does not exist"):
         A.read_per_image(out / "nowhere.npz")
+    # a table without every row's matrices removes an earlier file rather than leave one that does not match
+    A.write_results(rows, out / "again", {r["name"]: per_image[r["name"]] | {"widths": np.array(per_image["widths"])}
+                                          for r in rows})
+    assert (out / "again" / "ablation_per_image.npz").exists()
+    A.write_results(rows, out / "again", {rows[0]["name"]: per_image[rows[0]["name"]]})
+    assert not (out / "again" / "ablation_per_image.npz").exists()
 
 
 def test_crf_evaluation_without_iterations_is_the_plain_evaluation(study):
