@@ -45,8 +45,8 @@ import numpy as np
 from torch import nn
 
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.scratch.backbone import RESNET_DEPTHS, ResNet
-from minideeplab.scratch.deeplab import DeepLabConfig
+from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
+from minideeplab.specs.deeplab import DeepLabConfig
 
 __all__ = ["SOURCES", "torchvision_config", "smp_config", "key_map", "load_state_dict", "from_torchvision",
            "from_smp", "to_reference", "from_reference"]

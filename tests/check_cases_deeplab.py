@@ -3,7 +3,7 @@ differently written ones, and plausible wrong answers with the hint each must ge
 
 import numpy as np
 
-from minideeplab.scratch.aspp import conv1x1_forward, conv_unit_forward
+from minideeplab.scratch.units import conv1x1_forward, conv_unit_forward
 from minideeplab.scratch.atrous import atrous_conv2d
 from minideeplab.scratch.layers import bilinear_matrix, concat, resize_bilinear
 

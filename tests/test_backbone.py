@@ -10,6 +10,7 @@ import torchvision
 
 from minideeplab.reference import backbone as ref
 from minideeplab.scratch import backbone as scratch
+from minideeplab.scratch import units
 from minideeplab.scratch.backbone import VGG, ResNet
 
 from helpers import rel
@@ -322,8 +323,8 @@ def test_infer_keeps_nothing_for_a_backward(monkeypatch):
     params, buffers = _random_params(spec, F32, seed=0)
     x = np.random.default_rng(3).standard_normal((1, 3, 33, 33)).astype(F32)
     expected, _ = scratch.backbone_forward(spec, params, buffers, x, False)
-    for name in ("batch_norm2d", "max_pool2d", "conv_bn_forward"):
-        monkeypatch.setattr(scratch, name, lambda *a, **k: pytest.fail("a caching forward ran"))
+    for module, name in ((units, "batch_norm2d"), (scratch, "max_pool2d"), (scratch, "conv_bn_forward")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a caching forward ran"))
     f = scratch.backbone_infer(spec, params, buffers, x)
     assert rel(f["out"], expected["out"]) <= 1e-5
 
@@ -335,7 +336,7 @@ def test_bn_scale_shift_is_eval_batch_norm():
     params = {"bn.weight": rng.uniform(0.5, 1.5, 6), "bn.bias": rng.standard_normal(6)}
     buffers = {"bn.running_mean": rng.standard_normal(6), "bn.running_var": rng.uniform(0.5, 2, 6)}
     x = rng.standard_normal((2, 6, 3, 4))
-    scale, shift = scratch.bn_scale_shift(params, buffers, "bn")
+    scale, shift = units.bn_scale_shift(params, buffers, "bn")
     y, _ = batch_norm2d(x, params["bn.weight"], params["bn.bias"], buffers["bn.running_mean"],
                         buffers["bn.running_var"], False)
     assert rel(x * scale[:, None, None] + shift[:, None, None], y) < 1e-14
@@ -570,7 +571,7 @@ def test_eval_units_name_the_bad_per_channel_array(where, key, value, message):
     x = np.ones((1, 3, 5, 5), np.float32)
     with pytest.raises(ValueError, match=message):
         if key.startswith("fc"):
-            scratch.conv_relu_infer(x, params, "fc", 1)
+            units.conv_relu_infer(x, params, "fc", 1)
         else:
-            scratch.conv_bn_infer(x, params, buffers, "conv", "bn", 1, 1)
+            units.conv_bn_infer(x, params, buffers, "conv", "bn", 1, 1)
 

@@ -8,6 +8,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 
 from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
+from minideeplab.scratch import units
 from minideeplab.scratch.aspp import ASPP, ASPPL
 from minideeplab.scratch.backbone import VGG, ResNet, init_backbone
 
@@ -253,7 +254,7 @@ def test_eval_call_keeps_no_caches(monkeypatch):
     x = X33.astype(F32)
     expected = model.forward(x)[0]
     with monkeypatch.context() as m:
-        for mod, name in ((scratch, "model_forward"), (backbone, "batch_norm2d"), (backbone, "max_pool2d"),
+        for mod, name in ((scratch, "model_forward"), (units, "batch_norm2d"), (backbone, "max_pool2d"),
                           (layers, "batch_norm2d")):
             m.setattr(mod, name, lambda *a, **k: pytest.fail("a caching forward ran in eval"))
         got = model(x)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from minideeplab.reference.backbone import ResNetBackbone
-from minideeplab.scratch.backbone import ResNet
+from minideeplab.specs.backbone import ResNet
 
 __all__ = ["conv_counts", "mult_adds", "model_mult_adds", "conv_macs", "forward_cost"]
 

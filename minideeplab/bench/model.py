@@ -57,7 +57,7 @@ ALL_CASES = {**CASES, **QUICK_CASES}
 
 
 def _config(case):
-    from minideeplab.scratch.deeplab import make_config
+    from minideeplab.specs.deeplab import make_config
 
     return make_config(*case["model"], **case["options"])
 

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from minideeplab.reference import layers as ref_layers
-from minideeplab.scratch.aspp import ASPP, ASPPL
-from minideeplab.scratch.deeplab import SCORE_STD, is_score_layer
+from minideeplab.specs.aspp import ASPP, ASPPL
+from minideeplab.specs.deeplab import SCORE_STD, is_score_layer
 
 __all__ = ["Dropout", "set_dropout_masks", "SeparableConv2d", "conv_unit", "ASPPPooling", "ASPPModule",
-           "ASPPLModule", "build_aspp"]
+           "ASPPLModule", "build_aspp", "init_module"]
 
 
 class Dropout(nn.Dropout):
@@ -79,9 +79,9 @@ class ASPPPooling(nn.Sequential):
         return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
 
 
-def _init(module, prefix=""):
+def init_module(module, prefix=""):
     """The scratch init's scheme, for modules built here: Kaiming normal (fan-out, per group), biases 0;
-    class-score convs (``scratch.deeplab.is_score_layer`` of ``prefix``.name, the model's names) N(0, 0.01)."""
+    class-score convs (``specs.deeplab.is_score_layer`` of ``prefix``.name, the model's names) N(0, 0.01)."""
     for name, m in module.named_modules(prefix=prefix):
         if isinstance(m, nn.Conv2d):
             fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
@@ -107,7 +107,7 @@ class ASPPModule(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.project = nn.Sequential(nn.Conv2d(spec.num_branches * cout, cout, 1, bias=False), nn.BatchNorm2d(cout),
                                      nn.ReLU(), Dropout(spec.dropout))
-        _init(self)
+        init_module(self)
 
     def forward(self, x):
         return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
@@ -142,7 +142,7 @@ class ASPPLModule(nn.Module):
         else:
             self.branches = nn.ModuleList(nn.Conv2d(spec.in_channels, spec.num_classes, 3, padding=r, dilation=r)
                                           for r in spec.atrous_rates)
-        _init(self)
+        init_module(self)
 
     def forward(self, x):
         y = None

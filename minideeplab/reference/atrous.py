@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minideeplab.scratch._validate import check_conv2d
+from minideeplab.specs.conv import check_conv2d
 
 
 def atrous_conv2d(x, weight, bias=None, rate=1, stride=1, padding="same", groups=1) -> np.ndarray:

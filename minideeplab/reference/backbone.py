@@ -4,7 +4,8 @@ Their ``state_dict`` keys are the scratch ``params`` and ``buffers`` keys (torch
 ``params_to_torch`` / ``params_from_torch`` move weights either way, and a torchvision ResNet's
 ``state_dict`` (without ``fc``) loads with ``strict=True``. Every conv's stride and dilation come from
 the spec (``ResNet.conv_table()``, ``VGG.layers``); padding is dilation * (k - 1) / 2. Forward returns
-{"low_level", "out"}; autograd gives every backward.
+{"low_level", "out"} (ResNet: and "layer3", the aux head's input), as the scratch forward; autograd gives
+every backward.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minideeplab.scratch.backbone import ResNet, VGG
+from minideeplab.specs.backbone import VGG, ResNet
 
 __all__ = ["ResNetBackbone", "VGGLargeFOV", "build_backbone", "params_to_torch", "params_from_torch"]
 
@@ -73,12 +74,14 @@ class ResNetBackbone(nn.Module):
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
-        return {"low_level": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+        layer3 = self.layer3(self.layer2(low))
+        return {"low_level": low, "layer3": layer3, "out": self.layer4(layer3)}
 
 
 class VGGLargeFOV(nn.Module):
     """VGG-16 DeepLab-LargeFOV: ``features`` indexed as torchvision's vgg16 (3x3 max pools, padding 1,
-    pool4/5 stride 1, conv5 dilation 2), then ``fc6`` (3x3, rate 12) and ``fc7`` (1x1), each with ReLU."""
+    pool4/5 stride 1, conv5 dilation 2), then ``fc6`` (3x3, rate 12) and ``fc7`` (1x1), each with ReLU
+    (not with ``spec.fc`` False: then ``out`` is pool5, DeepLab v2's VGG trunk)."""
 
     def __init__(self, spec: VGG):
         super().__init__()
@@ -96,9 +99,11 @@ class VGGLargeFOV(nn.Module):
                 features.append(nn.MaxPool2d(layer.kernel, layer.stride, 1))
             assert f"features.{len(features) - (2 if layer.kind == 'conv' else 1)}" == layer.name
         self.features = nn.Sequential(*features)
-        fc6, fc7 = spec.layers[-2:]
-        self.fc6 = _conv(fc6.in_channels, fc6.out_channels, fc6.kernel, 1, fc6.dilation, True)
-        self.fc7 = _conv(fc7.in_channels, fc7.out_channels, fc7.kernel, 1, fc7.dilation, True)
+        self.fc6 = self.fc7 = None
+        if spec.fc:
+            fc6, fc7 = spec.layers[-2:]
+            self.fc6 = _conv(fc6.in_channels, fc6.out_channels, fc6.kernel, 1, fc6.dilation, True)
+            self.fc7 = _conv(fc7.in_channels, fc7.out_channels, fc7.kernel, 1, fc7.dilation, True)
         self.low_index = int(spec.low_level_layer.split(".")[1]) + 1  # the ReLU after that conv
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -111,7 +116,7 @@ class VGGLargeFOV(nn.Module):
             x = m(x)
             if i == self.low_index:
                 low = x
-        return {"low_level": low, "out": F.relu(self.fc7(F.relu(self.fc6(x))))}
+        return {"low_level": low, "out": x if self.fc6 is None else F.relu(self.fc7(F.relu(self.fc6(x))))}
 
 
 def build_backbone(spec) -> nn.Module:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minideeplab.scratch._validate import resolve_padding
+from minideeplab.specs.conv import resolve_padding
 
 
 def batch_norm2d(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):

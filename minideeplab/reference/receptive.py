@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minideeplab.reference.backbone import ResNetBackbone
-from minideeplab.scratch.backbone import ResNet
+from minideeplab.specs.backbone import ResNet
 from minideeplab.scratch.receptive import as_layers
 
 

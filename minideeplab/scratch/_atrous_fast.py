@@ -33,7 +33,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from minideeplab.scratch._validate import check_conv2d
+from minideeplab.specs.conv import check_conv2d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,151 +45,28 @@ The PyTorch twin is ``minideeplab.reference.aspp``.
 
 Eval without caches: ``aspp_infer(spec, params, buffers, x, prefix) -> y`` and ``aspp_l_infer``, the same
 numbers as the forwards with ``training=False`` (up to float rounding), each conv's batch norm and ReLU
-done in one in-place pass after it (``backbone.conv_bn_infer``).
+done in one in-place pass after it (``units.conv_bn_infer``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch._validate import _is_int
-from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
-from minideeplab.scratch.backbone import (ConvBNCache, _names, bn_scale_shift, check_channels, check_subset,
-                                          conv_bn_backward, conv_bn_forward, conv_bn_infer, conv_relu_backward,
-                                          conv_relu_forward, conv_relu_infer, init_params)
-from minideeplab.scratch.layers import (BatchNormCache, _float_array, batch_norm2d, batch_norm2d_backward,
-                                        concat, concat_backward, dropout, dropout_backward, global_avg_pool,
-                                        global_avg_pool_backward, relu, relu_backward, resize_bilinear,
-                                        resize_bilinear_backward, separable_conv2d, separable_conv2d_backward)
+from minideeplab.scratch.atrous import conv2d_fused
+from minideeplab.scratch.layers import (concat, concat_backward, dropout_backward, global_avg_pool,
+                                        global_avg_pool_backward, resize_bilinear, resize_bilinear_backward)
+from minideeplab.scratch.params import check_subset, conv_unit_shapes, init_params, join
+from minideeplab.scratch.units import (ConvUnitCache, conv1x1_backward, conv1x1_forward, conv1x1_infer,
+                                       conv_bias_backward, conv_bias_forward, conv_relu_backward, conv_relu_forward,
+                                       conv_relu_infer, conv_unit_backward, conv_unit_forward, conv_unit_infer,
+                                       maybe_dropout)
+from minideeplab.specs.aspp import ASPP, ASPPL
+from minideeplab.specs.checks import check_float_array
 
-__all__ = ["ASPP", "ASPPL", "join", "parameter_shapes", "init_params", "init_aspp", "check_subset",
-           "ConvUnitCache", "conv_unit_shapes", "conv_unit_forward", "conv_unit_backward",
-           "conv1x1_forward", "conv1x1_backward", "conv_bias_forward", "conv_bias_backward", "maybe_dropout",
-           "ASPPCache", "aspp_forward", "aspp_backward", "ASPPLCache", "aspp_l_forward", "aspp_l_backward",
-           "conv_unit_infer", "conv1x1_infer", "aspp_infer", "aspp_l_infer", "aspp_l_as_one_conv"]
-
-
-# ---------------------------------------------------------------------------------------------
-# specs
-
-
-def _spec_error(cls, msg):
-    return ValueError(f"{cls}: {msg}")
-
-
-def _check_rates(cls, rates):
-    if (not isinstance(rates, (tuple, list)) or len(rates) == 0
-            or not all(_is_int(r) and r >= 1 for r in rates)):
-        raise _spec_error(cls, f"atrous_rates must be a non-empty tuple of ints >= 1, got {rates!r}")
-    return tuple(int(r) for r in rates)
-
-
-def _check_positive(cls, name, v):
-    if not _is_int(v) or v < 1:
-        raise _spec_error(cls, f"{name} must be an int >= 1, got {v!r}")
-    return int(v)
-
-
-def _check_p(cls, name, p):
-    ok = isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, (bool, np.bool_))
-    if not ok or not 0 <= p < 1:
-        raise _spec_error(cls, f"{name} must be a number in [0, 1), got {p!r}")
-    return float(p)
-
-
-def _check_flag(cls, name, v):
-    if not isinstance(v, (bool, np.bool_)):
-        raise _spec_error(cls, f"{name} must be True or False, got {v!r}")
-    return bool(v)
-
-
-@dataclass(frozen=True)
-class ASPP:
-    """DeepLab v3's atrous spatial pyramid pooling (torchvision's ``ASPP``).
-
-    in_channels: channels of the features (2048 for ResNet-50/101).
-    out_channels: of every branch and of the projection (256).
-    atrous_rates: one 3x3 branch per rate; (6, 12, 18) at output stride 16, (12, 24, 36) at 8. Any
-      number of rates (torchvision accepts any; smp and the paper use 3).
-    image_pooling: the image-level branch (global average pool); False drops it (an ablation).
-    separable: 3x3 branches as depthwise 3x3 + pointwise 1x1, both without bias (smp, DeepLab v3+).
-    dropout: after the projection, when training: 0.5 (torchvision, smp) or 0.1 (TF DeepLab).
-    """
-
-    in_channels: int
-    out_channels: int = 256
-    atrous_rates: tuple[int, ...] = (6, 12, 18)
-    image_pooling: bool = True
-    separable: bool = False
-    dropout: float = 0.5
-
-    def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "in_channels", _check_positive("ASPP", "in_channels", self.in_channels))
-        set_(self, "out_channels", _check_positive("ASPP", "out_channels", self.out_channels))
-        set_(self, "atrous_rates", _check_rates("ASPP", self.atrous_rates))
-        set_(self, "image_pooling", _check_flag("ASPP", "image_pooling", self.image_pooling))
-        set_(self, "separable", _check_flag("ASPP", "separable", self.separable))
-        set_(self, "dropout", _check_p("ASPP", "dropout", self.dropout))
-
-    @property
-    def num_branches(self) -> int:
-        """1x1 + one per rate + image pooling (if any): the projection sees num_branches * out_channels."""
-        return 1 + len(self.atrous_rates) + int(self.image_pooling)
-
-    @property
-    def pooling_index(self) -> int | None:
-        """The image pooling branch is ``convs.{pooling_index}``, after the atrous ones (torchvision);
-        None without it."""
-        return 1 + len(self.atrous_rates) if self.image_pooling else None
-
-
-@dataclass(frozen=True)
-class ASPPL:
-    """DeepLab v2's ASPP-L: one branch per rate, the branches' logits summed. Rates (6, 12, 18, 24)
-    (ASPP-L; the paper's ASPP-S is (2, 4, 8, 12)).
-
-    fc_channels: None: each branch is one 3x3 conv at its rate from ``in_channels`` to ``num_classes``,
-      with bias (the released DeepLab-v2 ResNet-101, Caffe's ``fc1_voc12_c{i}``: 2048 -> 21, 4 x 387,093
-      parameters). An int (1024 in the paper, on VGG-16's 512-channel pool5): each branch is fc6 (3x3 at
-      the rate, ``fc_channels``) -> ReLU -> drop6 -> fc7 (1x1, ``fc_channels``) -> ReLU -> drop7 -> fc8
-      (1x1 to ``num_classes``), all with bias (DeepLab-v2 VGG-16).
-    dropout: drop6 and drop7, when training. None (default): 0.5 with fc layers (the paper's), 0 without
-      (the ResNet form has no dropout; any other value is an error there).
-    """
-
-    in_channels: int
-    num_classes: int
-    atrous_rates: tuple[int, ...] = (6, 12, 18, 24)
-    fc_channels: int | None = 1024
-    dropout: float | None = None
-
-    def __post_init__(self):
-        set_ = object.__setattr__
-        for name in ("in_channels", "num_classes"):
-            set_(self, name, _check_positive("ASPPL", name, getattr(self, name)))
-        if self.fc_channels is not None:
-            if not _is_int(self.fc_channels) or self.fc_channels < 1:
-                raise _spec_error("ASPPL", f"fc_channels must be None (one 3x3 conv per rate, the ResNet-101 "
-                                           f"form) or an int >= 1 (fc6-fc7-fc8, the VGG-16 form), "
-                                           f"got {self.fc_channels!r}")
-            set_(self, "fc_channels", int(self.fc_channels))
-        set_(self, "atrous_rates", _check_rates("ASPPL", self.atrous_rates))
-        if self.dropout is None:
-            set_(self, "dropout", 0.5 if self.fc_channels is not None else 0.0)
-        else:
-            set_(self, "dropout", _check_p("ASPPL", "dropout", self.dropout))
-            if self.fc_channels is None and self.dropout != 0:
-                raise _spec_error("ASPPL", f"dropout={self.dropout!r} needs fc layers (drop6, drop7): with "
-                                           f"fc_channels=None each branch is one 3x3 conv, with no dropout")
-
-    @property
-    def has_fc(self) -> bool:
-        """True: fc6-fc7-fc8 per branch (VGG-16 form); False: one 3x3 conv per branch (ResNet-101 form)."""
-        return self.fc_channels is not None
+__all__ = ["ASPP", "ASPPL", "parameter_shapes", "init_aspp", "ASPPCache", "aspp_forward", "aspp_backward", "aspp_infer",
+           "ASPPLCache", "aspp_l_forward", "aspp_l_backward", "aspp_l_infer", "aspp_l_as_one_conv"]
 
 
 def _check_spec(fn, spec, cls=(ASPP, ASPPL)):
@@ -198,30 +75,8 @@ def _check_spec(fn, spec, cls=(ASPP, ASPPL)):
         raise ValueError(f"{fn}: spec must be an {names}, got {type(spec).__name__}")
 
 
-def join(prefix: str, name: str) -> str:
-    """``prefix.name``, or ``name`` for an empty prefix."""
-    return f"{prefix}.{name}" if prefix else name
-
-
 # ---------------------------------------------------------------------------------------------
 # parameters
-
-
-def _bn_shapes(params, buffers, name, c):
-    params[f"{name}.weight"], params[f"{name}.bias"] = (c,), (c,)
-    buffers.update({f"{name}.running_mean": (c,), f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
-
-
-def conv_unit_shapes(params, buffers, prefix, cin, cout, kernel, separable=False, conv="0", bn="1"):
-    """Add the shapes of a conv-BN-ReLU unit to ``params``/``buffers``: conv ``prefix.conv`` (no bias;
-    separable: ``.0`` depthwise (cin, 1, k, k), ``.1`` pointwise (cout, cin, 1, 1)), BN ``prefix.bn``."""
-    c = join(prefix, conv)
-    if separable:
-        params[f"{c}.0.weight"] = (cin, 1, kernel, kernel)
-        params[f"{c}.1.weight"] = (cout, cin, 1, 1)
-    else:
-        params[f"{c}.weight"] = (cout, cin, kernel, kernel)
-    _bn_shapes(params, buffers, join(prefix, bn), cout)
 
 
 def parameter_shapes(spec, prefix="") -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -260,105 +115,11 @@ def init_aspp(spec, rng, dtype=np.float32, prefix=""):
 # building blocks: conv-BN-ReLU units, 1x1 convs with bias, dropout
 
 
-class SeparableBNCache(NamedTuple):
-    conv: str               # the separable conv's name (its ``.0`` depthwise and ``.1`` pointwise)
-    bn: str
-    x: np.ndarray
-    depthwise: np.ndarray
-    pointwise: np.ndarray
-    rate: int
-    bn_cache: BatchNormCache
-
-
-class ConvUnitCache(NamedTuple):
-    """What ``conv_unit_backward`` needs: the conv-BN part's cache and the ReLU's output."""
-
-    inner: ConvBNCache | SeparableBNCache
-    y: np.ndarray
-
-
-def conv_unit_forward(x, params, buffers, prefix, rate, separable, training, conv="0", bn="1"):
-    """ReLU(BN(conv(x))): conv ``prefix.conv`` (kernel from its weight, "same" padding at ``rate``, no
-    bias; separable: depthwise ``.0`` at ``rate`` then pointwise ``.1``), BN ``prefix.bn``.
-    x (N, Cin, H, W) -> (y (N, Cout, H, W), ConvUnitCache). Training updates the BN's buffers in place."""
-    c, b = join(prefix, conv), join(prefix, bn)
-    if not separable:
-        h, inner = conv_bn_forward(x, params, buffers, c, b, 1, rate, training)
-    else:
-        dw, pw = params[f"{c}.0.weight"], params[f"{c}.1.weight"]
-        h = separable_conv2d(x, dw, pw, rate)
-        h, bn_cache = batch_norm2d(h, params[f"{b}.weight"], params[f"{b}.bias"],
-                                   buffers[f"{b}.running_mean"], buffers[f"{b}.running_var"], training)
-        if training:
-            buffers[f"{b}.num_batches_tracked"] += 1
-        inner = SeparableBNCache(c, b, x, dw, pw, rate, bn_cache)
-    y = relu(h)
-    return y, ConvUnitCache(inner, y)
-
-
-def conv_unit_backward(dy, cache):
-    """dy (N, Cout, H, W) -> (dx (N, Cin, H, W), grads of the unit's conv and BN)."""
-    dh = relu_backward(dy, cache.y)
-    c = cache.inner
-    if isinstance(c, ConvBNCache):
-        return conv_bn_backward(dh, c)
-    dh, dgamma, dbeta = batch_norm2d_backward(dh, c.bn_cache)
-    dx, ddw, dpw = separable_conv2d_backward(dh, c.x, c.depthwise, c.pointwise, c.rate)
-    return dx, {f"{c.conv}.0.weight": ddw, f"{c.conv}.1.weight": dpw, f"{c.bn}.weight": dgamma, f"{c.bn}.bias": dbeta}
-
-
-class Conv1x1Cache(NamedTuple):
-    name: str
-    x: np.ndarray
-    weight: np.ndarray
-
-
-def conv1x1_forward(x, params, name):
-    """A 1x1 conv with bias (a classifier): x (N, C, H, W) -> (N, Cout, H, W)."""
-    w = params[f"{name}.weight"]
-    return atrous_conv2d(x, w, params[f"{name}.bias"], 1, 1, 0), Conv1x1Cache(name, x, w)
-
-
-def conv1x1_backward(dy, cache):
-    dx, dw, db = atrous_conv2d_backward(dy, cache.x, cache.weight, 1, 1, 0)
-    return dx, {f"{cache.name}.weight": dw, f"{cache.name}.bias": db}
-
-
-class ConvBiasCache(NamedTuple):
-    name: str
-    x: np.ndarray
-    weight: np.ndarray
-    rate: int
-
-
-def conv_bias_forward(x, params, name, rate):
-    """conv(x) + bias at ``rate``, stride 1, "same" padding, no activation (a classifier):
-    x (N, C, H, W) -> (N, Cout, H, W)."""
-    w = params[f"{name}.weight"]
-    return atrous_conv2d(x, w, params[f"{name}.bias"], rate, 1, "same"), ConvBiasCache(name, x, w, rate)
-
-
-def conv_bias_backward(dy, cache):
-    dx, dw, db = atrous_conv2d_backward(dy, cache.x, cache.weight, cache.rate, 1, "same")
-    return dx, {f"{cache.name}.weight": dw, f"{cache.name}.bias": db}
-
-
-def maybe_dropout(x, p, training, rng, fn):
-    """Dropout when training with p > 0 (then ``rng`` must be a Generator), else the identity with
-    mask None (torch's F.dropout with p = 0 is the identity too)."""
-    if not training or p == 0:
-        return x, None
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)) when "
-                         f"training with dropout {p}, got {type(rng).__name__}")
-    return dropout(x, p, True, rng)
-
-
 def _check_call(fn, spec, cls, params, buffers, x, training, prefix):
     _check_spec(fn, spec, cls)
     if not isinstance(prefix, str):
         raise ValueError(f"{fn}: prefix must be a str, got {type(prefix).__name__}")
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
     if x.shape[1] != spec.in_channels:
         raise ValueError(f"{fn}: x has shape {x.shape}, expected {spec.in_channels} channels "
                          f"(spec.in_channels) in (N, C, H, W)")
@@ -369,7 +130,7 @@ def _check_call(fn, spec, cls, params, buffers, x, training, prefix):
 
 
 def _check_dy(fn, dy, shape, dtype):
-    _float_array(fn, "dy", dy)
+    check_float_array(fn, "dy", dy)
     if dy.dtype != dtype:
         raise ValueError(f"{fn}: dy has dtype {dy.dtype} but the forward's x had {dtype}")
     if dy.shape != shape:
@@ -542,26 +303,6 @@ def aspp_l_backward(dy, cache):
 
 # ---------------------------------------------------------------------------------------------
 # eval without caches
-
-
-def conv_unit_infer(x, params, buffers, prefix, rate, separable, conv="0", bn="1"):
-    """Eval ``conv_unit_forward`` without a cache: ReLU(BN(conv(x))), BN and ReLU in one pass."""
-    c, b = join(prefix, conv), join(prefix, bn)
-    if not separable:
-        return conv_bn_infer(x, params, buffers, c, b, 1, rate)
-    h = atrous_conv2d(x, params[f"{c}.0.weight"], None, rate, 1, "same", groups=x.shape[1])  # depthwise
-    check_channels("conv_unit_infer", h, params[f"{c}.1.weight"],
-                   {f"{b}.{k}": params[f"{b}.{k}"] for k in ("weight", "bias")}
-                   | {f"{b}.{k}": buffers[f"{b}.{k}"] for k in ("running_mean", "running_var")})
-    scale, shift = bn_scale_shift(params, buffers, b)
-    return conv2d_fused(h, params[f"{c}.1.weight"], scale, shift, 1, 1, 0, relu=True)
-
-
-def conv1x1_infer(x, params, name, residual=None):
-    """``conv1x1_forward`` without a cache (+ residual, added in the same pass)."""
-    b = params[f"{name}.bias"]
-    check_channels("conv1x1_infer", x, params[f"{name}.weight"], {f"{name}.bias": b})
-    return conv2d_fused(x, params[f"{name}.weight"], np.ones_like(b), b, 1, 1, 0, residual=residual)
 
 
 def aspp_infer(spec, params, buffers, x, prefix=""):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.scratch._validate import check_conv2d, conv_output_size, resolve_padding
+from minideeplab.specs.conv import check_conv2d, conv_output_size, resolve_padding
 from minideeplab.scratch._atrous_fast import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
 
 __all__ = ["conv_output_size", "resolve_padding", "atrous_conv2d_naive", "atrous_conv2d_backward_naive",

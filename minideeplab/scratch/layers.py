@@ -24,7 +24,9 @@ import numpy as np
 
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
 from minideeplab.scratch._atrous_fast import _tap_range
-from minideeplab.scratch._validate import FLOAT_DTYPES, _is_int, check_conv2d
+from minideeplab.specs.checks import (check_flag, check_float_array, check_int, check_real, check_shape,
+                                      is_int)
+from minideeplab.specs.conv import check_conv2d
 
 __all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "relu_backward",
            "MaxPoolCache", "pool_output_size", "max_pool2d", "max_pool2d_backward", "max_pool2d_infer",
@@ -37,54 +39,9 @@ __all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "r
 # argument checks: ValueError naming the function, the argument, what was received and what was expected
 
 
-def _float_array(fn, name, a, ndim=None, layout="", like=None):
-    """``a`` must be a float32/float64 numpy array with ``ndim`` axes (``layout`` says which), none
-    empty; with ``like=(other_name, other_array)`` it must also have the other's dtype."""
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
-    if like is None:
-        if a.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected float32 or float64")
-    elif a.dtype != like[1].dtype:
-        raise ValueError(f"{fn}: {name} has dtype {a.dtype} but {like[0]} has dtype {like[1].dtype}; "
-                         f"they must share one dtype (float32 or float64)")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {a.shape}")
-    if 0 in a.shape:
-        raise ValueError(f"{fn}: {name} has an empty axis, shape {a.shape}")
-
-
 def _same_shape(fn, name, a, expected, what):
     if a.shape != tuple(expected):
         raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {tuple(expected)} ({what})")
-
-
-def _int(fn, name, v, lo):
-    if not _is_int(v) or v < lo:
-        raise ValueError(f"{fn}: {name} must be an int >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _bool(fn, name, v):
-    if not isinstance(v, (bool, np.bool_)):
-        raise ValueError(f"{fn}: {name} must be True or False, got {v!r}")
-    return bool(v)
-
-
-def _real(fn, name, v, lo, hi, hi_open=False):
-    """A number in [lo, hi] (or [lo, hi) with ``hi_open``)."""
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-    if not ok or not (lo <= v and (v < hi if hi_open else v <= hi)):
-        raise ValueError(f"{fn}: {name} must be a number in [{lo}, {hi}{')' if hi_open else ']'}, got {v!r}")
-    return float(v)
-
-
-def _shape_arg(fn, name, shape, n):
-    """A shape argument: a tuple/list of ``n`` ints >= 1."""
-    if (not isinstance(shape, (tuple, list)) or len(shape) != n
-            or not all(_is_int(s) and s >= 1 for s in shape)):
-        raise ValueError(f"{fn}: {name} must be a tuple of {n} ints >= 1, got {shape!r}")
-    return tuple(int(s) for s in shape)
 
 
 def _cache(fn, cache, cls, maker):
@@ -119,13 +76,13 @@ def batch_norm2d(x, gamma, beta, running_mean, running_var, training, momentum=0
     eval: mean, var = running_mean, running_var, left untouched.
     """
     fn = "batch_norm2d"
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
-        _float_array(fn, name, a, like=("x", x))
+        check_float_array(fn, name, a, like=("x", x))
         _same_shape(fn, name, a, (C,), "one per channel of x")
-    training = _bool(fn, "training", training)
-    momentum = _real(fn, "momentum", momentum, 0, 1)
+    training = check_flag(fn, "training", training)
+    momentum = check_real(fn, "momentum", momentum, 0, 1)
     if not isinstance(eps, (float, int, np.floating)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"{fn}: eps must be a number > 0, got {eps!r}")
 
@@ -157,7 +114,7 @@ def batch_norm2d_backward(dy, cache):
     fn = "batch_norm2d_backward"
     _cache(fn, cache, BatchNormCache, "batch_norm2d")
     xhat, invstd, gamma, training = cache
-    _float_array(fn, "dy", dy, like=("the forward's x", xhat))
+    check_float_array(fn, "dy", dy, like=("the forward's x", xhat))
     _same_shape(fn, "dy", dy, xhat.shape, "the forward's output shape")
     dbeta = dy.sum(axis=(0, 2, 3))
     dgamma = (dy * xhat).sum(axis=(0, 2, 3))
@@ -174,15 +131,15 @@ def batch_norm2d_backward(dy, cache):
 
 def relu(x):
     """max(x, 0), any shape."""
-    _float_array("relu", "x", x)
+    check_float_array("relu", "x", x)
     return np.maximum(x, x.dtype.type(0))
 
 
 def relu_backward(dy, x):
     """dy, x (the forward's input), same shape -> dx = dy where x > 0, else 0 (0 at x == 0, as torch)."""
     fn = "relu_backward"
-    _float_array(fn, "x", x)
-    _float_array(fn, "dy", dy, like=("x", x))
+    check_float_array(fn, "x", x)
+    check_float_array(fn, "dy", dy, like=("x", x))
     _same_shape(fn, "dy", dy, x.shape, "the shape of x")
     return np.where(x > 0, dy, dy.dtype.type(0))
 
@@ -202,8 +159,8 @@ class MaxPoolCache(NamedTuple):
 def pool_output_size(size, kernel, stride, padding, ceil_mode=False, fn="pool_output_size") -> int:
     """Output length of one axis, as torch: (size + 2p - kernel) / stride + 1 rounded down, or up with
     ``ceil_mode`` except that a last window starting in the right padding is dropped."""
-    size, kernel, stride = _int(fn, "size", size, 1), _int(fn, "kernel", kernel, 1), _int(fn, "stride", stride, 1)
-    padding, ceil_mode = _int(fn, "padding", padding, 0), _bool(fn, "ceil_mode", ceil_mode)
+    size, kernel, stride = check_int(fn, "size", size, 1), check_int(fn, "kernel", kernel, 1), check_int(fn, "stride", stride, 1)
+    padding, ceil_mode = check_int(fn, "padding", padding, 0), check_flag(fn, "ceil_mode", ceil_mode)
     if padding > kernel // 2:
         raise ValueError(f"{fn}: padding must be at most kernel // 2 = {kernel // 2} (as torch), got {padding}")
     span = size + 2 * padding - kernel
@@ -222,7 +179,7 @@ def max_pool2d(x, kernel=3, stride=2, padding=1, ceil_mode=False):
     and a NaN wins (the last NaN of the window), as in torch.
     """
     fn = "max_pool2d"
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     Ho = pool_output_size(H, kernel, stride, padding, ceil_mode, fn)
     Wo = pool_output_size(W, kernel, stride, padding, ceil_mode, fn)
@@ -255,7 +212,7 @@ def max_pool2d_infer(x, kernel=3, stride=2, padding=1, ceil_mode=False):
     """``max_pool2d``'s y alone (for eval: no argmax to record): x (N, C, H, W) -> (N, C, Ho, Wo).
     One ``np.maximum`` per kernel tap over the outputs whose window tap is real input (NaN wins)."""
     fn = "max_pool2d_infer"
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     Ho = pool_output_size(H, kernel, stride, padding, ceil_mode, fn)
     Wo = pool_output_size(W, kernel, stride, padding, ceil_mode, fn)
@@ -278,7 +235,7 @@ def max_pool2d_backward(dy, cache):
     overlapping windows picked the same pixel)."""
     fn = "max_pool2d_backward"
     _cache(fn, cache, MaxPoolCache, "max_pool2d")
-    _float_array(fn, "dy", dy)
+    check_float_array(fn, "dy", dy)
     _same_shape(fn, "dy", dy, cache.indices.shape, "the forward's output shape")
     N, C, H, W = cache.input_shape
     dx = np.zeros((N * C, H * W), dtype=dy.dtype)
@@ -293,15 +250,15 @@ def max_pool2d_backward(dy, cache):
 
 def global_avg_pool(x):
     """Mean over (H, W). x (N, C, H, W) -> (N, C, 1, 1)."""
-    _float_array("global_avg_pool", "x", x, 4, "(N, C, H, W)")
+    check_float_array("global_avg_pool", "x", x, 4, "(N, C, H, W)")
     return x.mean(axis=(2, 3), keepdims=True)
 
 
 def global_avg_pool_backward(dy, input_shape):
     """dy (N, C, 1, 1), input_shape (N, C, H, W) -> dx (N, C, H, W) = dy / (H*W) everywhere."""
     fn = "global_avg_pool_backward"
-    N, C, H, W = _shape_arg(fn, "input_shape", input_shape, 4)
-    _float_array(fn, "dy", dy)
+    N, C, H, W = check_shape(fn, "input_shape", input_shape, 4)
+    check_float_array(fn, "dy", dy)
     _same_shape(fn, "dy", dy, (N, C, 1, 1), "the forward's output shape for input_shape")
     return np.broadcast_to(dy / (H * W), (N, C, H, W)).copy()
 
@@ -331,8 +288,8 @@ def bilinear_matrix(in_size, out_size, align_corners) -> np.ndarray:
     and mixes its two neighbours floor(src) and floor(src) + 1 (clamped at in - 1) linearly.
     """
     fn = "bilinear_matrix"
-    in_size, out_size = _int(fn, "in_size", in_size, 1), _int(fn, "out_size", out_size, 1)
-    align_corners = _bool(fn, "align_corners", align_corners)
+    in_size, out_size = check_int(fn, "in_size", in_size, 1), check_int(fn, "out_size", out_size, 1)
+    align_corners = check_flag(fn, "align_corners", align_corners)
     i0, i1, w1 = _bilinear_taps(in_size, out_size, align_corners)
     A = np.zeros((out_size, in_size))
     rows = np.arange(out_size)
@@ -345,9 +302,9 @@ def resize_bilinear(x, size, align_corners):
     """x (N, C, H, W), size (Ho, Wo) -> y (N, C, Ho, Wo) = Ah @ x @ Aw^T, as
     ``F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`` (no antialiasing)."""
     fn = "resize_bilinear"
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
-    Ho, Wo = _shape_arg(fn, "size", size, 2)
-    align_corners = _bool(fn, "align_corners", align_corners)
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
+    Ho, Wo = check_shape(fn, "size", size, 2)
+    align_corners = check_flag(fn, "align_corners", align_corners)
     Ah = bilinear_matrix(x.shape[2], Ho, align_corners).astype(x.dtype)
     Aw = bilinear_matrix(x.shape[3], Wo, align_corners).astype(x.dtype)
     return Ah @ x @ Aw.T
@@ -379,9 +336,9 @@ def resize_bilinear_infer(x, size, align_corners):
     it, as in torch (the matrices' 0 * inf spreads it along whole rows and columns). Under
     NUMBA_DISABLE_JIT the same two steps run as whole-array NumPy (the loop would run per pixel in Python)."""
     fn = "resize_bilinear_infer"
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
-    Ho, Wo = _shape_arg(fn, "size", size, 2)
-    align_corners = _bool(fn, "align_corners", align_corners)
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
+    Ho, Wo = check_shape(fn, "size", size, 2)
+    align_corners = check_flag(fn, "align_corners", align_corners)
     i0, i1, wy = _bilinear_taps(x.shape[2], Ho, align_corners)
     j0, j1, wx = _bilinear_taps(x.shape[3], Wo, align_corners)
     one = x.dtype.type(1)
@@ -397,11 +354,11 @@ def resize_bilinear_infer(x, size, align_corners):
 def resize_bilinear_backward(dy, input_shape, align_corners):
     """dy (N, C, Ho, Wo), input_shape (N, C, H, W) -> dx (N, C, H, W) = Ah^T @ dy @ Aw."""
     fn = "resize_bilinear_backward"
-    N, C, H, W = _shape_arg(fn, "input_shape", input_shape, 4)
-    _float_array(fn, "dy", dy, 4, "(N, C, Ho, Wo)")
+    N, C, H, W = check_shape(fn, "input_shape", input_shape, 4)
+    check_float_array(fn, "dy", dy, 4, "(N, C, Ho, Wo)")
     if dy.shape[:2] != (N, C):
         raise ValueError(f"{fn}: dy has shape {dy.shape}, expected (N, C) = {(N, C)} as in input_shape")
-    align_corners = _bool(fn, "align_corners", align_corners)
+    align_corners = check_flag(fn, "align_corners", align_corners)
     Ah = bilinear_matrix(H, dy.shape[2], align_corners).astype(dy.dtype)
     Aw = bilinear_matrix(W, dy.shape[3], align_corners).astype(dy.dtype)
     return Ah.T @ dy @ Aw
@@ -418,13 +375,13 @@ def concat(xs, axis=1):
     if not isinstance(xs, (list, tuple)) or len(xs) == 0:
         raise ValueError(f"{fn}: xs must be a non-empty list of arrays, got {type(xs).__name__}"
                          + (" of length 0" if isinstance(xs, (list, tuple)) else ""))
-    _float_array(fn, "xs[0]", xs[0])
+    check_float_array(fn, "xs[0]", xs[0])
     nd = xs[0].ndim
-    if not _is_int(axis) or not -nd <= axis < nd:
+    if not is_int(axis) or not -nd <= axis < nd:
         raise ValueError(f"{fn}: axis must be an int in [{-nd}, {nd}) for {nd}-D arrays, got {axis!r}")
     axis = int(axis) % nd
     for i, a in enumerate(xs[1:], start=1):
-        _float_array(fn, f"xs[{i}]", a, like=("xs[0]", xs[0]))
+        check_float_array(fn, f"xs[{i}]", a, like=("xs[0]", xs[0]))
         if a.ndim != nd or any(a.shape[d] != xs[0].shape[d] for d in range(nd) if d != axis):
             expected = ", ".join("*" if d == axis else str(n) for d, n in enumerate(xs[0].shape))
             raise ValueError(f"{fn}: xs[{i}] has shape {a.shape}, expected ({expected}) "
@@ -435,12 +392,12 @@ def concat(xs, axis=1):
 def concat_backward(dy, sizes, axis=1):
     """Split dy back: sizes (the C_i of the inputs) -> a list of arrays, the i-th of size sizes[i] on ``axis``."""
     fn = "concat_backward"
-    _float_array(fn, "dy", dy)
+    check_float_array(fn, "dy", dy)
     nd = dy.ndim
-    if not _is_int(axis) or not -nd <= axis < nd:
+    if not is_int(axis) or not -nd <= axis < nd:
         raise ValueError(f"{fn}: axis must be an int in [{-nd}, {nd}) for {nd}-D dy, got {axis!r}")
     if (not isinstance(sizes, (list, tuple)) or len(sizes) == 0
-            or not all(_is_int(s) and s >= 1 for s in sizes)):
+            or not all(is_int(s) and s >= 1 for s in sizes)):
         raise ValueError(f"{fn}: sizes must be a non-empty list of ints >= 1, got {sizes!r}")
     if sum(sizes) != dy.shape[axis]:
         raise ValueError(f"{fn}: sizes {list(sizes)} add up to {sum(sizes)}, but dy has shape {dy.shape}, "
@@ -460,9 +417,9 @@ def dropout(x, p, training, rng):
     mask holds 0 or 1 / (1 - p) in x's dtype; mask is None in eval.
     """
     fn = "dropout"
-    _float_array(fn, "x", x)
-    p = _real(fn, "p", p, 0, 1, hi_open=True)
-    if not _bool(fn, "training", training):
+    check_float_array(fn, "x", x)
+    p = check_real(fn, "p", p, 0, 1, hi_open=True)
+    if not check_flag(fn, "training", training):
         return x.copy(), None
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{fn}: rng must be a numpy.random.Generator (np.random.default_rng(seed)) "
@@ -475,10 +432,10 @@ def dropout(x, p, training, rng):
 def dropout_backward(dy, mask):
     """dy and the forward's mask (same shape, or None for eval) -> dx = dy * mask."""
     fn = "dropout_backward"
-    _float_array(fn, "dy", dy)
+    check_float_array(fn, "dy", dy)
     if mask is None:
         return dy.copy()
-    _float_array(fn, "mask", mask, like=("dy", dy))
+    check_float_array(fn, "mask", mask, like=("dy", dy))
     _same_shape(fn, "mask", mask, dy.shape, "the shape of dy")
     return dy * mask
 
@@ -488,9 +445,9 @@ def dropout_backward(dy, mask):
 
 
 def _check_separable(fn, x, depthwise_weight, pointwise_weight, rate, padding, stride, dout=None):
-    _float_array(fn, "x", x, 4, "(N, C, H, W)")
-    _float_array(fn, "depthwise_weight", depthwise_weight, 4, "(C, 1, kh, kw)", like=("x", x))
-    _float_array(fn, "pointwise_weight", pointwise_weight, 4, "(Cout, C, 1, 1)", like=("x", x))
+    check_float_array(fn, "x", x, 4, "(N, C, H, W)")
+    check_float_array(fn, "depthwise_weight", depthwise_weight, 4, "(C, 1, kh, kw)", like=("x", x))
+    check_float_array(fn, "pointwise_weight", pointwise_weight, 4, "(Cout, C, 1, 1)", like=("x", x))
     N, C = x.shape[:2]
     dw, pw = depthwise_weight.shape, pointwise_weight.shape
     if dw[:2] != (C, 1):
@@ -501,7 +458,7 @@ def _check_separable(fn, x, depthwise_weight, pointwise_weight, rate, padding, s
     # rate, stride, padding and the output size: the depthwise conv's checks
     g = check_conv2d(fn, x, depthwise_weight, None, rate, stride, padding, groups=C)
     if dout is not None:
-        _float_array(fn, "dout", dout, like=("x", x))
+        check_float_array(fn, "dout", dout, like=("x", x))
         _same_shape(fn, "dout", dout, (N, pw[0], g.Ho, g.Wo), "the forward's output shape")
 
 
@@ -544,14 +501,14 @@ def softmax_cross_entropy(logits, target, ignore_index=255):
     log softmax = logits - max - log(sum(exp(logits - max))): no overflow.
     """
     fn = "softmax_cross_entropy"
-    _float_array(fn, "logits", logits, 4, "(N, C, H, W)")
+    check_float_array(fn, "logits", logits, 4, "(N, C, H, W)")
     N, C, H, W = logits.shape
     if not isinstance(target, np.ndarray):
         raise ValueError(f"{fn}: target must be a numpy array, got {type(target).__name__}")
     if not np.issubdtype(target.dtype, np.integer):
         raise ValueError(f"{fn}: target has dtype {target.dtype}, expected an integer dtype (class labels)")
     _same_shape(fn, "target", target, (N, H, W), "(N, H, W) of logits")
-    if not _is_int(ignore_index):
+    if not is_int(ignore_index):
         raise ValueError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
     t = target.astype(np.int64)
     counted = t != ignore_index

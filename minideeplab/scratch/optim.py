@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.scratch.backbone import _names
+from minideeplab.specs.checks import check_real, names
 
 __all__ = ["sgd_step"]
 
@@ -22,8 +22,7 @@ def sgd_step(params, grads, lr, momentum=0.0, weight_decay=0.0, state=None):
     """
     fn = "sgd_step"
     for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)) or not v >= 0:
-            raise ValueError(f"{fn}: {name} must be a number >= 0, got {v!r}")
+        check_real(fn, name, v, 0)
     if not isinstance(params, dict) or not isinstance(grads, dict):
         raise ValueError(f"{fn}: params and grads must be dicts of numpy arrays, got "
                          f"{type(params).__name__} and {type(grads).__name__}")
@@ -32,7 +31,7 @@ def sgd_step(params, grads, lr, momentum=0.0, weight_decay=0.0, state=None):
         raise ValueError(f"{fn}: state must be None or the dict returned by the previous step, got {type(state).__name__}")
     unknown = [k for k in grads if k not in params]
     if unknown:
-        raise ValueError(f"{fn}: grads has keys that are not in params: {_names(unknown)}")
+        raise ValueError(f"{fn}: grads has keys that are not in params: {names(unknown)}")
     for k, g in grads.items():
         p = params[k]
         if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch._validate import _is_int, resolve_padding
+from minideeplab.specs.checks import is_int
+from minideeplab.specs.conv import resolve_padding
 
 
 class RF(NamedTuple):
@@ -63,7 +64,7 @@ def as_layers(layers, padding="same") -> list[Layer]:
         k, s, r = layer[:3]
         p = layer[3] if len(layer) == 4 else padding
         for name, v in (("kernel", k), ("stride", s), ("rate", r)):
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"layer {i} {tuple(layer)!r}: {name} must be an int >= 1, got {v!r}")
         p = resolve_padding(p, int(k), int(r), fn=f"layer {i} {tuple(layer)!r}")
         out.append(Layer(int(k), int(s), int(r), p))
@@ -73,7 +74,7 @@ def as_layers(layers, padding="same") -> list[Layer]:
 def effective_kernel_size(kernel: int, rate: int = 1) -> int:
     """Input pixels spanned by one dilated kernel: rate*(kernel-1) + 1."""
     for name, v in (("kernel", kernel), ("rate", rate)):
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"effective_kernel_size: {name} must be an int >= 1, got {v!r}")
     return rate * (kernel - 1) + 1
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.scratch.backbone import ResNet
+from minideeplab.specs.backbone import ResNet
 
 
 def resnet_layers(spec: ResNet) -> list[tuple[int, int, int]]:

@@ -288,7 +288,7 @@ def _aspp_case(shape, cout, rates, dtype, seed):
 
     from minideeplab.reference.aspp import ASPPModule
     from minideeplab.reference.backbone import params_from_torch
-    from minideeplab.scratch.aspp import ASPP  # the spec (a dataclass of sizes) the twin is built from
+    from minideeplab.specs.aspp import ASPP  # the spec (a dataclass of sizes) the twin is built from
 
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng():

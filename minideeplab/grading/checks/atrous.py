@@ -6,7 +6,7 @@ import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad
 from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
-from minideeplab.scratch._validate import resolve_padding  # the one padding rule, shared with the reference
+from minideeplab.specs.conv import resolve_padding  # the one padding rule, shared with the reference
 
 __all__ = ["exercise_2_1", "exercise_2_2", "exercise_2_3"]
 

@@ -42,7 +42,7 @@ def _modules_plan(blocks, output_stride, convention, multi_grid):
             model, source = TVResNet(Bottleneck, list(blocks), replace_stride_with_dilation=dilate), "torchvision's"
         else:
             from minideeplab.reference.backbone import ResNetBackbone
-            from minideeplab.scratch.backbone import ResNet
+            from minideeplab.specs.backbone import ResNet
 
             spec = ResNet(DEPTH_OF_BLOCKS[blocks], output_stride, convention, multi_grid)
             model, source = ResNetBackbone(spec), "the reference twin's"
@@ -134,7 +134,7 @@ def exercise_3_1(dilation_plan):
 # ---------------------------------------------------------------------------------------- 3.2
 
 def _macs_cases():
-    from minideeplab.scratch.backbone import ResNet
+    from minideeplab.specs.backbone import ResNet
 
     return [(ResNet(50, 32), 513), (ResNet(50, 16), 513), (ResNet(50, 8), 513),
             (ResNet(101, 16, "smp", (1, 2, 4)), 321), (ResNet("mini", 8), 65), (ResNet(18, 8, "smp"), 100)]
@@ -215,7 +215,7 @@ def exercise_3_2(conv_macs):
 # ---------------------------------------------------------------------------------------- 3.3
 
 def _footprint_cases():
-    from minideeplab.scratch.backbone import ResNet
+    from minideeplab.specs.backbone import ResNet
 
     return [(ResNet("mini", 16), ("layer4",)), (ResNet("mini", 16, "smp"), ("layer4",)),
             (ResNet("mini", 16, multi_grid=(1, 2, 4)), ("layer4",)), (ResNet("mini", 32), ("layer3", "layer4")),

@@ -1,4 +1,5 @@
-"""Argument checks and geometry shared by every atrous convolution (scratch and reference).
+"""The geometry of a convolution and the checks of its arguments, shared by every atrous convolution
+(scratch and reference).
 
 Keeping the padding rule and the output-size formula here, in one place, means the
 naive loops, the fast kernels and the PyTorch twin cannot disagree on them.
@@ -10,11 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from minideeplab.specs.checks import FLOAT_DTYPES, is_int
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+__all__ = ["resolve_padding", "conv_output_size", "output_size", "ConvGeometry", "check_conv2d"]
 
 
 def resolve_padding(padding, kernel: int, rate: int = 1, fn: str = "atrous_conv2d") -> int:
@@ -27,7 +26,7 @@ def resolve_padding(padding, kernel: int, rate: int = 1, fn: str = "atrous_conv2
                 raise ValueError(f"{fn}: padding='same' needs an odd kernel size, got kernel size {kernel} "
                                  f"(use padding='valid' or an int)")
             return rate * (kernel - 1) // 2
-    elif _is_int(padding) and padding >= 0:
+    elif is_int(padding) and padding >= 0:
         return int(padding)
     raise ValueError(f"{fn}: padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
 
@@ -35,13 +34,14 @@ def resolve_padding(padding, kernel: int, rate: int = 1, fn: str = "atrous_conv2
 def conv_output_size(size: int, kernel: int, rate: int = 1, stride: int = 1, padding="same") -> int:
     """Output length of one axis: floor((size + 2p - rate*(kernel-1) - 1) / stride) + 1."""
     for name, v, lo in (("size", size, 1), ("kernel", kernel, 1), ("rate", rate, 1), ("stride", stride, 1)):
-        if not _is_int(v) or v < lo:
+        if not is_int(v) or v < lo:
             raise ValueError(f"conv_output_size: {name} must be an int >= {lo}, got {v!r}")
     p = resolve_padding(padding, kernel, rate, "conv_output_size")
-    return _output_size(size, kernel, rate, stride, p, padding, "conv_output_size", "size")
+    return output_size(size, kernel, rate, stride, p, padding, "conv_output_size", "size")
 
 
-def _output_size(size, k, rate, stride, p, padding, fn, axis) -> int:
+def output_size(size, k, rate, stride, p, padding, fn, axis) -> int:
+    """Output length of one axis with padding p resolved; fn, padding and axis name it in the error."""
     footprint = rate * (k - 1) + 1  # the dilated kernel spans this many input pixels
     if footprint > size + 2 * p:
         raise ValueError(f"{fn}: kernel footprint rate*(k-1)+1 = {footprint} (rate={rate}, k={k}) is larger "
@@ -50,6 +50,8 @@ def _output_size(size, k, rate, stride, p, padding, fn, axis) -> int:
 
 
 class ConvGeometry(NamedTuple):
+    """The sizes of one conv: input (N, C, H, W), weight (Cout, C/groups, kh, kw), padding, output (Ho, Wo)."""
+
     N: int
     C: int
     H: int
@@ -88,7 +90,7 @@ def check_conv2d(fn, x, weight, bias=None, rate=1, stride=1, padding="same", gro
         if 0 in a.shape:
             raise ValueError(f"{fn}: {name} has an empty axis, shape {a.shape}")
     for name, v in (("rate", rate), ("stride", stride), ("groups", groups)):
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"{fn}: {name} must be an int >= 1, got {v!r}")
     rate, stride, groups = int(rate), int(stride), int(groups)
 
@@ -106,8 +108,8 @@ def check_conv2d(fn, x, weight, bias=None, rate=1, stride=1, padding="same", gro
 
     ph = resolve_padding(padding, kh, rate, fn)
     pw = resolve_padding(padding, kw, rate, fn)
-    Ho = _output_size(H, kh, rate, stride, ph, padding, fn, "height of x")
-    Wo = _output_size(W, kw, rate, stride, pw, padding, fn, "width of x")
+    Ho = output_size(H, kh, rate, stride, ph, padding, fn, "height of x")
+    Wo = output_size(W, kw, rate, stride, pw, padding, fn, "width of x")
     if dout is not None and dout.shape != (N, Cout, Ho, Wo):
         raise ValueError(f"{fn}: dout has shape {dout.shape}, expected the forward output shape "
                          f"{(N, Cout, Ho, Wo)}")

@@ -1,0 +1,80 @@
+"""PyTorch twins of ``minideeplab.scratch.heads``: one ``nn.Module`` per head spec, whose ``state_dict`` keys
+below the step's name are the scratch unit's parameter names, and whose forward takes the step's inputs
+(``module(*xs)``). ``MODULES`` is the registry, the twin of ``scratch.heads.UNITS``: spec type -> a callable
+that builds the module from the spec."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minideeplab.reference.aspp import ASPPLModule, ASPPModule, Dropout, conv_unit
+from minideeplab.specs.aspp import ASPP, ASPPL
+from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
+
+__all__ = ["LargeFOVHeadModule", "DeepLabHeadModule", "FCNHeadModule", "DecoderModule", "classifier_module",
+           "MODULES"]
+
+
+class LargeFOVHeadModule(nn.Module):
+    """v1: ``drop7`` (Dropout) -> ``fc8`` (1x1 with bias to the classes)."""
+
+    def __init__(self, spec: LargeFOVHead):
+        super().__init__()
+        self.drop7 = Dropout(spec.dropout)
+        self.fc8 = nn.Conv2d(spec.in_channels, spec.num_classes, 1)
+
+    def forward(self, x):
+        return self.fc8(self.drop7(x))
+
+
+class DeepLabHeadModule(nn.Sequential):
+    """v3, torchvision's ``DeepLabHead``: ASPP (.0), 3x3 conv (.1), BN (.2), ReLU (.3), 1x1 to the classes (.4)."""
+
+    def __init__(self, spec: DeepLabHead):
+        a = spec.aspp.out_channels
+        super().__init__(ASPPModule(spec.aspp), nn.Conv2d(a, a, 3, padding=1, bias=False), nn.BatchNorm2d(a),
+                         nn.ReLU(), nn.Conv2d(a, spec.num_classes, 1))
+
+
+class FCNHeadModule(nn.Sequential):
+    """v3's aux head, torchvision's ``FCNHead``: 3x3 conv (.0), BN (.1), ReLU (.2), Dropout (.3), 1x1 (.4)."""
+
+    def __init__(self, spec: FCNHead):
+        c = spec.channels
+        super().__init__(nn.Conv2d(spec.in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                         Dropout(spec.dropout), nn.Conv2d(c, spec.num_classes, 1))
+
+
+class DecoderModule(nn.Module):
+    """v3+: ``low_level`` 1x1 projection (+ BN, ReLU), ``fuse``: 3x3 conv units after the concat (layout
+    "paper": two); or (layout "smp") ``aspp_conv``, a 3x3 unit on the ASPP output before the upsampling, and
+    one fuse unit. forward(aspp, low_level) -> (N, channels, H/4, W/4)."""
+
+    def __init__(self, spec: Decoder):
+        super().__init__()
+        self.spec = spec
+        a, low, d, sep = spec.aspp_channels, spec.low_level_channels, spec.channels, spec.separable
+        self.aspp_conv = conv_unit(a, a, 3, 1, sep) if spec.aspp_conv else None
+        self.low_level = conv_unit(spec.low_level_in, low, 1)
+        self.fuse = nn.ModuleList([conv_unit(d if i else a + low, d, 3, 1, sep) for i in range(spec.n_fuse)])
+
+    def forward(self, a, low):
+        if self.aspp_conv is not None:
+            a = self.aspp_conv(a)
+        up = F.interpolate(a, size=low.shape[-2:], mode="bilinear", align_corners=self.spec.align_corners)
+        h = torch.cat([up, self.low_level(low)], dim=1)
+        for unit in self.fuse:
+            h = unit(h)
+        return h
+
+
+def classifier_module(spec: Classifier) -> nn.Conv2d:
+    """A 1x1 conv with bias to the classes."""
+    return nn.Conv2d(spec.in_channels, spec.num_classes, 1)
+
+
+# the registry: a head spec's type -> its twin's builder (scratch.heads.UNITS's twin)
+MODULES = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
+           FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module}

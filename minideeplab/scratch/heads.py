@@ -1,0 +1,279 @@
+"""The heads of the DeepLab family from scratch, forward and backward: one ``Unit`` per head spec
+(``minideeplab.specs.heads``, and ``specs.aspp``'s ASPP and ASPP-L), each four functions with one signature:
+
+    shapes(spec, prefix) -> (params, buffers)              name -> shape, the twin's state_dict order
+    forward(spec, params, buffers, xs, training, rng, prefix, fn) -> (y, cache)
+    backward(dy, cache) -> (dxs, grads)                     dxs: one gradient per input, grads keyed like params
+    infer(spec, params, buffers, xs, prefix) -> y          eval without caches
+
+``xs`` is the tuple of the step's inputs (one array, or the decoder's (aspp, low_level)), NCHW; ``prefix`` the
+step's module name (its parameters' state_dict prefix); ``fn`` names the public function called, for errors.
+A cache's ``masks`` are the dropout masks it drew, by the twin's module names. The PyTorch twins are in
+``minideeplab.reference.heads``; ``minideeplab.scratch.deeplab`` composes them with a backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from minideeplab.scratch import aspp as _aspp
+from minideeplab.scratch.layers import (concat, concat_backward, dropout_backward, resize_bilinear,
+                                        resize_bilinear_backward, resize_bilinear_infer)
+from minideeplab.scratch.params import conv_unit_shapes, join
+from minideeplab.scratch.units import (conv1x1_backward, conv1x1_forward, conv1x1_infer, conv_unit_backward,
+                                       conv_unit_forward, conv_unit_infer, maybe_dropout)
+from minideeplab.specs.aspp import ASPP, ASPPL
+from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
+
+__all__ = ["Unit", "HeadCache", "UNITS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
+           "CLASSIFIER"]
+
+
+class Unit(NamedTuple):
+    """A head's four functions (see the module's docstring)."""
+
+    shapes: Callable
+    forward: Callable
+    backward: Callable
+    infer: Callable
+
+
+class HeadCache(NamedTuple):
+    """What a head's backward needs: its parts' caches by name, and the dropout masks it drew."""
+
+    parts: dict
+    masks: dict
+
+
+def _conv1x1_shapes(params, name, cin, cout):
+    params[f"{name}.weight"], params[f"{name}.bias"] = (cout, cin, 1, 1), (cout,)
+
+
+def _dropout(x, p, training, rng, fn, name, masks):
+    h, mask = maybe_dropout(x, p, training, rng, fn)
+    if mask is not None:
+        masks[name] = mask
+    return h
+
+
+def _undropout(dh, masks, name):
+    mask = masks.get(name)
+    return dh if mask is None else dropout_backward(dh, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# ASPP (v3, v3+) and ASPP-L (v2): the functions of ``scratch.aspp``, in the Unit signature
+
+
+ASPP_UNIT = Unit(
+    shapes=lambda spec, prefix: _aspp.parameter_shapes(spec, prefix),
+    forward=lambda spec, params, buffers, xs, training, rng, prefix, fn:
+        _aspp.aspp_forward(spec, params, buffers, xs[0], training, rng, prefix),
+    backward=lambda dy, cache: (lambda dx, g: ((dx,), g))(*_aspp.aspp_backward(dy, cache)),
+    infer=lambda spec, params, buffers, xs, prefix: _aspp.aspp_infer(spec, params, buffers, xs[0], prefix))
+
+ASPPL_UNIT = Unit(
+    shapes=lambda spec, prefix: _aspp.parameter_shapes(spec, prefix),
+    forward=lambda spec, params, buffers, xs, training, rng, prefix, fn:
+        _aspp.aspp_l_forward(spec, params, {}, xs[0], training, rng, prefix),
+    backward=lambda dy, cache: (lambda dx, g: ((dx,), g))(*_aspp.aspp_l_backward(dy, cache)),
+    infer=lambda spec, params, buffers, xs, prefix: _aspp.aspp_l_infer(spec, params, {}, xs[0], prefix))
+
+
+# ---------------------------------------------------------------------------------------------
+# v1: LargeFOV's classifier, drop7 -> fc8
+
+
+def large_fov_shapes(spec: LargeFOVHead, prefix):
+    params = {}
+    _conv1x1_shapes(params, join(prefix, "fc8"), spec.in_channels, spec.num_classes)
+    return params, {}
+
+
+def large_fov_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    masks = {}
+    h = _dropout(xs[0], spec.dropout, training, rng, fn, join(prefix, "drop7"), masks)
+    s, c = conv1x1_forward(h, params, join(prefix, "fc8"))
+    return s, HeadCache({"fc8": c, "prefix": prefix}, masks)
+
+
+def large_fov_backward(ds, cache):
+    dh, grads = conv1x1_backward(ds, cache.parts["fc8"])
+    return (_undropout(dh, cache.masks, join(cache.parts["prefix"], "drop7")),), grads
+
+
+def large_fov_infer(spec, params, buffers, xs, prefix):
+    return conv1x1_infer(xs[0], params, join(prefix, "fc8"))
+
+
+LARGE_FOV = Unit(large_fov_shapes, large_fov_forward, large_fov_backward, large_fov_infer)
+
+
+# ---------------------------------------------------------------------------------------------
+# v3: torchvision's DeepLabHead, ASPP (.0) -> 3x3 conv (.1), BN (.2), ReLU -> 1x1 (.4)
+
+
+def deeplab_head_shapes(spec: DeepLabHead, prefix):
+    params, buffers = _aspp.parameter_shapes(spec.aspp, join(prefix, "0"))
+    a = spec.aspp.out_channels
+    conv_unit_shapes(params, buffers, prefix, a, a, 3, conv="1", bn="2")
+    _conv1x1_shapes(params, join(prefix, "4"), a, spec.num_classes)
+    return params, buffers
+
+
+def deeplab_head_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    a, c_aspp = _aspp.aspp_forward(spec.aspp, params, buffers, xs[0], training, rng, join(prefix, "0"))
+    h, c_conv = conv_unit_forward(a, params, buffers, prefix, 1, False, training, conv="1", bn="2")
+    s, c_cls = conv1x1_forward(h, params, join(prefix, "4"))
+    return s, HeadCache({"aspp": c_aspp, "conv": c_conv, "classifier": c_cls}, c_aspp.masks)
+
+
+def deeplab_head_backward(ds, cache):
+    c = cache.parts
+    grads = {}
+    dh, g = conv1x1_backward(ds, c["classifier"])
+    grads.update(g)
+    dh, g = conv_unit_backward(dh, c["conv"])
+    grads.update(g)
+    dx, g = _aspp.aspp_backward(dh, c["aspp"])
+    grads.update(g)
+    return (dx,), grads
+
+
+def deeplab_head_infer(spec, params, buffers, xs, prefix):
+    a = _aspp.aspp_infer(spec.aspp, params, buffers, xs[0], join(prefix, "0"))
+    h = conv_unit_infer(a, params, buffers, prefix, 1, False, conv="1", bn="2")
+    return conv1x1_infer(h, params, join(prefix, "4"))
+
+
+DEEPLAB_HEAD = Unit(deeplab_head_shapes, deeplab_head_forward, deeplab_head_backward, deeplab_head_infer)
+
+
+# ---------------------------------------------------------------------------------------------
+# v3's auxiliary head: torchvision's FCNHead, 3x3 conv (.0), BN (.1), ReLU, dropout (.3), 1x1 (.4)
+
+
+def fcn_head_shapes(spec: FCNHead, prefix):
+    params, buffers = {}, {}
+    conv_unit_shapes(params, buffers, prefix, spec.in_channels, spec.channels, 3)
+    _conv1x1_shapes(params, join(prefix, "4"), spec.channels, spec.num_classes)
+    return params, buffers
+
+
+def fcn_head_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    masks = {}
+    h, c_conv = conv_unit_forward(xs[0], params, buffers, prefix, 1, False, training)
+    h = _dropout(h, spec.dropout, training, rng, fn, join(prefix, "3"), masks)
+    s, c_cls = conv1x1_forward(h, params, join(prefix, "4"))
+    return s, HeadCache({"conv": c_conv, "classifier": c_cls, "prefix": prefix}, masks)
+
+
+def fcn_head_backward(ds, cache):
+    c = cache.parts
+    dh, grads = conv1x1_backward(ds, c["classifier"])
+    dh = _undropout(dh, cache.masks, join(c["prefix"], "3"))
+    dx, g = conv_unit_backward(dh, c["conv"])
+    grads.update(g)
+    return (dx,), grads
+
+
+def fcn_head_infer(spec, params, buffers, xs, prefix):
+    h = conv_unit_infer(xs[0], params, buffers, prefix, 1, False)
+    return conv1x1_infer(h, params, join(prefix, "4"))
+
+
+FCN_HEAD = Unit(fcn_head_shapes, fcn_head_forward, fcn_head_backward, fcn_head_infer)
+
+
+# ---------------------------------------------------------------------------------------------
+# v3+'s decoder: (aspp, low_level) -> (aspp_conv ->) upsample, concat with low_level's projection -> fuse
+
+
+def decoder_shapes(spec: Decoder, prefix):
+    params, buffers = {}, {}
+    a, low, d, sep = spec.aspp_channels, spec.low_level_channels, spec.channels, spec.separable
+    if spec.aspp_conv:
+        conv_unit_shapes(params, buffers, join(prefix, "aspp_conv"), a, a, 3, sep)
+    conv_unit_shapes(params, buffers, join(prefix, "low_level"), spec.low_level_in, low, 1)
+    for i in range(spec.n_fuse):
+        conv_unit_shapes(params, buffers, join(prefix, f"fuse.{i}"), d if i else a + low, d, 3, sep)
+    return params, buffers
+
+
+def decoder_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    a, low = xs
+    sep, parts = spec.separable, {"spec": spec}
+    if spec.aspp_conv:
+        a, parts["aspp_conv"] = conv_unit_forward(a, params, buffers, join(prefix, "aspp_conv"), 1, sep, training)
+    parts["aspp_shape"] = a.shape
+    up = resize_bilinear(a, low.shape[2:], spec.align_corners)
+    p, parts["low_level"] = conv_unit_forward(low, params, buffers, join(prefix, "low_level"), 1, False, training)
+    h = concat([up, p])
+    for i in range(spec.n_fuse):
+        h, parts[f"fuse.{i}"] = conv_unit_forward(h, params, buffers, join(prefix, f"fuse.{i}"), 1, sep, training)
+    return h, HeadCache(parts, {})
+
+
+def decoder_backward(dy, cache):
+    c, grads = cache.parts, {}
+    spec, dh = c["spec"], dy
+    for i in reversed(range(spec.n_fuse)):
+        dh, g = conv_unit_backward(dh, c[f"fuse.{i}"])
+        grads.update(g)
+    d_up, d_proj = concat_backward(dh, [spec.aspp_channels, spec.low_level_channels])
+    d_low, g = conv_unit_backward(d_proj, c["low_level"])
+    grads.update(g)
+    da = resize_bilinear_backward(d_up, c["aspp_shape"], spec.align_corners)
+    if spec.aspp_conv:
+        da, g = conv_unit_backward(da, c["aspp_conv"])
+        grads.update(g)
+    return (da, d_low), grads
+
+
+def decoder_infer(spec, params, buffers, xs, prefix):
+    a, low = xs
+    sep = spec.separable
+    if spec.aspp_conv:
+        a = conv_unit_infer(a, params, buffers, join(prefix, "aspp_conv"), 1, sep)
+    up = resize_bilinear_infer(a, low.shape[2:], spec.align_corners)
+    h = np.concatenate([up, conv_unit_infer(low, params, buffers, join(prefix, "low_level"), 1, False)], axis=1)
+    for i in range(spec.n_fuse):
+        h = conv_unit_infer(h, params, buffers, join(prefix, f"fuse.{i}"), 1, sep)
+    return h
+
+
+DECODER = Unit(decoder_shapes, decoder_forward, decoder_backward, decoder_infer)
+
+
+# ---------------------------------------------------------------------------------------------
+# a 1x1 conv with bias to the classes (v3+'s classifier)
+
+
+def classifier_shapes(spec: Classifier, prefix):
+    params = {}
+    _conv1x1_shapes(params, prefix, spec.in_channels, spec.num_classes)
+    return params, {}
+
+
+def classifier_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    s, c = conv1x1_forward(xs[0], params, prefix)
+    return s, HeadCache({"conv": c}, {})
+
+
+def classifier_backward(ds, cache):
+    dx, grads = conv1x1_backward(ds, cache.parts["conv"])
+    return (dx,), grads
+
+
+def classifier_infer(spec, params, buffers, xs, prefix):
+    return conv1x1_infer(xs[0], params, prefix)
+
+
+CLASSIFIER = Unit(classifier_shapes, classifier_forward, classifier_backward, classifier_infer)
+
+
+# the registry: a head spec's type -> its unit (a new head: its spec, its unit here, its twin, one line each)
+UNITS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
+         Decoder: DECODER, Classifier: CLASSIFIER}

@@ -1,0 +1,349 @@
+"""The DeepLab family as data: ``DeepLabConfig`` names a model with the papers' words, and ``MODELS``, the
+registry, says how each member is built: the backbone spec it runs (its trunk) and the ``Step``s after it.
+
+    v1      VGG-16 LargeFOV (fc6 3x3 at rate 12, fc7 1x1) -> LargeFOVHead (drop7, fc8) -> bilinear x8
+    v2      ResNet-101 at output stride 8 -> ASPP-L: per rate (6, 12, 18, 24) one 3x3 conv to the classes,
+            summed (the released DeepLab-v2 ResNet-101) -> bilinear x8; or VGG-16 up to pool5 -> ASPP-L with
+            fc6-fc7-fc8 per rate (the paper's VGG-16 ASPP-L), summed -> bilinear x8
+    v3      ResNet -> DeepLabHead (ASPP -> 3x3 conv, BN, ReLU -> 1x1 to the classes) -> bilinear to the input
+            (torchvision's ``deeplabv3_resnet50``), optionally FCNHead on layer3 (aux) for training
+    v3plus  ResNet -> ASPP -> Decoder (resize to the stride-4 ``low_level`` features, concat with their 1x1
+            projection to 48 channels, two 3x3 convs) -> Classifier (1x1) -> bilinear to the input
+
+The scratch model (``minideeplab.scratch.deeplab``) and its twin (``minideeplab.reference.deeplab``) run any
+config the same generic way: the backbone's features, then each step in order, then the "scores" resized to
+the input. A new member is one function here that returns its trunk and steps, and one entry in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+
+
+from minideeplab.specs.aspp import ASPP, ASPPL
+from minideeplab.specs.backbone import VGG, ResNet
+from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
+from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
+                                     Step)
+
+__all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
+           "MINI_HEAD", "V2_RATES", "V3_RATES", "DECODER_LAYOUTS"]
+
+
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini")
+
+DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
+
+DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
+
+V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
+
+V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
+
+AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
+
+MINI_HEAD = {"aspp_channels": 64, "low_level_channels": 12, "decoder_channels": 64}  # the paper's / 4, as the mini
+
+SCORE_STD = 0.01                                            # DeepLab's init of the class-score convs
+
+_APPLIES = {
+    "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
+    "fc_channels": ("v2",), "aux": ("v3",),
+    "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus",), "decoder_separable": ("v3plus",),
+    "decoder_layout": ("v3", "v3plus"),
+}
+
+
+def _cfg_error(msg):
+    return ValueError(f"DeepLabConfig: {msg}")
+
+
+def _backbone_name(spec) -> str:
+    if isinstance(spec, VGG):
+        return "vgg16" if spec == VGG() else "vgg (narrow)"
+    return "mini" if spec.depth == "mini" else f"resnet{spec.depth}"
+
+
+@dataclass(frozen=True)
+class DeepLabConfig:
+    """One member of the family. Built by ``make_config`` / ``build_model``, or directly.
+
+    name: "v1", "v2", "v3" or "v3plus".
+    backbone: a ``ResNet`` or ``VGG`` spec (it carries ``output_stride``, ``multi_grid`` and the dilation
+      convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
+      v3, v3plus: ResNet.
+    num_classes: of the logits (21 for PASCAL VOC).
+    atrous_rates: v3/v3plus: the ASPP's 3x3 branches, None -> tied to the output stride: (6, 12, 18) at
+      16, (12, 24, 36) at 8, (3, 6, 9) at 32. v2: ASPP-L's branches, None -> (6, 12, 18, 24). v1: the
+      VGG's fc6 rate, (backbone.fc6_rate,) (set it in the VGG spec).
+    image_pooling: the ASPP's image-level branch (v3, v3plus).
+    aspp_separable: depthwise-separable 3x3 ASPP branches (v3, v3plus; smp's v3+ default).
+    aspp_channels: of the ASPP branches and its projection, 256 (v3, v3plus). The widths here are the
+      papers'; ``make_config`` defaults the mini backbone's to a quarter of them (``MINI_HEAD``).
+    dropout: v3/v3plus: after the ASPP projection (0.5 torchvision and smp, 0.1 TF DeepLab). v2: drop6 and
+      drop7 in every ASPP-L branch with fc layers (0.5); the ResNet form has no dropout (leave it at 0.5,
+      unused, or set 0). v1: drop7 before fc8 (0.5). Only when training.
+    fc_channels: v2's ASPP-L form (see ``aspp.ASPPL``). "auto" (default): by the backbone, as released:
+      None for a ResNet (one 3x3 conv per rate to the classes: DeepLab-v2 ResNet-101, Caffe's
+      fc1_voc12_c0..c3), 1024 for VGG (fc6-fc7-fc8 per rate, fc6/fc7 that wide: DeepLab-v2 VGG-16).
+      None or an int asks for that form on either backbone. Resolved on construction.
+    aux: torchvision's auxiliary FCN head on layer3 (v3): 3x3 conv to layer3's channels / 4, BN, ReLU,
+      dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training.
+    low_level_channels: the v3+ decoder's projection of the stride-4 features, 48 (mini: 12).
+    decoder_channels: of the v3+ decoder's two 3x3 convs, 256 (mini: 64).
+    decoder_separable: depthwise-separable 3x3 convs in the v3+ decoder (with decoder_layout="smp": its
+      conv on the ASPP output and its one conv after the concat, as smp's SeparableConv2d).
+    decoder_layout: "paper" (default): v3 as torchvision, v3+ as the paper (concat, then two 3x3 convs).
+      "smp": segmentation_models_pytorch's. v3+: a 3x3 conv + BN + ReLU on the ASPP output before the
+      upsampling, then the concat and ONE 3x3 conv (see the module's docstring for the names); v3: the
+      same structure as "paper". Either way H and W must be multiples of the output stride (smp's rule).
+    align_corners: of the bilinear resizes (see the module's docstring); False (torchvision) by default,
+      True as smp and TF DeepLab.
+
+    Derived: ``output_stride``, ``multi_grid``, ``aspp`` (the ASPP / ASPPL spec, None for v1).
+    """
+
+    name: str
+    backbone: ResNet | VGG
+    num_classes: int = 21
+    atrous_rates: tuple[int, ...] | None = None
+    image_pooling: bool = True
+    aspp_separable: bool = False
+    aspp_channels: int = 256
+    dropout: float = 0.5
+    fc_channels: int | None | str = "auto"
+    aux: bool = False
+    low_level_channels: int = 48
+    decoder_channels: int = 256
+    decoder_separable: bool = False
+    align_corners: bool = False
+    decoder_layout: str = "paper"
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        name, spec = self.name, self.backbone
+        if name not in MODELS:
+            raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
+        if not isinstance(spec, (ResNet, VGG)):
+            raise _cfg_error(f"backbone must be a ResNet or VGG spec, got {type(spec).__name__}")
+        if name == "v1" and not isinstance(spec, VGG):
+            raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
+        if name in ("v3", "v3plus") and not isinstance(spec, ResNet):
+            raise _cfg_error(f"{name} needs a ResNet backbone, got {spec!r}")
+        for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels"):
+            set_(self, f, check_int("DeepLabConfig", f, getattr(self, f)))
+        for f in ("image_pooling", "aspp_separable", "aux", "decoder_separable", "align_corners"):
+            set_(self, f, check_flag("DeepLabConfig", f, getattr(self, f)))
+        if self.decoder_layout not in DECODER_LAYOUTS:
+            raise _cfg_error(f"decoder_layout must be one of {', '.join(map(repr, DECODER_LAYOUTS))}, "
+                             f"got {self.decoder_layout!r}")
+        set_(self, "dropout", check_real("DeepLabConfig", "dropout", self.dropout, 0, 1, hi_open=True))
+        defaults = {f.name: f.default for f in fields(self)}
+        for f, models in _APPLIES.items():
+            if getattr(self, f) != defaults[f] and name not in models:
+                raise _cfg_error(f"{f}={getattr(self, f)!r} applies to {' and '.join(models)} only, not {name}")
+        fc = self.fc_channels
+        if isinstance(fc, str):
+            if fc != "auto":
+                raise _cfg_error(f"fc_channels must be 'auto', None or an int >= 1, got {fc!r}")
+            if name == "v2":
+                fc = 1024 if isinstance(spec, VGG) else None
+        elif fc is not None:
+            if not is_int(fc) or fc < 1:
+                raise _cfg_error(f"fc_channels must be 'auto', None (v2's ResNet form: one 3x3 conv per rate) or an "
+                                 f"int >= 1 (fc6-fc7-fc8 that wide, the VGG form), got {fc!r}")
+            fc = int(fc)
+        set_(self, "fc_channels", fc)
+        if name == "v2" and fc is None and self.dropout not in (0.0, defaults["dropout"]):
+            raise _cfg_error(f"dropout={self.dropout!r} applies to v2's fc6-fc7-fc8 head (fc_channels an int) "
+                             f"only: with fc_channels=None (the ResNet-101 form) each branch is one 3x3 conv, "
+                             f"with no dropout")
+
+        rates = self.atrous_rates
+        if rates is not None:
+            if not isinstance(rates, (tuple, list)) or not all(is_int(r) and r >= 1 for r in rates) or not rates:
+                raise _cfg_error(f"atrous_rates must be None or a non-empty tuple of ints >= 1, got {rates!r}")
+            rates = tuple(int(r) for r in rates)
+        if name == "v1":
+            if rates is not None and rates != (spec.fc6_rate,):
+                raise _cfg_error(f"v1's one atrous rate is its VGG's fc6_rate ({spec.fc6_rate}), got atrous_rates="
+                                 f"{rates!r}: set it with VGG(fc6_rate=...)")
+            rates = (spec.fc6_rate,)
+        elif rates is None:
+            rates = V2_RATES if name == "v2" else V3_RATES[spec.output_stride]
+        set_(self, "atrous_rates", rates)
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    @property
+    def multi_grid(self):
+        return getattr(self.backbone, "multi_grid", None)
+
+    @property
+    def aspp(self) -> ASPP | ASPPL | None:
+        """The context module's spec: ASPP (v3, v3plus), ASPPL (v2), None (v1)."""
+        spec = self.backbone
+        if self.name == "v2":
+            cin = spec.widths[4] if isinstance(spec, VGG) else spec.out_channels
+            fc = self.fc_channels
+            return ASPPL(cin, self.num_classes, self.atrous_rates, fc, self.dropout if fc is not None else None)
+        if self.name in ("v3", "v3plus"):
+            return ASPP(spec.out_channels, self.aspp_channels, self.atrous_rates, self.image_pooling,
+                        self.aspp_separable, self.dropout)
+        return None
+
+    @property
+    def aux_channels(self) -> tuple[int, int]:
+        """(layer3's channels, the aux head's width = a quarter of them), as torchvision's FCNHead."""
+        c = self.backbone.widths[2] * self.backbone.expansion
+        return c, c // 4
+
+    @cached_property
+    def trunk(self) -> ResNet | VGG:
+        """The backbone spec the model runs: ``backbone``, except v2 on VGG (up to pool5: ASPP-L's branches
+        have their own fc6 and fc7)."""
+        return MODELS[self.name](self)[0]
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        """The modules after the backbone, in order (see ``Step``)."""
+        return MODELS[self.name](self)[1]
+
+    @property
+    def aspps(self) -> tuple[ASPP, ...]:
+        """The ASPP specs among the steps (v3: inside its DeepLabHead; v3+: its own step)."""
+        found = (s.spec.aspp if isinstance(s.spec, DeepLabHead) else s.spec for s in self.steps)
+        return tuple(a for a in found if isinstance(a, ASPP))
+
+    @property
+    def decoder(self) -> Decoder | None:
+        """v3+'s Decoder spec (None for the others)."""
+        return next((s.spec for s in self.steps if isinstance(s.spec, Decoder)), None)
+
+    def describe(self) -> str:
+        return f"DeepLab {self.name} ({_backbone_name(self.backbone)}, output stride {self.output_stride})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry: name -> (trunk, steps)
+
+
+def _v1(c: DeepLabConfig):
+    return c.backbone, (Step("classifier", LargeFOVHead(c.backbone.fc_channels, c.num_classes, c.dropout), ("out",),
+                             "scores"),)
+
+
+def _v2(c: DeepLabConfig):
+    trunk = replace(c.backbone, fc=False) if isinstance(c.backbone, VGG) else c.backbone
+    return trunk, (Step("classifier", c.aspp, ("out",), "scores"),)
+
+
+def _v3(c: DeepLabConfig):
+    steps = (Step("classifier", DeepLabHead(c.aspp, c.num_classes), ("out",), "scores"),)
+    if c.aux:
+        steps += (Step("aux_classifier", FCNHead(c.aux_channels[0], c.num_classes, AUX_DROPOUT), ("layer3",), "aux",
+                       training_only=True),)
+    return c.backbone, steps
+
+
+def _v3plus(c: DeepLabConfig):
+    decoder = Decoder(c.aspp_channels, c.backbone.low_level_channels, c.low_level_channels, c.decoder_channels,
+                      c.decoder_separable, c.decoder_layout, c.align_corners)
+    return c.backbone, (Step("aspp", c.aspp, ("out",), "aspp"),
+                        Step("decoder", decoder, ("aspp", "low_level"), "decoder"),
+                        Step("classifier", Classifier(c.decoder_channels, c.num_classes), ("decoder",), "scores"))
+
+
+MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus}
+
+
+# ---------------------------------------------------------------------------------------------
+# building a config
+
+
+def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate):
+    if isinstance(backbone, (ResNet, VGG)):
+        if output_stride is not None and output_stride != backbone.output_stride:
+            raise ValueError(f"{fn}: output_stride={output_stride!r} but the backbone spec {backbone!r} has "
+                             f"output stride {backbone.output_stride}")
+        if multi_grid is not None or dilation_convention != "torchvision":
+            raise ValueError(f"{fn}: multi_grid and dilation_convention are set in a backbone spec "
+                             f"(ResNet(depth, output_stride, dilation_convention, multi_grid)), not beside it")
+        return backbone
+    backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
+    if backbone not in BACKBONES:
+        raise ValueError(f"{fn}: backbone must be a ResNet or VGG spec or one of "
+                         f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
+    if output_stride is not None:
+        os_ = output_stride
+    else:
+        os_ = 8 if backbone == "vgg16" else DEFAULT_OUTPUT_STRIDE[name]
+    if backbone == "vgg16":
+        if os_ != 8:
+            raise ValueError(f"{fn}: VGG-16 LargeFOV has output stride 8, got output_stride={os_!r}")
+        if multi_grid is not None:
+            raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
+        return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
+    depth = "mini" if backbone == "mini" else int(backbone[len("resnet"):])
+    try:
+        return ResNet(depth, os_, dilation_convention, multi_grid)
+    except ValueError as e:
+        raise ValueError(f"{fn}: {e}") from None
+
+
+_OPTIONS = tuple(f.name for f in fields(DeepLabConfig) if f.name not in ("name", "backbone", "num_classes"))
+
+
+def make_config(name, backbone=None, output_stride=None, num_classes=21, *, multi_grid=None,
+                dilation_convention="torchvision", _fn="make_config", **options) -> DeepLabConfig:
+    """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus"}.
+
+    backbone: a ResNet or VGG spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
+      "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4). None: the paper's,
+      "vgg16" for v1, "resnet101" for v2, "resnet50" for v3 and v3plus.
+    output_stride: None: 8 for v1, v2 and any VGG, 16 for v3 and v3plus (VGG: 8 only).
+    multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
+    options: the other DeepLabConfig fields (atrous_rates, image_pooling, aspp_separable, dropout, aux,
+      decoder_separable, align_corners, ...). v1 with backbone "vgg16" takes atrous_rates=(r,) as fc6's rate.
+      With the mini backbone (named or a ResNet("mini") spec) the head widths the caller does not set are
+      a quarter of the paper's, like the backbone's: aspp_channels 64, low_level_channels 12,
+      decoder_channels 64 (``MINI_HEAD``; v3+ on 128x128: 0.14 G multiply-adds in the heads beside the
+      backbone's 0.09 G, instead of 1.58 G at full width).
+    """
+    fn = _fn
+    if name not in MODELS:
+        raise ValueError(f"{fn}: name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
+    unknown = [k for k in options if k not in _OPTIONS]
+    if unknown:
+        raise ValueError(f"{fn}: unknown option {unknown[0]!r}; the options are {', '.join(_OPTIONS)}, "
+                         f"multi_grid and dilation_convention")
+    fc6_rate = None
+    if name == "v1" and backbone in (None, "vgg16") and options.get("atrous_rates") is not None:
+        rates = options["atrous_rates"]
+        if isinstance(rates, (tuple, list)) and len(rates) == 1:
+            fc6_rate = rates[0]
+    spec = _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate)
+    if isinstance(spec, ResNet) and spec.depth == "mini":
+        options = {k: v for k, v in MINI_HEAD.items() if name in _APPLIES[k]} | options
+    try:
+        return DeepLabConfig(name, spec, num_classes, **options)
+    except ValueError as e:  # name the function called, once: "make_config: ...", not "make_config: DeepLabConfig: ..."
+        raise ValueError(f"{fn}: {str(e).removeprefix('DeepLabConfig: ')}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+
+_SCORE_LAYER = re.compile(r"(aux_)?classifier(\.4|\.fc8|\.branches\.\d+(\.fc8)?)?")
+
+
+def is_score_layer(name) -> bool:
+    """Whether the conv module ``name`` (a model's, e.g. "classifier.4"; no ".weight") outputs class
+    scores: v1 classifier.fc8, v2 classifier.branches.{i} (ResNet form) or classifier.branches.{i}.fc8,
+    v3 classifier.4 and aux_classifier.4, v3plus classifier."""
+    return _SCORE_LAYER.fullmatch(name) is not None
+

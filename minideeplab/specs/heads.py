@@ -1,0 +1,144 @@
+"""Head specs: the parts of a model after its backbone, each a frozen description that the scratch unit
+(``minideeplab.scratch.heads``) runs and the PyTorch twin (``minideeplab.reference.heads``) builds. With
+``aspp.ASPP`` and ``aspp.ASPPL`` these are every head of the DeepLab family:
+
+    LargeFOVHead  v1: drop7 -> fc8 (1x1 to the classes); fc6, fc7 are the VGG backbone's
+    ASPPL         v2: one branch per rate, their class scores summed (``specs.aspp``)
+    DeepLabHead   v3: ASPP -> 3x3 conv, BN, ReLU -> 1x1 to the classes (torchvision's ``DeepLabHead``)
+    FCNHead       v3's auxiliary head on layer3: 3x3 conv, BN, ReLU, dropout -> 1x1 (torchvision's ``FCNHead``)
+    ASPP          v3+'s context module (``specs.aspp``)
+    Decoder       v3+: the ASPP output upsampled to the stride-4 features, concatenated with their 1x1
+                  projection, fused by 3x3 convs
+    Classifier    a 1x1 conv with bias to the classes (v3+'s last layer)
+
+A model wires them in ``Step``s (``specs.deeplab``): each step names its module (the state_dict prefix of
+its parameters), the features it reads and the one it writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from minideeplab.specs.aspp import ASPP
+from minideeplab.specs.checks import check_flag, check_int, check_real
+
+__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "Step", "DECODER_LAYOUTS"]
+
+DECODER_LAYOUTS = ("paper", "smp")
+
+
+@dataclass(frozen=True)
+class LargeFOVHead:
+    """DeepLab v1's classifier on VGG-16 LargeFOV's fc7: dropout ``drop7`` (when training), then ``fc8``, a
+    1x1 conv with bias to the classes."""
+
+    in_channels: int
+    num_classes: int
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "in_channels", check_int("LargeFOVHead", "in_channels", self.in_channels))
+        set_(self, "num_classes", check_int("LargeFOVHead", "num_classes", self.num_classes))
+        set_(self, "dropout", check_real("LargeFOVHead", "dropout", self.dropout, 0, 1, hi_open=True))
+
+
+@dataclass(frozen=True)
+class DeepLabHead:
+    """DeepLab v3's head (torchvision's ``DeepLabHead``): ``.0`` the ASPP, ``.1`` a 3x3 conv (no bias) to
+    ``aspp.out_channels``, ``.2`` BN, ReLU, ``.4`` a 1x1 conv with bias to the classes."""
+
+    aspp: ASPP
+    num_classes: int
+
+    def __post_init__(self):
+        if not isinstance(self.aspp, ASPP):
+            raise ValueError(f"DeepLabHead: aspp must be an ASPP, got {type(self.aspp).__name__}")
+        object.__setattr__(self, "num_classes", check_int("DeepLabHead", "num_classes", self.num_classes))
+
+
+@dataclass(frozen=True)
+class FCNHead:
+    """torchvision's ``FCNHead``, DeepLab v3's auxiliary head: ``.0`` a 3x3 conv (no bias) to
+    ``in_channels // 4``, ``.1`` BN, ReLU, ``.3`` dropout (when training), ``.4`` 1x1 with bias to the classes."""
+
+    in_channels: int
+    num_classes: int
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "in_channels", check_int("FCNHead", "in_channels", self.in_channels, 4))
+        set_(self, "num_classes", check_int("FCNHead", "num_classes", self.num_classes))
+        set_(self, "dropout", check_real("FCNHead", "dropout", self.dropout, 0, 1, hi_open=True))
+
+    @property
+    def channels(self) -> int:
+        return self.in_channels // 4
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """DeepLab v3+'s decoder: the ASPP output ``aspp_channels`` wide is upsampled (bilinear) to the stride-4
+    features (``low_level_in`` channels), which ``low_level`` projects (1x1, BN, ReLU) to
+    ``low_level_channels``; the concatenation goes through ``fuse``: 3x3 conv + BN + ReLU units ``channels``
+    wide (depthwise-separable with ``separable``). Output: (N, channels, H/4, W/4).
+
+    layout "paper": two fuse units. "smp" (segmentation_models_pytorch's ``DeepLabV3Plus``): ``aspp_conv``, a
+    3x3 unit on the ASPP output before the upsampling, then ONE fuse unit.
+    align_corners: of the upsampling (the model's choice, passed down)."""
+
+    aspp_channels: int
+    low_level_in: int
+    low_level_channels: int = 48
+    channels: int = 256
+    separable: bool = False
+    layout: str = "paper"
+    align_corners: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for f in ("aspp_channels", "low_level_in", "low_level_channels", "channels"):
+            set_(self, f, check_int("Decoder", f, getattr(self, f)))
+        for f in ("separable", "align_corners"):
+            set_(self, f, check_flag("Decoder", f, getattr(self, f)))
+        if self.layout not in DECODER_LAYOUTS:
+            raise ValueError(f"Decoder: layout must be one of {', '.join(map(repr, DECODER_LAYOUTS))}, "
+                             f"got {self.layout!r}")
+
+    @property
+    def n_fuse(self) -> int:
+        """The 3x3 units after the concat: two (paper), one (smp)."""
+        return 1 if self.layout == "smp" else 2
+
+    @property
+    def aspp_conv(self) -> bool:
+        """Whether a 3x3 unit runs on the ASPP output before the upsampling (smp)."""
+        return self.layout == "smp"
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A 1x1 conv with bias from ``in_channels`` to the classes."""
+
+    in_channels: int
+    num_classes: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "in_channels", check_int("Classifier", "in_channels", self.in_channels))
+        object.__setattr__(self, "num_classes", check_int("Classifier", "num_classes", self.num_classes))
+
+
+class Step(NamedTuple):
+    """One module of a model after its backbone: ``name`` (its parameters' state_dict prefix; "" puts them
+    at the top level), ``spec`` (what it is), ``inputs`` (the features it reads: the backbone's taps,
+    "low_level", "layer3", "out", or an earlier step's output) and ``output`` (the feature it writes;
+    "scores" are the class scores the model resizes to the input, "aux" the auxiliary scores).
+    ``training_only``: runs only when training (the aux head)."""
+
+    name: str
+    spec: object
+    inputs: tuple[str, ...]
+    output: str
+    training_only: bool = False
