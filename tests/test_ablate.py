@@ -15,6 +15,9 @@ import torch
 from PIL import Image
 
 from minideeplab import ablate as A
+from minideeplab.ablate import results as A_results
+from minideeplab.ablate import run as A_run
+from minideeplab.ablate import study as A_study
 from minideeplab import train as T
 from minideeplab.bench.cost import model_mult_adds
 from minideeplab.cli import build_parser, main
@@ -61,8 +64,8 @@ def test_tiny_study_writes_the_table_with_the_models_own_counts(study):
 
     with open(out / "ablation.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header == (A._FIRST + [f"trimap_{w}" for w in (1, 2, 4, 8, 16)] + [f"iou_{c}" for c in CLASSES]
-                      + A._LAST)
+    assert header == (A_results._FIRST + [f"trimap_{w}" for w in (1, 2, 4, 8, 16)] + [f"iou_{c}" for c in CLASSES]
+                      + A_results._LAST)
     assert header[:5] == ["name", "model", "backbone", "output_stride", "atrous_rates"]
     for back, row in zip(A.read_csv(out / "ablation.csv"), rows, strict=True):
         _same(back, row)
@@ -143,7 +146,7 @@ def test_rerun_skips_finished_rows(study, monkeypatch):
 
     monkeypatch.setattr(T, "train", refuse)
     monkeypatch.setattr(T, "evaluate", refuse)
-    monkeypatch.setattr(A, "evaluate_crf", refuse)
+    monkeypatch.setattr(A_run, "evaluate_crf", refuse)
     lines = []
     again = A.run_ablation(out, ONLY, log=lines.append, **TINY)
     for a, b in zip(again, rows, strict=True):
@@ -198,10 +201,10 @@ def test_one_folder_holds_one_schedule(study, monkeypatch):
 
 
 def test_a_crf_row_needs_its_base_weights(tmp_path):
-    crf = A._BY_NAME["v3plus-os16-crf"]
-    schedule = A._schedule(1, 16, 8, 64, 8, 0.01, 0)
+    crf = A_study._BY_NAME["v3plus-os16-crf"]
+    schedule = A_run._schedule(1, 16, 8, 64, 8, 0.01, 0)
     with pytest.raises(FileNotFoundError, match="evaluates the weights of row v3plus-os16, but .* does not exist"):
-        A._run_row(crf, tmp_path, schedule, DATA, None, CLASSES, 1, 2, lambda _: None)
+        A_run._run_row(crf, tmp_path, schedule, DATA, None, CLASSES, 1, 2, lambda _: None)
 
 
 # ---------------------------------------------------------------- the table of configurations
@@ -212,7 +215,7 @@ def test_rows_read_as_the_papers_table():
     assert len(set(names)) == len(names)
     assert {"fcn", "v1", "v2", "v3-os32", "v3-os16", "v3-os8", "v3-os16-nopool", "v3plus-os16",
             "v3plus-os16-crf", "shallow"} <= set(names)
-    by = A._BY_NAME
+    by = A_study._BY_NAME
     assert by["fcn"].model_options() == {"atrous_rates": (1,)} and by["fcn"].output_stride == 32
     assert by["v1"].model_options() == {"atrous_rates": (4,), "fc_channels": 256}
     assert by["v3-os16-nopool"].model_options()["image_pooling"] is False
@@ -241,9 +244,10 @@ def test_unknown_row_on_the_command_line(tmp_path, capsys):
 def test_field_of_view():
     """By hand for the mini ResNet (stem 7x7/2, max pool 3x3/2, one 3x3 per bottleneck): shallow 7 + 2*2
     (pool) + 2*4 (layer1) + 2*4 (head) = 27; fcn at OS 32 reaches 235 after layer4, + 2*32 (head) = 299."""
-    assert A.field_of_view(A._BY_NAME["shallow"]) == 27
-    assert A.field_of_view(A._BY_NAME["fcn"]) == 299
-    assert A.field_of_view(A._BY_NAME["v3plus-os16"]) == A.field_of_view(A._BY_NAME["v3-os16"]) - 2 * 16 + 16
+    by = A_study._BY_NAME
+    assert A.field_of_view(by["shallow"]) == 27
+    assert A.field_of_view(by["fcn"]) == 299
+    assert A.field_of_view(by["v3plus-os16"]) == A.field_of_view(by["v3-os16"]) - 2 * 16 + 16
 
 
 def test_shallow_network_sees_27_pixels():

@@ -2,11 +2,16 @@
 
 * ``plot_intervals``: differences in mIoU between pairs of rows with their bootstrap intervals.
 * ``plot_cost_front``: mIoU against a cost (multiply-adds, milliseconds), the Pareto front joined.
+* ``plot_miou``, ``plot_trimap``: the table's two figures, written to files (``ablate.write_results``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 
@@ -54,3 +59,57 @@ def plot_cost_front(rows, front, cost_key="mult_adds", cost_label=None, scale=1.
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig
+
+
+FAMILIES = ("shallow", "fcn", "v1", "v2", "v3", "v3plus")  # the row names' first part: one colour each
+
+
+def _label_colour(name):
+    base = name.split("-")[0]
+    return matplotlib.colormaps["tab10"](FAMILIES.index(base) if base in FAMILIES else 9)
+
+
+def plot_miou(rows, path) -> Path:
+    """A horizontal bar per row (records with "name", "miou", and "epochs" in the first): mIoU (%), coloured by
+    model family, written to path as a PNG. No pyplot: the global backend and figure list are left alone."""
+    fig = Figure(figsize=(7, 0.35 * len(rows) + 1.2))
+    ax = fig.subplots()
+    names = [r["name"] for r in rows]
+    values = [100 * r["miou"] for r in rows]
+    ax.barh(range(len(rows)), values, color=[_label_colour(n) for n in names])
+    for i, v in enumerate(values):
+        ax.text(v + 0.5, i, f"{v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("mIoU (%), val")
+    ax.set_xlim(0, max(100.0, max(values) + 8))
+    ax.set_title(f"DeepLab ablations on the synthetic set ({rows[0]['epochs']} epochs each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_trimap(rows, path) -> Path:
+    """Trimap accuracy (%) against the band width around the boundaries (the records' trimap_<width> keys), one
+    line per row, written to path as a PNG."""
+    keys = sorted((k for k in rows[0] if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
+    widths = [float(k[len("trimap_"):]) for k in keys]
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    seen = {}
+    for r in rows:
+        base = r["name"].split("-")[0]
+        seen[base] = seen.get(base, -1) + 1
+        ax.plot(widths, [100 * r[k] for k in keys], styles[seen[base] % 4], marker="o", ms=3,
+                color=_label_colour(r["name"]), label=r["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [f"{w:g}" for w in widths])
+    ax.set_xlabel("band width around the object boundaries (pixels)")
+    ax.set_ylabel("pixel accuracy in the band (%)")
+    ax.set_title("Trimap accuracy: how well each row places the boundaries")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)

@@ -1,0 +1,27 @@
+"""DeepLab's ablations, reproduced on the synthetic set: one table, one schedule, one small backbone.
+
+    rows = run_ablation("runs/ablation", results="data/ablation")   # trains what is missing, writes the table
+    rows = read_csv("data/ablation/ablation.csv")                   # the notebook: no retraining
+    print(format_table(rows)); print("\\n".join(trends(rows)))
+
+- ``study``: the rows, the schedule, the shallow network, each row's costs and field of view; its docstring
+  explains each choice of the study.
+- ``run``: the training driver (``run_ablation``), per-image confusions, the CRF's evaluation, resumable rows.
+- ``results``: ablation.csv / .json / _per_image.npz and long_runs.json, the table as text (plots: ``viz.ablation``).
+- ``stats``: mIoUs of resampled images, the paired bootstrap and its interval, the Pareto front.
+- ``claims``: ``trends``, the papers' claims checked against a table.
+"""
+
+from minideeplab.ablate.claims import CLEARLY, trends
+from minideeplab.ablate.results import (columns, format_rows, format_table, read_csv, read_per_image, write_long_runs,
+                                        write_results)
+from minideeplab.ablate.run import evaluate_crf, per_image_confusions, run_ablation
+from minideeplab.ablate.stats import bootstrap_interval, bootstrap_miou_difference, mean_ious, pareto_front
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, IMAGE_SIZE, LR, NARROW, ROWS, SCALE_RANGE, SEED,
+                                      Row, ShallowConfig, ShallowFCN, costs, field_of_view, select)
+
+__all__ = ["Row", "ROWS", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
+           "CLEARLY", "ShallowConfig", "ShallowFCN", "select", "field_of_view", "costs", "run_ablation",
+           "evaluate_crf", "per_image_confusions", "write_results", "read_csv", "read_per_image", "format_table",
+           "format_rows", "trends", "columns", "mean_ious", "bootstrap_miou_difference", "bootstrap_interval",
+           "pareto_front", "write_long_runs"]

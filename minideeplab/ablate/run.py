@@ -1,0 +1,251 @@
+"""Running the study: each row trained by ``train.train`` (the shallow network included), scored per val image
+(with the dense CRF for the ``-crf`` rows), timed, and recorded in OUT/<name>/ (last.pt, result.json,
+per_image.npz), so that a rerun skips the finished rows and resumes an interrupted one. ``study``'s docstring
+says why each row and the schedule are what they are."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minideeplab import train as T
+from minideeplab.ablate.results import json_safe, write_results
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, LR, NARROW, ROWS, SCALE_RANGE, SEED, ShallowFCN,
+                                      costs, field_of_view, select)
+
+__all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
+
+
+@contextmanager
+def _shallow_buildable():
+    """While open, ``train.build`` (which ``train.train`` and ``train.load_model`` call) builds ``ShallowFCN``
+    for TrainConfig.model "shallow" and defers to the original for every other model. The trainer knows only
+    ``build_model``'s family; this keeps the ablation's one extra model out of it."""
+    original = T.build
+
+    def build(config, num_classes, device=None):
+        if config.model != "shallow":
+            return original(config, num_classes, device)
+        torch_dtype = getattr(torch, config.dtype)
+        return ShallowFCN(num_classes).to(device=device or config.device, dtype=torch_dtype)
+
+    T.build = build
+    try:
+        yield
+    finally:
+        T.build = original
+
+
+def _schedule(epochs, train_images, val_images, crop_size, batch_size, lr, seed, scale_range=SCALE_RANGE) -> dict:
+    return {"epochs": epochs, "train_images": train_images, "val_images": val_images, "crop_size": crop_size,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "scale_min": float(scale_range[0]),
+            "scale_max": float(scale_range[1])}
+
+
+def _inference_ms(run, images, threads) -> float:
+    """Median milliseconds of run(image) over ``images`` after one warm-up call, on ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run(images[0])
+        times = []
+        for image in images:
+            tic = time.perf_counter()
+            run(image)
+            times.append(time.perf_counter() - tic)
+    finally:
+        torch.set_num_threads(before)
+    return 1000 * statistics.median(times)
+
+
+def _crf_refine(params):
+    from minideeplab.scratch.crf import PARAMETER_SETS, dense_crf
+
+    if isinstance(params, str):
+        if params not in PARAMETER_SETS:
+            raise ValueError(f"crf must be one of {', '.join(map(repr, PARAMETER_SETS))}, got {params!r}")
+        params = PARAMETER_SETS[params]
+
+    def refine(probs, image):
+        return dense_crf(probs / probs.sum(0, keepdims=True), image, **params)
+    return refine
+
+
+def per_image_confusions(model, dataset, num_classes, crf=None, widths=T.TRIMAP_WIDTHS):
+    """Each image's confusion matrix and trimap confusions, single scale, no flip, as ``train.evaluate`` scores
+    them (crf: refine the probabilities with the dense CRF first, a PARAMETER_SETS name or a dict of dense_crf's
+    arguments) -> (cms (N, C, C) int64, trimaps (N, len(widths), C, C) int64). Their sums over the images are
+    ``train.evaluate``'s matrices; kept per image so that differences between rows can be resampled by image."""
+    from minideeplab.data.transforms import IGNORE_INDEX
+    from minideeplab.metrics import confusion_matrix, trimap_confusion
+
+    refine, C, N = (_crf_refine(crf) if crf is not None else None), num_classes, len(dataset)
+    cms = np.zeros((N, C, C), np.int64)
+    trimaps = np.zeros((N, len(widths), C, C), np.int64)
+    for i in range(N):
+        image, label = dataset[i]
+        probs = T.predict(model, image)
+        pred = (refine(probs.numpy(), image) if refine else probs.numpy()).argmax(0)
+        cms[i] = confusion_matrix(pred, label, C, IGNORE_INDEX)
+        trimaps[i] = trimap_confusion(pred, label, widths, C, IGNORE_INDEX)
+    return cms, trimaps
+
+
+def evaluate_crf(model, dataset, classes, crf="deeplab-v2-resnet", widths=T.TRIMAP_WIDTHS) -> dict:
+    """``train.evaluate`` (one scale, no flip) with each image's probabilities refined by the dense CRF
+    (``scratch.crf.dense_crf``; crf: a PARAMETER_SETS name or a dict of its arguments, n_iters included)."""
+    cms, trimaps = per_image_confusions(model, dataset, len(classes), crf, widths)
+    return _scores(cms.sum(0), trimaps.sum(0), classes, widths, len(dataset))
+
+
+def _scores(cm, trimap, classes, widths, images) -> dict:
+    """``train.evaluate``'s scores of the summed matrices cm (C, C) and trimap (len(widths), C, C)."""
+    from minideeplab.metrics import class_iou, mean_accuracy, mean_iou, pixel_accuracy
+
+    return {"miou": mean_iou(cm), "pixel_accuracy": pixel_accuracy(cm), "mean_accuracy": mean_accuracy(cm),
+            "per_class_iou": dict(zip(classes, class_iou(cm).tolist())),
+            "trimap_accuracy": {str(w): pixel_accuracy(t) for w, t in zip(widths, trimap)},
+            "images": images}
+
+
+def _train_seconds(metrics, batch_size) -> float:
+    """Training time from the checkpoint's per-epoch speeds (a resumed row counts its earlier epochs too)."""
+    seconds, it = 0.0, 0
+    for r in metrics:
+        seconds += (r["iteration"] - it) * batch_size / r["images_per_s"]
+        it = r["iteration"]
+    return seconds
+
+
+def _record(row, classes, scores, cost, schedule, train_seconds, images, inference_ms, threads, final_loss):
+    record = {"name": row.name, "model": row.model, "backbone": "mini", "output_stride": row.output_stride,
+              "atrous_rates": tuple(row.atrous_rates), "image_pooling": row.image_pooling, "decoder": row.decoder,
+              "crf": row.crf, "field_of_view": field_of_view(row), **cost,
+              "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
+              "mean_accuracy": scores["mean_accuracy"]}
+    record.update({f"trimap_{w}": a for w, a in scores["trimap_accuracy"].items()})
+    record.update({f"iou_{c}": scores["per_class_iou"][c] for c in classes})
+    speed = images / train_seconds if train_seconds else math.nan
+    record.update({"train_seconds": train_seconds, "images_per_s": speed,
+                   "inference_ms": inference_ms, "threads": threads, "final_loss": final_loss, **schedule,
+                   "about": row.about})
+    return record
+
+
+def _check_schedule(path, record, schedule):
+    differ = {k: (record.get(k), v) for k, v in schedule.items() if record.get(k) != v}
+    if differ:
+        what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in differ.items())
+        raise ValueError(f"{path} was measured with {what}: one --out folder holds one schedule; use another "
+                         f"--out, or delete {path.parent} to measure the row again")
+
+
+def _load_result(path, schedule):
+    record = json.loads(path.read_text())
+    record["atrous_rates"] = tuple(record["atrous_rates"])
+    record = {k: math.nan if v is None and k not in ("image_pooling", "crf") else v for k, v in record.items()}
+    _check_schedule(path, record, schedule)
+    return record
+
+
+def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
+    folder = out / row.name
+    result = folder / "result.json"
+    if result.exists():
+        record = _load_result(result, schedule)
+        log(f"{row.name}: measured earlier ({result}), skipped")
+        return record
+    source = out / (row.weights_of or row.name)
+    checkpoint = source / "last.pt"
+    if row.weights_of is None:
+        config = T.TrainConfig(model=row.model, backbone="mini",
+                               output_stride=None if row.model == "shallow" else row.output_stride,
+                               data_root=str(data_root), out=str(folder), epochs=schedule["epochs"],
+                               batch_size=schedule["batch_size"], crop_size=schedule["crop_size"], lr=schedule["lr"],
+                               scale_range=(schedule["scale_min"], schedule["scale_max"]), seed=schedule["seed"],
+                               eval_every=0, train_images=schedule["train_images"], model_options=row.model_options())
+        resume = checkpoint.exists()
+        n = schedule["epochs"]
+        log(f"{row.name}: {'resuming' if resume else 'training'} ({row.about}; {n} epoch{'s' * (n != 1)})")
+        try:
+            with _shallow_buildable():
+                T.train(config, resume=resume, quiet=True, log=lambda line: log(f"  {row.name}: {line}"))
+        except ValueError as e:
+            hint = f" (or delete {folder} to train it afresh)" if resume else ""
+            raise ValueError(f"row {row.name}: {e}{hint}") from None
+    elif not checkpoint.exists():
+        raise FileNotFoundError(f"row {row.name} evaluates the weights of row {row.weights_of}, but {checkpoint} "
+                                f"does not exist: run row {row.weights_of} first")
+    ckpt = T.load_checkpoint(checkpoint)
+    if ckpt["iteration"] != schedule["epochs"] * (schedule["train_images"] // schedule["batch_size"]):
+        raise ValueError(f"row {row.name}: {checkpoint} is at iteration {ckpt['iteration']}, not the end of "
+                         f"{schedule['epochs']} epochs: run row {row.weights_of or row.name} to the end first")
+    with _shallow_buildable():
+        model, ckpt_classes = T.load_model(checkpoint)
+    if ckpt_classes != classes:
+        raise ValueError(f"{checkpoint} was trained on classes {ckpt_classes}, the data root has {classes}")
+    log(f"{row.name}: evaluating on {len(val_set)} val images" + (f" with the dense CRF ({row.crf})" * bool(row.crf)))
+    cms, trimaps = per_image_confusions(model, val_set, len(classes), row.crf)
+    scores = _scores(cms.sum(0), trimaps.sum(0), classes, T.TRIMAP_WIDTHS, len(val_set))
+    if row.crf:
+        refine = _crf_refine(row.crf)
+        run = lambda image: refine(T.predict(model, image).numpy(), image)  # noqa: E731
+    else:
+        run = lambda image: T.predict(model, image)  # noqa: E731
+    images = [val_set[i][0] for i in range(min(timing_images, len(val_set)))]
+    ms = _inference_ms(run, images, threads)
+    seconds = _train_seconds(ckpt["metrics"], schedule["batch_size"])
+    record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
+                     ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"])
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "per_image.npz", cms=cms, trimaps=trimaps, widths=np.asarray(T.TRIMAP_WIDTHS))
+    tmp = result.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(record), indent=1))
+    tmp.replace(result)
+    log(f"{row.name}: mIoU {100 * record['miou']:.1f}  trimap@{NARROW}px {100 * record[f'trimap_{NARROW}']:.1f}  "
+        f"trained {seconds:.0f} s  {ms:.1f} ms/image")
+    return record
+
+
+def run_ablation(out="runs/ablation", only=None, *, epochs=EPOCHS, train_images=None, val_images=None,
+                 crop_size=CROP_SIZE, batch_size=BATCH_SIZE, lr=LR, seed=SEED, scale_range=SCALE_RANGE,
+                 data_root="data/synthetic", val_root=None, results=None, threads=1, timing_images=5,
+                 log=print) -> list[dict]:
+    """Train and measure the rows named in ``only`` (all of ``ROWS`` when None) that OUT does not hold yet,
+    then write the table of every row OUT holds (in ``ROWS`` order) to RESULTS (default OUT): ablation.csv,
+    ablation.json, ablation_miou.png, ablation_trimap.png. Rows train on data_root's train split and are scored
+    on val_root's val split (val_root None: data_root's). train_images / val_images: the first N (None: all).
+    threads: torch threads for the inference timing (the same for every row). Returns the table's records."""
+    out = Path(out)
+    only = [only] if isinstance(only, str) else (None if only is None else list(only))
+    rows = select(only)
+    if only is not None:
+        for r in rows:
+            if r.weights_of and r.weights_of not in only:
+                log(f"{r.weights_of}: added ({r.name} evaluates its weights)")
+    train_set = T.FirstN(T.open_split(data_root, "train"), train_images)
+    classes = list(train_set.dataset.classes)
+    val_set = T.FirstN(T.open_val(T.TrainConfig(data_root=str(data_root), val_root=val_root), classes), val_images)
+    T.TrainConfig(epochs=epochs, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed,
+                  scale_range=scale_range)  # its errors, early
+    schedule = _schedule(epochs, len(train_set), len(val_set), crop_size, batch_size, lr, seed, scale_range)
+    if batch_size > len(train_set):
+        raise ValueError(f"batch size {batch_size} is larger than the {len(train_set)} training images")
+    if not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    for k, row in enumerate(rows, start=1):
+        log(f"[{k}/{len(rows)}] {row.name}")
+        _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
+    table = [_load_result(out / r.name / "result.json", schedule) for r in ROWS
+             if (out / r.name / "result.json").exists()]
+    per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
+                 if (out / r["name"] / "per_image.npz").exists()}
+    write_results(table, out if results is None else results, per_image)
+    return table
