@@ -101,19 +101,19 @@ def test_fused_matches_reference(dtype, case):
 
 def test_im2col_and_tap_paths_are_both_tested():
     """Which path a conv takes: im2col when few reads fall in the padding, per-tap GEMMs when most do."""
-    from minideeplab.scratch import _atrous_fast as fast
+    from minideeplab.scratch import atrous_fast as fast
 
     chosen = []
     for case in CASES:
         x, weight, _, kw = _inputs(case, np.float32, seed=0)
         g = fast.check_conv2d("t", x, weight, None, **kw)
-        chosen.append(fast._use_im2col(x, weight, kw["rate"], kw["stride"], g.ph, g.pw, kw["groups"], g.Ho, g.Wo))
+        chosen.append(fast.use_im2col(x, weight, kw["rate"], kw["stride"], g.ph, g.pw, kw["groups"], g.Ho, g.Wo))
     assert chosen[-4:] == [True] * 4 and not chosen[3] and sum(chosen) < len(CASES) - 4
 
 
 def test_im2col_in_bands(monkeypatch):
     """A small column buffer: the output rows are done in several bands, with the same result."""
-    from minideeplab.scratch import _atrous_fast as fast
+    from minideeplab.scratch import atrous_fast as fast
 
     x, weight, bias, kw = _inputs(CASES[-3], np.float64, seed=1)
     whole = scratch.atrous_conv2d(x, weight, bias, **kw)
@@ -274,7 +274,7 @@ def test_numba_disabled_runs_as_python():
             for g, e in zip(scratch.atrous_conv2d_backward(dout, x, w, **kw), ref.atrous_conv2d_backward(dout, x, w, **kw)):
                 assert np.abs(g - e).max() < 1e-10 * np.abs(e).max()
         # the eval conv (im2col for these two, then the affine pass) and the eval pieces above it
-        from minideeplab.scratch import _atrous_fast as fast
+        from minideeplab.scratch import atrous_fast as fast
         from minideeplab.scratch.layers import max_pool2d, max_pool2d_infer
         for (C, k, rate, stride, padding) in [(4, 3, 1, 1, "same"), (3, 7, 1, 2, 3)]:
             x = rng.standard_normal((2, C, 41, 39))
@@ -283,7 +283,7 @@ def test_numba_disabled_runs_as_python():
             conv = ref.atrous_conv2d(x, w, None, rate=rate, stride=stride, padding=padding)
             r = rng.standard_normal(conv.shape)
             g = fast.check_conv2d("t", x, w, None, rate, stride, padding)
-            assert fast._use_im2col(x, w, rate, stride, g.ph, g.pw, 1, g.Ho, g.Wo)
+            assert fast.use_im2col(x, w, rate, stride, g.ph, g.pw, 1, g.Ho, g.Wo)
             out = scratch.conv2d_fused(x, w, s, b, rate, stride, padding, residual=r, relu=True)
             assert np.abs(out - np.maximum(conv * s[:, None, None] + b[:, None, None] + r, 0)).max() < 1e-10
         assert np.array_equal(max_pool2d_infer(x, 3, 2, 1), max_pool2d(x, 3, 2, 1)[0])

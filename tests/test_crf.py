@@ -13,7 +13,7 @@ import pytest
 from minideeplab.data.photos import coarse_probs, photograph, region_labels
 from minideeplab.metrics import trimap_accuracy
 from minideeplab.reference import crf as ref
-from minideeplab.scratch import _lattice_fast as fast
+from minideeplab.scratch import lattice_fast as fast
 from minideeplab.scratch import crf
 from minideeplab.scratch.crf import dense_crf
 
@@ -86,7 +86,7 @@ def test_fast_filter_equals_the_readable_splat_blur_slice(lattice_5d):
     rng = np.random.default_rng(0)
     values = rng.random((f.shape[0], 7)).astype(np.float32)
     alpha = 1 / (1 + 2.0 ** -lat.dim)
-    start, pixels, cw = fast._transpose(lat.offsets, lat.weights, lat.n_points)
+    start, pixels, cw = fast.transpose(lat.offsets, lat.weights, lat.n_points)
     got = crf._fast_filter(values, start, pixels, cw, lat, (lat.weights * alpha).astype(np.float32))
     want = crf.lattice_filter(lat, values.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
@@ -99,7 +99,7 @@ def test_blur_matches_reference_and_reads_only_the_previous_pass(lattice_5d):
     v[0] = 0
     got = crf.lattice_blur(lat, v)
     np.testing.assert_allclose(got, ref.lattice_blur(lat, v).numpy(), rtol=1e-12)
-    fast_out = fast._blur(v.astype(np.float32), np.empty_like(v, np.float32), lat.neighbours)
+    fast_out = fast.blur(v.astype(np.float32), np.empty_like(v, np.float32), lat.neighbours)
     np.testing.assert_allclose(fast_out, got, rtol=1e-5)
     assert np.all(v[1:] > 0), "the blur must not modify its input"
 

@@ -81,13 +81,15 @@ class ASPPPooling(nn.Sequential):
 
 def init_module(module, prefix=""):
     """The scratch init's scheme, for modules built here: Kaiming normal (fan-out, per group), biases 0;
-    class-score convs (``specs.deeplab.is_score_layer`` of ``prefix``.name, the model's names) N(0, 0.01)."""
+    class-score convs (``specs.deeplab.is_score_layer`` of ``prefix``.name, the model's names) N(0, 0.01).
+    Marks the module ``initialised``."""
     for name, m in module.named_modules(prefix=prefix):
         if isinstance(m, nn.Conv2d):
             fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
             nn.init.normal_(m.weight, 0.0, SCORE_STD if is_score_layer(name) else (2.0 / fan_out) ** 0.5)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    module.initialised = True
 
 
 class ASPPModule(nn.Module):

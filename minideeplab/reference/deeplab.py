@@ -31,7 +31,7 @@ from minideeplab.reference.aspp import Dropout, init_module, set_dropout_masks
 from minideeplab.reference.backbone import build_backbone, params_from_torch, params_to_torch
 from minideeplab.reference.heads import MODULES
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.specs.deeplab import DeepLabConfig, make_config
+from minideeplab.specs.deeplab import DeepLabConfig, is_score_layer, make_config
 
 __all__ = ["DeepLabModule", "build_model", "Dropout", "params_to_torch", "params_from_torch", "to_torch", "to_scratch",
            "set_dropout_masks"]
@@ -50,8 +50,17 @@ class DeepLabModule(nn.Module):
         self.backbone = build_backbone(config.trunk)
         for step in config.steps:
             self.add_module(step.name, MODULES[type(step.spec)](step.spec))
-        for step in config.steps:  # the scratch init's scheme (class-score convs N(0, 0.01)), by the model's names
-            init_module(getattr(self, step.name), step.name)
+        # the scratch init's scheme (class-score convs N(0, 0.01)) by the model's names: the modules with class
+        # scores first, then those that hold none, except one that initialised itself (an ASPP). Either order
+        # gives the same distributions; this one is the order the twin drew in before the model was generic,
+        # so that a seeded run (the shipped model's, the ablations') still starts from the same weights.
+        def scores(m, name):
+            return any(is_score_layer(n) for n, _ in m.named_modules(prefix=name))
+
+        modules = [(step.name, getattr(self, step.name)) for step in config.steps]
+        for name, m in sorted(modules, key=lambda nm: not scores(nm[1], nm[0])):
+            if scores(m, name) or not getattr(m, "initialised", False):
+                init_module(m, name)
 
     def forward(self, x):
         size, ac = x.shape[-2:], self.config.align_corners

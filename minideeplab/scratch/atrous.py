@@ -7,7 +7,7 @@ An atrous conv with rate r is an ordinary conv whose kernel taps are r pixels ap
 Two versions of each function:
 
 * ``atrous_conv2d_naive`` / ``atrous_conv2d_backward_naive``: plain loops, for reading.
-* ``atrous_conv2d`` / ``atrous_conv2d_backward``: the fast ones (numba + BLAS), in ``_atrous_fast``.
+* ``atrous_conv2d`` / ``atrous_conv2d_backward``: the fast ones (numba + BLAS), in ``atrous_fast``.
 
 And for eval, ``conv2d_fused``: act(conv(x) * scale + shift (+ residual)), a conv followed by eval batch
 norm (and a residual sum, and a ReLU) done as the conv's GEMMs and one in-place pass, keeping nothing.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.specs.conv import check_conv2d, conv_output_size, resolve_padding
-from minideeplab.scratch._atrous_fast import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
+from minideeplab.scratch.atrous_fast import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
 
 __all__ = ["conv_output_size", "resolve_padding", "atrous_conv2d_naive", "atrous_conv2d_backward_naive",
            "atrous_conv2d", "atrous_conv2d_backward", "conv2d_fused"]

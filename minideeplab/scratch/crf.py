@@ -24,7 +24,7 @@ Two ways to compute K~ Q:
   d+1 vertices of the simplex around its feature vector, blur along the lattice's d+1 directions, slice
   back: O(N d) per iteration. The readable steps are ``build_lattice``, ``lattice_splat``,
   ``lattice_blur`` and ``lattice_slice`` below; ``dense_crf`` runs the fused numba versions from
-  ``_lattice_fast.py`` on both cores.
+  ``lattice_fast.py`` on both cores.
 
 Conventions, chosen to agree with pydensecrf (the C++ library DeepLab's releases used):
 
@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from minideeplab.scratch import _lattice_fast as fast
+from minideeplab.scratch import lattice_fast as fast
 
 PROB_FLOOR = 1e-5
 NORMALIZATIONS = ("symmetric", "after")
@@ -208,7 +208,7 @@ def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_
                             method, compat, normalization)
     N = H * W
     unary = -np.log(np.maximum(probs.reshape(C, N).T, PROB_FLOOR))  # (N, C), pixel-major
-    # the lattice works in float32 (as pydensecrf does, see _lattice_fast._simplex_vertices), the exact method in float64
+    # the lattice works in float32 (as pydensecrf does, see lattice_fast._simplex_vertices), the exact method in float64
     dtype = np.float64 if method == "exact" else np.float32
     kernels = [(pos_w, pixel_features(image, pos_xy_std, dtype=dtype)),
                (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std, dtype=dtype))]
@@ -292,7 +292,7 @@ def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
     prepared = []
     for w, f in kernels:
         lat = build_lattice(f)
-        start, pixels, cw = fast._transpose(lat.offsets, lat.weights, lat.n_points)
+        start, pixels, cw = fast.transpose(lat.offsets, lat.weights, lat.n_points)
         alpha = 1.0 / (1.0 + 2.0 ** -lat.dim)
         # the lattice's own response to ones, to normalise by (never by the exact one)
         norm = _fast_filter(np.ones((N, 1), np.float32), start, pixels, cw, lat, lat.weights) * alpha
@@ -325,7 +325,7 @@ def _fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None):
     if buffers is None:
         buffers = np.empty((2, M1, C), np.float32)
     fast._splat(values, start, pixels, cw, buffers[0])
-    blurred = fast._blur(buffers[0], buffers[1], lat.neighbours)
+    blurred = fast.blur(buffers[0], buffers[1], lat.neighbours)
     if out is None:
         out = np.zeros((values.shape[0], C), np.float32)
     fast._slice_add(blurred, lat.offsets, sw, out)

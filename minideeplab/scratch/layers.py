@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
-from minideeplab.scratch._atrous_fast import _tap_range
+from minideeplab.scratch.atrous_fast import _tap_range
 from minideeplab.specs.checks import (check_flag, check_float_array, check_int, check_real, check_shape,
                                       is_int)
 from minideeplab.specs.conv import check_conv2d

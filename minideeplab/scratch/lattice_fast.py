@@ -205,7 +205,7 @@ def _neighbours(point_keys, table, mask):
 
 
 @numba.njit(cache=True)
-def _transpose(offsets, weights, M):
+def transpose(offsets, weights, M):
     """CSR of the splat: for lattice point m, its contributors are pixels[start[m]:start[m+1]] with
     weights cw[...]. Built once so that the splat is a gather."""
     N, V = offsets.shape
@@ -243,7 +243,7 @@ def _splat(values, start, pixels, cw, out):
 
 
 @numba.njit(cache=True, parallel=True)
-def _blur(values, tmp, nb):
+def blur(values, tmp, nb):
     """d+1 passes of v[m] + (v[left] + v[right]) / 2; ping-pongs between `values` and `tmp` and
     returns the array that holds the result."""
     src, dst = values, tmp

@@ -387,7 +387,7 @@ def _real_share(H, W, Ho, Wo, kh, kw, rate, stride, ph, pw):
     return rows * cols / (kh * kw * Ho * Wo)
 
 
-def _use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
+def use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
     kh, kw = weight.shape[2:]
     if groups != 1 or (kh, kw, stride, ph, pw) == (1, 1, 1, 0, 0):
         return False  # grouped: the tap paths; a plain 1x1 is one GEMM already (``_init_out``)
@@ -439,7 +439,7 @@ def _conv(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
         out[...] = 0 if bias is None else bias[None, :, None, None]
         _depthwise_forward(x, weight, out, rate, stride, ph, pw)
         return out
-    if _use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
+    if use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
         out = _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, np.empty((N, Cout, Ho, Wo), dtype=x.dtype))
         if bias is not None:
             out += bias[None, :, None, None]
