@@ -184,7 +184,7 @@ def test_no_private_scratch_name_outside_scratch():
 
 
 @pytest.mark.parametrize("code, expected", [
-    ("from minideeplab.scratch.lattice_fast import blur\n", "imports minideeplab.scratch.lattice_fast"),
+    ("from minideeplab.scratch._kernels import blur\n", "imports minideeplab.scratch._kernels.blur"),
     ("from minideeplab.scratch.deeplab import _check_config\n", "imports minideeplab.scratch.deeplab._check_config"),
     ("from minideeplab import scratch\nscratch.deeplab._sub({}, 'a')\n", "uses minideeplab.scratch.deeplab._sub"),
     ("import minideeplab.scratch.layers as L\nL._cache\n", "uses minideeplab.scratch.layers._cache"),

@@ -87,7 +87,7 @@ def test_fast_filter_equals_the_readable_splat_blur_slice(lattice_5d):
     values = rng.random((f.shape[0], 7)).astype(np.float32)
     alpha = 1 / (1 + 2.0 ** -lat.dim)
     start, pixels, cw = fast.transpose(lat.offsets, lat.weights, lat.n_points)
-    got = crf._fast_filter(values, start, pixels, cw, lat, (lat.weights * alpha).astype(np.float32))
+    got = crf.fast_filter(values, start, pixels, cw, lat, (lat.weights * alpha).astype(np.float32))
     want = crf.lattice_filter(lat, values.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 

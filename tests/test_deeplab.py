@@ -248,13 +248,13 @@ def test_model_object():
 def test_eval_call_keeps_no_caches(monkeypatch):
     """In eval, model(x) runs model_infer: no model_forward, no caching batch norm or max pool; the
     same logits as forward's. In training, model(x) is forward's logits (batch statistics, dropout)."""
-    from minideeplab.scratch import backbone, layers
+    from minideeplab.scratch import layers, resnet
 
     model = nontrivial_model("v3plus", F32, seed=5, backbone="mini", num_classes=3)
     x = X33.astype(F32)
     expected = model.forward(x)[0]
     with monkeypatch.context() as m:
-        for mod, name in ((scratch, "model_forward"), (units, "batch_norm2d"), (backbone, "max_pool2d"),
+        for mod, name in ((scratch, "model_forward"), (units, "batch_norm2d"), (resnet, "max_pool2d"),
                           (layers, "batch_norm2d")):
             m.setattr(mod, name, lambda *a, **k: pytest.fail("a caching forward ran in eval"))
         got = model(x)

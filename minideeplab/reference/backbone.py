@@ -17,7 +17,7 @@ from torch import nn
 
 from minideeplab.specs.backbone import VGG, ResNet
 
-__all__ = ["ResNetBackbone", "VGGLargeFOV", "build_backbone", "params_to_torch", "params_from_torch"]
+__all__ = ["ResNetBackbone", "VGGLargeFOV", "MODULES", "build_backbone", "params_to_torch", "params_from_torch"]
 
 
 def _conv(cin, cout, k, stride, dilation, bias=False):
@@ -119,13 +119,16 @@ class VGGLargeFOV(nn.Module):
         return {"low_level": low, "out": x if self.fc6 is None else F.relu(self.fc7(F.relu(self.fc6(x))))}
 
 
+# the registry: a backbone spec's type -> its twin (scratch.backbone.BACKBONES's twin)
+MODULES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV}
+
+
 def build_backbone(spec) -> nn.Module:
-    """``ResNetBackbone`` or ``VGGLargeFOV`` for the spec."""
-    if isinstance(spec, ResNet):
-        return ResNetBackbone(spec)
-    if isinstance(spec, VGG):
-        return VGGLargeFOV(spec)
-    raise ValueError(f"build_backbone: spec must be a ResNet or a VGG, got {type(spec).__name__}")
+    """The twin of the spec's backbone (``MODULES``)."""
+    if type(spec) not in MODULES:
+        raise ValueError(f"build_backbone: spec must be {' or '.join('a ' + t.__name__ for t in MODULES)}, "
+                         f"got {type(spec).__name__}")
+    return MODULES[type(spec)](spec)
 
 
 def params_to_torch(module: nn.Module, params: dict, buffers: dict) -> nn.Module:

@@ -295,7 +295,7 @@ def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
         start, pixels, cw = fast.transpose(lat.offsets, lat.weights, lat.n_points)
         alpha = 1.0 / (1.0 + 2.0 ** -lat.dim)
         # the lattice's own response to ones, to normalise by (never by the exact one)
-        norm = _fast_filter(np.ones((N, 1), np.float32), start, pixels, cw, lat, lat.weights) * alpha
+        norm = fast_filter(np.ones((N, 1), np.float32), start, pixels, cw, lat, lat.weights) * alpha
         norm = norm[:, 0].astype(np.float64) + 1e-20
         if normalization == "symmetric":
             before, after = 1.0 / np.sqrt(norm), w * alpha / np.sqrt(norm)
@@ -312,14 +312,14 @@ def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
     for _ in range(n_iters):
         message[:] = 0.0
         for start, pixels, cw, lat, sw, buffers in prepared:
-            _fast_filter(q, start, pixels, cw, lat, sw, out=message, buffers=buffers)
+            fast_filter(q, start, pixels, cw, lat, sw, out=message, buffers=buffers)
         if mu is not None:
             message = np.ascontiguousarray(-(message @ mu.T.astype(np.float32)))
         fast._softmax_update(unary, message, q)
     return q
 
 
-def _fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None):
+def fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None):
     """slice(blur(splat(values))) with the given splat (cw) and slice (sw) weights, added to `out`."""
     M1, C = lat.n_points + 1, values.shape[1]
     if buffers is None:

@@ -16,8 +16,7 @@ from typing import NamedTuple
 
 from minideeplab.specs.checks import is_int
 
-__all__ = ["RESNET_DEPTHS", "EXPANSION", "CONVENTIONS", "BlockPlan", "ResNet", "VGGLayer", "VGG", "BACKBONE_SPECS",
-           "check_backbone_spec"]
+__all__ = ["RESNET_DEPTHS", "EXPANSION", "CONVENTIONS", "BlockPlan", "ResNet", "VGGLayer", "VGG"]
 
 
 # depth -> (block, blocks per stage)
@@ -246,11 +245,3 @@ class VGG:
     @property
     def out_channels(self) -> int:
         return self.fc_channels if self.fc else self.widths[4]
-
-
-BACKBONE_SPECS = (ResNet, VGG)
-
-
-def check_backbone_spec(fn, spec):
-    if not isinstance(spec, (ResNet, VGG)):
-        raise ValueError(f"{fn}: spec must be a ResNet or a VGG, got {type(spec).__name__}")
