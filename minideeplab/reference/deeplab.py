@@ -9,7 +9,7 @@ Forward returns ``{"out": logits}``, plus ``"aux"`` for v3 with aux=True when tr
 computes aux in eval too; here it is a training-only output, as in the scratch model).
 
 ``DeepLabModule`` is generic, as the scratch model: ``backbone`` (``build_backbone(config.trunk)``), then one
-module per step of ``config.steps``, registered under the step's name and built by ``heads.MODULES`` from
+module per step of ``config.steps``, registered under the step's name and built by ``heads.HEADS`` from
 the step's spec; forward runs them in order over the features and resizes the "scores" to the input.
 v2's ``classifier`` is ``ASPPLModule``: on a ResNet the released DeepLab-v2 ResNet-101 head (per rate one
 3x3 conv to the classes, summed), on VGG-16 the paper's fc6-fc7-fc8 ASPP-L (``fc_channels`` chooses).
@@ -29,7 +29,7 @@ from torch import nn
 
 from minideeplab.reference.aspp import Dropout, init_module, set_dropout_masks
 from minideeplab.reference.backbone import build_backbone, params_from_torch, params_to_torch
-from minideeplab.reference.heads import MODULES
+from minideeplab.reference.heads import HEADS
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.specs.deeplab import DeepLabConfig, is_score_layer, make_config
 
@@ -49,7 +49,7 @@ class DeepLabModule(nn.Module):
         self.config = config
         self.backbone = build_backbone(config.trunk)
         for step in config.steps:
-            self.add_module(step.name, MODULES[type(step.spec)](step.spec))
+            self.add_module(step.name, HEADS[type(step.spec)](step.spec))
         # the scratch init's scheme (class-score convs N(0, 0.01)) by the model's names: the modules with class
         # scores first, then those that hold none, except one that initialised itself (an ASPP). Either order
         # gives the same distributions; this one is the order the twin drew in before the model was generic,

@@ -1,6 +1,6 @@
 """PyTorch twins of ``minideeplab.scratch.heads``: one ``nn.Module`` per head spec, whose ``state_dict`` keys
 below the step's name are the scratch unit's parameter names, and whose forward takes the step's inputs
-(``module(*xs)``). ``MODULES`` is the registry, the twin of ``scratch.heads.UNITS``: spec type -> a callable
+(``module(*xs)``). ``HEADS`` is the registry, the twin of ``scratch.heads.HEADS``: spec type -> a callable
 that builds the module from the spec."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
 
 __all__ = ["LargeFOVHeadModule", "DeepLabHeadModule", "FCNHeadModule", "DecoderModule", "classifier_module",
-           "MODULES"]
+           "HEADS"]
 
 
 class LargeFOVHeadModule(nn.Module):
@@ -76,5 +76,5 @@ def classifier_module(spec: Classifier) -> nn.Conv2d:
 
 
 # the registry: a head spec's type -> its twin's builder (scratch.heads.UNITS's twin)
-MODULES = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
+HEADS = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
            FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module}

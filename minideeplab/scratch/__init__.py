@@ -1,14 +1,16 @@
-"""From-scratch implementations in NumPy + numba. Each module has a PyTorch twin in
-``minideeplab.reference`` with the same name."""
+"""From-scratch implementations in NumPy + numba. Each module that computes a network's part has a PyTorch
+twin in ``minideeplab.reference`` with the same name (see ARCHITECTURE.md)."""
 
 from minideeplab.scratch.atrous import (atrous_conv2d, atrous_conv2d_backward, atrous_conv2d_backward_naive,
                                         atrous_conv2d_naive, conv_output_size)
 from minideeplab.scratch.crf import dense_crf
 from minideeplab.scratch.receptive import RF, receptive_field
-from minideeplab.scratch import aspp, atrous, backbone, crf, deeplab, layers, receptive  # noqa: E402 (the modules)
+from minideeplab.scratch import (aspp, atrous, backbone, crf, deeplab, heads, layers, optim, params,  # noqa: E402
+                                 receptive, resnet, units, vgg)
 from minideeplab.scratch.deeplab import DeepLab, build_model
 
 __all__ = ["conv_output_size", "atrous_conv2d_naive", "atrous_conv2d_backward_naive",
            "atrous_conv2d", "atrous_conv2d_backward", "RF", "receptive_field", "dense_crf",
            "build_model", "DeepLab",
-           "aspp", "atrous", "backbone", "crf", "deeplab", "layers", "receptive"]
+           "aspp", "atrous", "backbone", "crf", "deeplab", "heads", "layers", "optim", "params", "receptive", "resnet",
+           "units", "vgg"]

@@ -8,7 +8,7 @@ and says what it is made of: ``config.trunk``, the backbone spec, and ``config.s
 
     backbone   ``backbone.backbone_forward / _backward / _infer`` of the trunk: features {"low_level",
                "out", ResNet: "layer3"}
-    heads      ``heads.UNITS[type(step.spec)]``, one Unit (shapes, forward, backward, infer) per head spec
+    heads      ``heads.HEADS[type(step.spec)]``, one Unit (shapes, forward, backward, infer) per head spec
     model      ``model_forward`` runs the backbone, then each step on the features so far, then resizes
                the "scores" (and, training v3 with aux, the "aux" scores) to the input; ``model_backward``
                runs the steps in reverse, summing the gradient of a feature read twice, then the backbone.
@@ -78,18 +78,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch.backbone import BackboneCache, backbone_backward, backbone_forward, backbone_infer, check_image
+from minideeplab.scratch.backbone import BACKBONES as BACKBONE_UNITS
+from minideeplab.scratch.backbone import (BackboneCache, backbone_backward, backbone_forward,
+                                          backbone_infer, check_image)
 from minideeplab.scratch.backbone import parameter_shapes as backbone_parameter_shapes
-from minideeplab.scratch.heads import UNITS
+from minideeplab.scratch.heads import HEADS
 from minideeplab.scratch.layers import resize_bilinear, resize_bilinear_backward, resize_bilinear_infer
 from minideeplab.scratch.optim import sgd_step
 from minideeplab.scratch.params import check_subset, init_params, sub
-from minideeplab.specs.backbone import ResNet
 from minideeplab.specs.checks import FLOAT_DTYPES, check_float_array
-from minideeplab.specs.deeplab import (AUX_DROPOUT, BACKBONES, MINI_HEAD, MODELS, SCORE_STD, V2_RATES, V3_RATES,
-                                       DeepLabConfig, is_score_layer, make_config)
+from minideeplab.specs.deeplab import (AUX_DROPOUT, MINI_HEAD, MODELS, SCORE_STD, V2_RATES, V3_RATES, DeepLabConfig,
+                                       is_score_layer, make_config)
 
-__all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "model_parameter_shapes", "is_score_layer",
+__all__ = ["MODELS", "DeepLabConfig", "make_config", "model_parameter_shapes", "is_score_layer",
            "init_model", "DeepLabCache", "model_forward", "model_backward", "model_infer", "DeepLab", "build_model",
            "sgd_step", "AUX_DROPOUT", "MINI_HEAD", "SCORE_STD", "V2_RATES", "V3_RATES"]
 
@@ -111,7 +112,7 @@ def model_parameter_shapes(config) -> tuple[dict[str, tuple], dict[str, tuple]]:
     params = {f"backbone.{k}": v for k, v in bp.items()}
     buffers = {f"backbone.{k}": v for k, v in bb.items()}
     for step in config.steps:
-        p, b = UNITS[type(step.spec)].shapes(step.spec, step.name)
+        p, b = HEADS[type(step.spec)].shapes(step.spec, step.name)
         params.update(p)
         buffers.update(b)
     return params, buffers
@@ -177,7 +178,7 @@ def _check_input(fn, config, params, buffers, x, training):
                          f"line up; nearest: H in {near(H)}, W in {near(W)} (or align_corners=False, any size)")
     if training:
         hw = -(-H // os_) * -(-W // os_)
-        if isinstance(config.trunk, ResNet) and N * hw < 2:
+        if BACKBONE_UNITS[type(config.trunk)].batch_norm and N * hw < 2:
             raise ValueError(f"{fn}: x has shape {x.shape}, which gives a {-(-H // os_)}x{-(-W // os_)} last stage: "
                              f"training (batch norm) needs N * H_out * W_out >= 2")
         if N < 2 and any(a.image_pooling for a in config.aspps):
@@ -204,7 +205,7 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
     for step in config.steps:
         if step.training_only and not training:
             continue
-        unit = UNITS[type(step.spec)]
+        unit = HEADS[type(step.spec)]
         feats[step.output], heads[step.name] = unit.forward(step.spec, params, buffers, tuple(feats[i] for i in step.inputs),
                                                              training, rng, step.name, fn)
     shapes = {"x": x.shape} | {k: v.shape for k, v in feats.items()}
@@ -222,7 +223,7 @@ def model_infer(config, params, buffers, x, _fn="model_infer"):
     feats = backbone_infer(config.trunk, sub(params, "backbone"), sub(buffers, "backbone"), x)
     for step in config.steps:
         if not step.training_only:
-            feats[step.output] = UNITS[type(step.spec)].infer(step.spec, params, buffers,
+            feats[step.output] = HEADS[type(step.spec)].infer(step.spec, params, buffers,
                                                               tuple(feats[i] for i in step.inputs), step.name)
     return resize_bilinear_infer(feats["scores"], x.shape[2:], config.align_corners)
 
@@ -257,7 +258,7 @@ def model_backward(dlogits, cache, daux=None, _fn="model_backward"):
     for step in reversed(config.steps):
         if step.name not in cache.head or step.output not in d:
             continue  # not run (eval), or nothing flows back into it (the aux head without daux)
-        dxs, g = UNITS[type(step.spec)].backward(d.pop(step.output), cache.head[step.name])
+        dxs, g = HEADS[type(step.spec)].backward(d.pop(step.output), cache.head[step.name])
         grads.update(g)
         for name, dx in zip(step.inputs, dxs):
             d[name] = dx if name not in d else d[name] + dx

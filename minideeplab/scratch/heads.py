@@ -27,7 +27,7 @@ from minideeplab.scratch.units import (conv1x1_backward, conv1x1_forward, conv1x
 from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
 
-__all__ = ["Unit", "HeadCache", "UNITS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
+__all__ = ["Unit", "HeadCache", "HEADS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
            "CLASSIFIER"]
 
 
@@ -275,5 +275,5 @@ CLASSIFIER = Unit(classifier_shapes, classifier_forward, classifier_backward, cl
 
 
 # the registry: a head spec's type -> its unit (a new head: its spec, its unit here, its twin, one line each)
-UNITS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
+HEADS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
          Decoder: DECODER, Classifier: CLASSIFIER}
