@@ -3,6 +3,7 @@ function counts), no import cycle between modules, scratch free of torch and of 
 private scratch name used outside scratch/. Read from the source with ``ast``: nothing is imported."""
 
 import ast
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -176,9 +177,19 @@ def _private_uses(path: Path, module: str) -> list[str]:
     return uses
 
 
-def test_no_private_scratch_name_outside_scratch():
+def _notebook_code(path: Path, tmp_path: Path) -> Path:
+    """The code cells of a notebook as one Python file (IPython's % and ! lines left out)."""
+    cells = json.loads(path.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    out = tmp_path / f"{path.stem}.py"
+    out.write_text("\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    return out
+
+
+def test_no_private_scratch_name_outside_scratch(tmp_path):
     files = [(m, p) for m, p in MODULES.items() if not m.startswith("minideeplab.scratch")]
     files += [(f"tests.{p.stem}", p) for p in sorted((ROOT / "tests").glob("*.py"))]
+    files += [(f"notebook.{p.stem}", _notebook_code(p, tmp_path)) for p in sorted((ROOT / "solutions").glob("*.ipynb"))]
     uses = [u for m, p in files for u in _private_uses(p, m)]
     assert not uses, "private scratch names used outside minideeplab/scratch:\n" + "\n".join(uses)
 
