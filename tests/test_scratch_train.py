@@ -1,4 +1,4 @@
-"""The NumPy trainer (minideeplab.scratch.train) against the torch trainer (minideeplab.train, run itself):
+"""The NumPy trainer (minideeplab.training.numpy_backend) against the torch trainer (minideeplab.train, run itself):
 the same losses from the same weights, batches and dropout masks; a resumed run bit-identical to an
 uninterrupted one; checkpoints the torch tools load; clear errors for what it does not do."""
 
@@ -15,7 +15,9 @@ from minideeplab.data.voc import VOCSegmentation
 from minideeplab.reference import deeplab as ref
 from minideeplab.reference.aspp import set_dropout_masks
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.scratch import train as S
+from minideeplab.training import loop as L
+from minideeplab.training import numpy_backend as S
+from minideeplab.training import torch_backend as TB
 
 from helpers import interrupt_at, rel
 
@@ -75,7 +77,7 @@ def torch_run(config, monkeypatch, masks, perturb=0.0):
         return model
 
     with monkeypatch.context() as m:
-        m.setattr(T, "build", replaying)
+        m.setattr(TB, "build", replaying)
         return T.train(config, quiet=True, log=quiet_log)
 
 
@@ -179,7 +181,7 @@ def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypa
     whole = S.train(tiny(tmp_path / "whole"), quiet=True, log=quiet_log)
     config = tiny(tmp_path / "cut")
     with monkeypatch.context() as m:
-        interrupt_at(m, S, 5)
+        interrupt_at(m, L, 5)
         with pytest.raises(KeyboardInterrupt):
             S.train(config, quiet=True, log=quiet_log)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 4
