@@ -201,6 +201,25 @@ def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypa
     assert [r["losses"] for r in resumed["metrics"]] == [whole["losses"][:3], whole["losses"][3:]]
 
 
+def test_best_checkpoint_by_the_torch_trainers_rule(tmp_path, monkeypatch):
+    """One rule for both trainers (``training.loop.best_miou``): evaluations scoring nan, 0.5, 0.3, then,
+    resumed, 0.4, 0.6: best.pt after the 0.5 and the 0.6 (nan, no class seen, is no best; the resumed run's
+    best so far is the history's 0.5, not its first record's nan)."""
+    mious = iter([float("nan"), 0.5, 0.3, 0.4, 0.6])
+    monkeypatch.setattr(L, "_evaluate_shared", lambda model, dataset, *_: {"miou": next(mious), "images": 2})
+    config = tiny(tmp_path, epochs=5, train_images=2, checkpoint_every=0, eval_every=1)
+    lines = []
+    with monkeypatch.context() as m:
+        interrupt_at(m, L, 3)
+        with pytest.raises(KeyboardInterrupt):
+            S.train(config, quiet=True, log=lines.append)
+    final = S.train(config, resume=True, quiet=True, log=lines.append)
+    epochs = [line for line in lines if line.startswith("epoch")]
+    assert [line.endswith("(best)") for line in epochs] == [False, True, False, False, True], epochs
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["iteration"] == final["iteration"] == 5 and best["metrics"][-1]["miou"] == 0.6
+
+
 def test_checkpoint_loads_in_the_torch_tools(tmp_path, capsys):
     """A NumPy run with an evaluation (in NumPy): last.pt and best.pt; load_model gives a torch twin holding
     exactly its weights, torch.optim.SGD loads its optimizer state, and `minideeplab eval --checkpoint`
