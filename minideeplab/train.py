@@ -50,8 +50,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=pr
     end of every epoch, and out/best.pt when an evaluation beats the best val mIoU so far. resume=True
     continues from out/last.pt (which must come from the same config, up to TrainConfig.RESUMABLE_CHANGES).
     Under torchrun, one process of a data-parallel run (see the module's docstring). Returns the final
-    checkpoint dict."""
-    return fit(config, TorchBackend, resume, quiet, log)
+    checkpoint dict. The model comes from this module's ``build``, looked up at each call (ablate.py swaps in
+    its shallow FCN)."""
+    return fit(config, TorchBackend, resume, quiet, log, build=build)
 
 
 def _config_of(saved: dict) -> TrainConfig:

@@ -17,7 +17,6 @@ from minideeplab.reference.aspp import set_dropout_masks
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.training import loop as L
 from minideeplab.training import numpy_backend as S
-from minideeplab.training import torch_backend as TB
 
 from helpers import interrupt_at, rel
 
@@ -77,7 +76,7 @@ def torch_run(config, monkeypatch, masks, perturb=0.0):
         return model
 
     with monkeypatch.context() as m:
-        m.setattr(TB, "build", replaying)
+        m.setattr(T, "build", replaying)
         return T.train(config, quiet=True, log=quiet_log)
 
 

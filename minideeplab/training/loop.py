@@ -6,7 +6,7 @@
 A backend is a class with
 
     Backend.check(config, world)                     raise for what it cannot run (before any process group)
-    b = Backend(config, num_classes, world, rank, device)   the initial weights (seeded by config.seed)
+    b = Backend(config, num_classes, world, rank, device, **options)   the initial weights (config.seed's)
     b.load_state_dict(checkpoint)                    continue from "model", "optimizer", "rng", "iteration"
     b.step(x, y, lr, iteration) -> float             one SGD iteration on x (n, 3, H, W) float32, y (n, H, W)
                                                      int64 (this process's share) -> the global batch's loss
@@ -62,11 +62,11 @@ def best_miou(history: list[dict]) -> float:
     return max((r["miou"] for r in history if not math.isnan(r.get("miou", math.nan))), default=-math.inf)
 
 
-def fit(config: TrainConfig, backend, resume: bool = False, quiet: bool = False, log=print) -> dict:
-    """Train config.model on config.data_root with `backend` (see the module's docstring); write out/last.pt
-    and out/best.pt. resume=True continues from out/last.pt (which must come from the same config, up to
-    TrainConfig.RESUMABLE_CHANGES). Under torchrun, one process of a data-parallel run. Returns the final
-    checkpoint dict."""
+def fit(config: TrainConfig, backend, resume: bool = False, quiet: bool = False, log=print, **options) -> dict:
+    """Train config.model on config.data_root with `backend` (see the module's docstring; options: more
+    keyword arguments of its constructor); write out/last.pt and out/best.pt. resume=True continues from
+    out/last.pt (which must come from the same config, up to TrainConfig.RESUMABLE_CHANGES). Under torchrun,
+    one process of a data-parallel run. Returns the final checkpoint dict."""
     world, rank, local_rank = _world()
     backend.check(config, world)
     if config.batch_size % world:
@@ -75,7 +75,7 @@ def fit(config: TrainConfig, backend, resume: bool = False, quiet: bool = False,
         raise ValueError(f"batch_size (--batch-size) is the global batch, split over the {world} processes: it "
                          f"must be a multiple of {world}, got {config.batch_size} (e.g. {some})")
     if world == 1:
-        return _fit(config, backend, resume, quiet, log, 1, 0, config.device)
+        return _fit(config, backend, options, resume, quiet, log, 1, 0, config.device)
     device = f"cuda:{local_rank}" if config.device.startswith("cuda") else config.device
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
@@ -83,8 +83,8 @@ def fit(config: TrainConfig, backend, resume: bool = False, quiet: bool = False,
     if own_group:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
-        return _fit(config, backend, resume, quiet or rank > 0, log if rank == 0 else (lambda *a: None), world,
-                    rank, device)
+        return _fit(config, backend, options, resume, quiet or rank > 0, log if rank == 0 else (lambda *a: None),
+                    world, rank, device)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -98,7 +98,7 @@ def _world() -> tuple[int, int, int]:
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), local
 
 
-def _fit(config, backend, resume, quiet, log, world, rank, device) -> dict:
+def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> dict:
     out = Path(config.out)
     last, best_path = out / "last.pt", out / "best.pt"
     train_set = FirstN(open_split(config.data_root, config.train_split), config.train_images)
@@ -110,7 +110,7 @@ def _fit(config, backend, resume, quiet, log, world, rank, device) -> dict:
     max_iter = config.epochs * per_epoch
     share = config.batch_size // world
 
-    b = backend(config, len(classes), world, rank, device)
+    b = backend(config, len(classes), world, rank, device, **options)
     it, history, losses = 0, [], []
     if resume:
         ckpt = load_checkpoint(last, resumable=True)

@@ -38,8 +38,9 @@ def build(config, num_classes: int, device=None):
 
 class TorchBackend:
     """The torch trainer's side of ``training.loop.fit``: TorchBackend(config, num_classes, world, rank,
-    device) builds the model from torch.manual_seed(config.seed) (process `rank` of `world` also reseeds
-    its generator, for dropout draws of its own) and its optimizer."""
+    device) builds the model with ``build`` (or the function given: (config, num_classes, device) -> model)
+    from torch.manual_seed(config.seed), and its optimizer; process `rank` > 0 then reseeds torch's generator,
+    for dropout draws of its own."""
 
     name = "torch"
 
@@ -47,7 +48,7 @@ class TorchBackend:
     def check(config, world):
         """Nothing to refuse: any device, any number of processes."""
 
-    def __init__(self, config, num_classes: int, world: int = 1, rank: int = 0, device: str = "cpu"):
+    def __init__(self, config, num_classes: int, world: int = 1, rank: int = 0, device: str = "cpu", build=build):
         self.config, self.world, self.rank, self.device = config, world, rank, device
         self.dtype = getattr(torch, config.dtype)
         torch.manual_seed(config.seed)
