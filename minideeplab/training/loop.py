@@ -3,16 +3,17 @@
     fit(config, TorchBackend)    # minideeplab.train.train: PyTorch, any device, torchrun
     fit(config, NumpyBackend)    # training.numpy_backend.train (--backend scratch): NumPy, CPU, one process
 
-A backend is a class with
+A backend is a class:
 
-    Backend.check(config, world)                     raise for what it cannot run (before any process group)
-    b = Backend(config, num_classes, world, rank, device, **options)   the initial weights (config.seed's)
-    b.load_state_dict(checkpoint)                    continue from "model", "optimizer", "rng", "iteration"
-    b.step(x, y, lr, iteration) -> float             one SGD iteration on x (n, 3, H, W) float32, y (n, H, W)
-                                                     int64 (this process's share) -> the global batch's loss
-    b.state_dict() -> {"model", "optimizer", "rng"}  in the checkpoint's layout (``training.checkpoint``)
-    b.predictor()                                    a model for ``evaluation.predict``; .train() after
-    b.name, b.device
+    Backend.check(config, world)    raise for what it cannot run (called before any process group exists)
+    b = Backend(config, num_classes, world, rank, device, **options)
+                                    the initial weights (from config.seed) and optimizer state
+    b.load_state_dict(checkpoint)   continue from a checkpoint's "model", "optimizer", "rng", "iteration"
+    b.step(x, y, lr, iteration)     one SGD iteration on this process's share of a batch, x (n, 3, H, W) float32
+                                    and y (n, H, W) int64 tensors -> the global batch's loss (a float)
+    b.state_dict()                  {"model", "optimizer", "rng"} in the checkpoint's layout (training.checkpoint)
+    b.predictor()                   a model for evaluation.predict (which sets eval mode; .train() after)
+    b.name, b.device                "torch" or "numpy"; where evaluation runs
 
 DeepLab's recipe: SGD with momentum and weight decay, the "poly" learning rate
 lr = base_lr * (1 - iteration / max_iterations) ** 0.9, cross-entropy that ignores label 255, random

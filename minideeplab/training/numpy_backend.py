@@ -95,6 +95,8 @@ class NumpyBackend:
                           self.config.weight_decay, self.momentum)
 
     def state_dict(self) -> dict:
+        """The torch trainer's layout: the weights keyed as the twin's state_dict, the momentum buffers as
+        torch.optim.SGD's state (parameter i: the twin's i-th), no random state."""
         weights = {**self.model.params, **self.model.buffers}
         sgd = {"state": {i: {"momentum_buffer": torch.from_numpy(self.momentum[k].copy())}
                          for i, k in enumerate(self.names) if k in self.momentum},
@@ -103,6 +105,7 @@ class NumpyBackend:
         return {"model": {k: torch.from_numpy(np.array(weights[k])) for k in self.keys}, "optimizer": sgd, "rng": {}}
 
     def load_state_dict(self, ckpt: dict):
+        """Continue from a checkpoint (its "rng" unused: the dropout masks are seeded by the iteration)."""
         for d in (self.model.params, self.model.buffers):
             d.update({k: ckpt["model"][k].numpy().copy() for k in d})
         self.momentum = {self.names[i]: s["momentum_buffer"].numpy().copy()
