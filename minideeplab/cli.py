@@ -94,20 +94,12 @@ def _device(name):
     return name
 
 
-def _scratch_trainer():
-    try:
-        from minideeplab.scratch.train import train
-    except ModuleNotFoundError as e:
-        if e.name != "minideeplab.scratch.train":
-            raise
-        raise ValueError("--backend scratch: minideeplab.scratch.train is missing from this installation") from None
-    return train
-
-
 @_errors_to_exit
 def _train(args) -> int:
     import math
     import os
+
+    from minideeplab.training.loop import best_miou
 
     config = _train_config(args)
     for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root)):
@@ -118,15 +110,15 @@ def _train(args) -> int:
         if world > 1:
             raise ValueError(f"--backend scratch: the NumPy trainer runs in one process; launch it without "
                              f"torchrun (WORLD_SIZE is {world})")
-        train = _scratch_trainer()
+        from minideeplab.training.numpy_backend import train
     else:
         from minideeplab.train import train
     ckpt = train(config, resume=args.resume, quiet=args.quiet, log=print)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"checkpoint: {Path(config.out) / 'last.pt'} (iteration {ckpt['iteration']})")
-        scores = [r["miou"] for r in ckpt.get("metrics", []) if not math.isnan(r.get("miou", math.nan))]
-        if scores and (Path(config.out) / "best.pt").exists():
-            print(f"best: {Path(config.out) / 'best.pt'} (val mIoU {max(scores):.4f})")
+        best = best_miou(ckpt.get("metrics", []))
+        if math.isfinite(best) and (Path(config.out) / "best.pt").exists():
+            print(f"best: {Path(config.out) / 'best.pt'} (val mIoU {best:.4f})")
     return 0
 
 
@@ -274,8 +266,8 @@ def _add_train(sub):
                    help="another build_model argument, a Python literal, repeatable: image_pooling=False, "
                         "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True")
     p.add_argument("--backend", choices=("torch", "scratch"), default="torch",
-                   help="torch: this PyTorch trainer; scratch: the NumPy one (minideeplab.scratch.train, one "
-                        "process) (default: %(default)s)")
+                   help="torch: this PyTorch trainer; scratch: the NumPy one (minideeplab.training.numpy_backend, "
+                        "one process) (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments as its run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines are still printed)")
     p.set_defaults(func=_train)
@@ -355,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "threads for every library", 3, "small models on a 65x65 input, one repeat"),
         "train": ("a DeepLab training step in NumPy against torch's, same weights and batch",
                   "Time a training step (forward + loss, backward, SGD update) of the mini DeepLab v3+ in NumPy "
-                  "(minideeplab.scratch.train) against the torch trainer's: 8 128x128 crops, float32, the same "
-                  "weights, the same thread count for torch, numba and NumPy's BLAS, each side in its own "
+                  "(minideeplab.training.numpy_backend) against the torch trainer's: 8 128x128 crops, float32, the "
+                  "same weights, the same thread count for torch, numba and NumPy's BLAS, each side in its own "
                   "process; the first step's losses are checked to agree. Prints img/s, the ratio numpy/torch "
                   "and each phase's time.",
                   "threads for every library", 5, "2 64x64 crops, one repeat"),

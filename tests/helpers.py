@@ -40,7 +40,7 @@ def cast_model(m, dtype):
 
 
 def interrupt_at(monkeypatch, trainer, iteration):
-    """Make `trainer` (the module minideeplab.train or minideeplab.scratch.train) stop with KeyboardInterrupt
+    """Make `trainer` (the module minideeplab.training.loop: both trainers run it) stop with KeyboardInterrupt
     when it is about to run `iteration` (0-based): its poly_lr, asked first in every iteration, raises."""
     poly = trainer.poly_lr
 

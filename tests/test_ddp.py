@@ -13,6 +13,8 @@ import torch
 
 from minideeplab import train as T
 from minideeplab.cli import main
+from minideeplab.training import loop as L
+from minideeplab.training import torch_backend as TB
 
 from helpers import interrupt_at
 
@@ -114,7 +116,7 @@ def test_a_single_process_run_resumes_with_two_processes(runs, tmp_path, monkeyp
     tolerances of the first test."""
     _, _, single = runs
     with monkeypatch.context() as m:
-        interrupt_at(m, T, 2)
+        interrupt_at(m, L, 2)
         with pytest.raises(KeyboardInterrupt):
             T.train(T.TrainConfig(**CONFIG, out=str(tmp_path)), quiet=True, log=lambda *a: None)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
@@ -183,7 +185,7 @@ def test_cpu_sync_batchnorm_is_batchnorm_in_one_process(one_process_group, momen
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5, generator=g)
         bn.bias.normal_(generator=g)
-    sync = T._sync_batchnorm(torch.nn.Sequential(bn), "cpu")[0]
+    sync = TB._sync_batchnorm(torch.nn.Sequential(bn), "cpu")[0]
     ref = torch.nn.BatchNorm2d(3, momentum=momentum).double()
     ref.load_state_dict(bn.state_dict())
     assert type(sync) is T.CPUSyncBatchNorm and sync.state_dict().keys() == ref.state_dict().keys()

@@ -1,4 +1,4 @@
-"""The NumPy trainer (minideeplab.scratch.train) against the torch trainer (minideeplab.train, run itself):
+"""The NumPy trainer (minideeplab.training.numpy_backend) against the torch trainer (minideeplab.train, run itself):
 the same losses from the same weights, batches and dropout masks; a resumed run bit-identical to an
 uninterrupted one; checkpoints the torch tools load; clear errors for what it does not do."""
 
@@ -15,7 +15,8 @@ from minideeplab.data.voc import VOCSegmentation
 from minideeplab.reference import deeplab as ref
 from minideeplab.reference.aspp import set_dropout_masks
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.scratch import train as S
+from minideeplab.training import loop as L
+from minideeplab.training import numpy_backend as S
 
 from helpers import interrupt_at, rel
 
@@ -179,7 +180,7 @@ def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypa
     whole = S.train(tiny(tmp_path / "whole"), quiet=True, log=quiet_log)
     config = tiny(tmp_path / "cut")
     with monkeypatch.context() as m:
-        interrupt_at(m, S, 5)
+        interrupt_at(m, L, 5)
         with pytest.raises(KeyboardInterrupt):
             S.train(config, quiet=True, log=quiet_log)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 4
@@ -197,6 +198,25 @@ def test_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path, monkeypa
         assert torch.equal(s["momentum_buffer"], resumed["optimizer"]["state"][k]["momentum_buffer"]), k
     assert whole["losses"] == resumed["losses"] and len(whole["losses"]) == 6
     assert [r["losses"] for r in resumed["metrics"]] == [whole["losses"][:3], whole["losses"][3:]]
+
+
+def test_best_checkpoint_by_the_torch_trainers_rule(tmp_path, monkeypatch):
+    """One rule for both trainers (``training.loop.best_miou``): evaluations scoring nan, 0.5, 0.3, then,
+    resumed, 0.4, 0.6: best.pt after the 0.5 and the 0.6 (nan, no class seen, is no best; the resumed run's
+    best so far is the history's 0.5, not its first record's nan)."""
+    mious = iter([float("nan"), 0.5, 0.3, 0.4, 0.6])
+    monkeypatch.setattr(L, "_evaluate_shared", lambda model, dataset, *_: {"miou": next(mious), "images": 2})
+    config = tiny(tmp_path, epochs=5, train_images=2, checkpoint_every=0, eval_every=1)
+    lines = []
+    with monkeypatch.context() as m:
+        interrupt_at(m, L, 3)
+        with pytest.raises(KeyboardInterrupt):
+            S.train(config, quiet=True, log=lines.append)
+    final = S.train(config, resume=True, quiet=True, log=lines.append)
+    epochs = [line for line in lines if line.startswith("epoch")]
+    assert [line.endswith("(best)") for line in epochs] == [False, True, False, False, True], epochs
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["iteration"] == final["iteration"] == 5 and best["metrics"][-1]["miou"] == 0.6
 
 
 def test_checkpoint_loads_in_the_torch_tools(tmp_path, capsys):

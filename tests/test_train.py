@@ -14,6 +14,7 @@ from minideeplab import train as T
 from minideeplab.cli import _train_config, build_parser, main
 from minideeplab.data.voc import VOCSegmentation, voc_palette
 from minideeplab.metrics import boundary_band, class_iou, confusion_matrix, mean_iou, pixel_accuracy, trimap_confusion
+from minideeplab.training import loop as L
 
 from helpers import interrupt_at
 
@@ -72,7 +73,7 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, monkeypatch):
 
     config = tiny(tmp_path / "cut", checkpoint_every=2)
     with monkeypatch.context() as m:
-        interrupt_at(m, T, 5)
+        interrupt_at(m, L, 5)
         with pytest.raises(KeyboardInterrupt):
             T.train(config, quiet=True, log=quiet_log)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 4
@@ -119,7 +120,7 @@ def _scripted_evaluations(monkeypatch, mious, out):
         seen.append(torch.load(best, weights_only=True)["iteration"] if best.exists() else None)
         return {"miou": mious[len(seen) - 1], "images": len(dataset)}
 
-    monkeypatch.setattr(T, "_evaluate_shared", evaluate)
+    monkeypatch.setattr(L, "_evaluate_shared", evaluate)
     return seen
 
 
@@ -131,7 +132,7 @@ def test_best_checkpoint_follows_the_best_val_miou(tmp_path, monkeypatch):
     lines = []
     seen = _scripted_evaluations(monkeypatch, [float("nan"), 0.5, 0.3], tmp_path)
     with monkeypatch.context() as m:
-        interrupt_at(m, T, 3)
+        interrupt_at(m, L, 3)
         with pytest.raises(KeyboardInterrupt):
             T.train(config, quiet=True, log=lines.append)
     assert seen == [None, None, 2]
@@ -375,25 +376,25 @@ def test_model_option_flags_and_quiet_training(tmp_path, capsys):
 
 
 def test_backend_scratch_calls_the_numpy_trainer(tmp_path, monkeypatch, capsys):
-    """--backend scratch hands the same TrainConfig to minideeplab.scratch.train.train(config, resume=...,
+    """--backend scratch hands the same TrainConfig to minideeplab.training.numpy_backend.train(config, resume=...,
     quiet=..., log=...), imported only then; the real one accepts that call."""
     import inspect
     import sys
     import types
 
     calls = []
-    fake = types.ModuleType("minideeplab.scratch.train")
+    fake = types.ModuleType("minideeplab.training.numpy_backend")
     fake.train = lambda config, resume=False, quiet=False, log=print: calls.append((config, resume, quiet, log)) or {
         "iteration": 7, "metrics": []}
-    monkeypatch.setitem(sys.modules, "minideeplab.scratch.train", fake)
+    monkeypatch.setitem(sys.modules, "minideeplab.training.numpy_backend", fake)
     argv = ["train", "--data-root", str(DATA), "--out", str(tmp_path), "--epochs", "2", "--model-option", "dropout=0.0"]
     assert main([*argv, "--backend", "scratch", "--resume", "--quiet"]) == 0
     args = build_parser().parse_args(argv)
     assert calls == [(_train_config(args), True, True, print)]
     assert capsys.readouterr().out == f"checkpoint: {tmp_path / 'last.pt'} (iteration 7)\n"
-    monkeypatch.delitem(sys.modules, "minideeplab.scratch.train")
+    monkeypatch.delitem(sys.modules, "minideeplab.training.numpy_backend")
 
-    from minideeplab.scratch.train import train as numpy_train
+    from minideeplab.training.numpy_backend import train as numpy_train
     inspect.signature(numpy_train).bind(_train_config(args), resume=False, quiet=True, log=print)
 
 

@@ -1,5 +1,5 @@
-"""Benchmark: a DeepLab training step in NumPy (``minideeplab.scratch.train``) against PyTorch's, same weights,
-same batch, same thread count.
+"""Benchmark: a DeepLab training step in NumPy (``minideeplab.training.numpy_backend``) against PyTorch's, same
+weights, same batch, same thread count.
 
 Case (float32, training mode: batch statistics, dropout; 7 classes, the synthetic set's):
 
@@ -87,7 +87,7 @@ def _numpy_step(twin, x, y, masks_path):
     """A step of the scratch model: () -> (loss, (forward + loss, backward, update) seconds). Its first call
     draws the dropout masks from the NumPy trainer's first iteration's generator and saves them."""
     from minideeplab.reference.deeplab import to_scratch
-    from minideeplab.scratch.deeplab import sgd_step
+    from minideeplab.scratch.optim import sgd_step
     from minideeplab.scratch.layers import softmax_cross_entropy
 
     model = to_scratch(twin, np.random.default_rng([0, 3, 0])).train()
