@@ -35,7 +35,6 @@ from minideeplab.training.checkpoint import CHECKPOINT_FORMAT, export_checkpoint
 from minideeplab.training.config import TrainConfig
 from minideeplab.training.data import MEAN, STD, FirstN, epoch_batches, open_split, open_val, to_tensor
 from minideeplab.training.evaluation import TRIMAP_WIDTHS, evaluate, predict, segment
-from minideeplab.training.evaluation import scores as _scores  # noqa: F401 (ablate.py's name for it)
 from minideeplab.training.loop import best_miou, fit, poly_lr
 from minideeplab.training.torch_backend import AUX_WEIGHT, CPUSyncBatchNorm, TorchBackend, build
 
@@ -45,14 +44,15 @@ __all__ = ["TrainConfig", "train", "build", "load_model", "predict", "evaluate",
            "CHECKPOINT_FORMAT", "AUX_WEIGHT"]
 
 
-def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=print) -> dict:
+def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=print, builder=None) -> dict:
     """Train config.model on config.data_root; write out/last.pt every checkpoint_every iterations and at the
     end of every epoch, and out/best.pt when an evaluation beats the best val mIoU so far. resume=True
     continues from out/last.pt (which must come from the same config, up to TrainConfig.RESUMABLE_CHANGES).
     Under torchrun, one process of a data-parallel run (see the module's docstring). Returns the final
-    checkpoint dict. The model comes from this module's ``build``, looked up at each call (ablate.py swaps in
-    its shallow FCN)."""
-    return fit(config, TorchBackend, resume, quiet, log, build=build)
+    checkpoint dict. builder: (config, num_classes, device) -> the model; None: this module's ``build``
+    (``reference.build_model``'s family), looked up at each call; the ablations pass one that also knows
+    their shallow network."""
+    return fit(config, TorchBackend, resume, quiet, log, build=builder or build)
 
 
 def _config_of(saved: dict) -> TrainConfig:
@@ -60,9 +60,9 @@ def _config_of(saved: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-def load_model(path, device="cpu"):
-    """(model in eval mode, class names) from a checkpoint."""
+def load_model(path, device="cpu", builder=None):
+    """(model in eval mode, class names) from a checkpoint; builder as ``train``'s."""
     ckpt = load_checkpoint(path)
-    model = build(_config_of(ckpt["config"]), len(ckpt["classes"]), device)
+    model = (builder or build)(_config_of(ckpt["config"]), len(ckpt["classes"]), device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), list(ckpt["classes"])

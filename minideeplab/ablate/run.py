@@ -1,4 +1,4 @@
-"""Running the study: each row trained by ``train.train`` (the shallow network included), scored per val image
+"""Running the study: each row trained by ``train.train`` (the shallow network included, through ``build``), scored per val image
 (with the dense CRF for the ``-crf`` rows), timed, and recorded in OUT/<name>/ (last.pt, result.json,
 per_image.npz), so that a rerun skips the finished rows and resumes an interrupted one. ``study``'s docstring
 says why each row and the schedule are what they are."""
@@ -9,7 +9,6 @@ import json
 import math
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,30 +16,19 @@ import torch
 
 from minideeplab import train as T
 from minideeplab.ablate.results import json_safe, write_results
+from minideeplab.training.evaluation import scores as summed_scores
 from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, LR, NARROW, ROWS, SCALE_RANGE, SEED, ShallowFCN,
                                       costs, field_of_view, select)
 
 __all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
 
 
-@contextmanager
-def _shallow_buildable():
-    """While open, ``train.build`` (which ``train.train`` and ``train.load_model`` call) builds ``ShallowFCN``
-    for TrainConfig.model "shallow" and defers to the original for every other model. The trainer knows only
+def build(config, num_classes, device=None):
+    """``train.build``, and ``ShallowFCN`` for TrainConfig.model "shallow": the trainer knows only
     ``build_model``'s family; this keeps the ablation's one extra model out of it."""
-    original = T.build
-
-    def build(config, num_classes, device=None):
-        if config.model != "shallow":
-            return original(config, num_classes, device)
-        torch_dtype = getattr(torch, config.dtype)
-        return ShallowFCN(num_classes).to(device=device or config.device, dtype=torch_dtype)
-
-    T.build = build
-    try:
-        yield
-    finally:
-        T.build = original
+    if config.model != "shallow":
+        return T.build(config, num_classes, device)
+    return ShallowFCN(num_classes).to(device=device or config.device, dtype=getattr(torch, config.dtype))
 
 
 def _schedule(epochs, train_images, val_images, crop_size, batch_size, lr, seed, scale_range=SCALE_RANGE) -> dict:
@@ -102,17 +90,7 @@ def evaluate_crf(model, dataset, classes, crf="deeplab-v2-resnet", widths=T.TRIM
     """``train.evaluate`` (one scale, no flip) with each image's probabilities refined by the dense CRF
     (``scratch.crf.dense_crf``; crf: a PARAMETER_SETS name or a dict of its arguments, n_iters included)."""
     cms, trimaps = per_image_confusions(model, dataset, len(classes), crf, widths)
-    return _scores(cms.sum(0), trimaps.sum(0), classes, widths, len(dataset))
-
-
-def _scores(cm, trimap, classes, widths, images) -> dict:
-    """``train.evaluate``'s scores of the summed matrices cm (C, C) and trimap (len(widths), C, C)."""
-    from minideeplab.metrics import class_iou, mean_accuracy, mean_iou, pixel_accuracy
-
-    return {"miou": mean_iou(cm), "pixel_accuracy": pixel_accuracy(cm), "mean_accuracy": mean_accuracy(cm),
-            "per_class_iou": dict(zip(classes, class_iou(cm).tolist())),
-            "trimap_accuracy": {str(w): pixel_accuracy(t) for w, t in zip(widths, trimap)},
-            "images": images}
+    return summed_scores(cms.sum(0), trimaps.sum(0), classes, widths, len(dataset))
 
 
 def _train_seconds(metrics, batch_size) -> float:
@@ -175,8 +153,7 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
         n = schedule["epochs"]
         log(f"{row.name}: {'resuming' if resume else 'training'} ({row.about}; {n} epoch{'s' * (n != 1)})")
         try:
-            with _shallow_buildable():
-                T.train(config, resume=resume, quiet=True, log=lambda line: log(f"  {row.name}: {line}"))
+            T.train(config, resume=resume, quiet=True, log=lambda line: log(f"  {row.name}: {line}"), builder=build)
         except ValueError as e:
             hint = f" (or delete {folder} to train it afresh)" if resume else ""
             raise ValueError(f"row {row.name}: {e}{hint}") from None
@@ -187,13 +164,12 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
     if ckpt["iteration"] != schedule["epochs"] * (schedule["train_images"] // schedule["batch_size"]):
         raise ValueError(f"row {row.name}: {checkpoint} is at iteration {ckpt['iteration']}, not the end of "
                          f"{schedule['epochs']} epochs: run row {row.weights_of or row.name} to the end first")
-    with _shallow_buildable():
-        model, ckpt_classes = T.load_model(checkpoint)
+    model, ckpt_classes = T.load_model(checkpoint, builder=build)
     if ckpt_classes != classes:
         raise ValueError(f"{checkpoint} was trained on classes {ckpt_classes}, the data root has {classes}")
     log(f"{row.name}: evaluating on {len(val_set)} val images" + (f" with the dense CRF ({row.crf})" * bool(row.crf)))
     cms, trimaps = per_image_confusions(model, val_set, len(classes), row.crf)
-    scores = _scores(cms.sum(0), trimaps.sum(0), classes, T.TRIMAP_WIDTHS, len(val_set))
+    scores = summed_scores(cms.sum(0), trimaps.sum(0), classes, T.TRIMAP_WIDTHS, len(val_set))
     if row.crf:
         refine = _crf_refine(row.crf)
         run = lambda image: refine(T.predict(model, image).numpy(), image)  # noqa: E731
