@@ -67,19 +67,34 @@ def _undropout(dh, masks, name):
 # ASPP (v3, v3+) and ASPP-L (v2): the functions of ``scratch.aspp``, in the Unit signature
 
 
-ASPP_UNIT = Unit(
-    shapes=lambda spec, prefix: _aspp.parameter_shapes(spec, prefix),
-    forward=lambda spec, params, buffers, xs, training, rng, prefix, fn:
-        _aspp.aspp_forward(spec, params, buffers, xs[0], training, rng, prefix),
-    backward=lambda dy, cache: (lambda dx, g: ((dx,), g))(*_aspp.aspp_backward(dy, cache)),
-    infer=lambda spec, params, buffers, xs, prefix: _aspp.aspp_infer(spec, params, buffers, xs[0], prefix))
+def _aspp_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    return _aspp.aspp_forward(spec, params, buffers, xs[0], training, rng, prefix)
 
-ASPPL_UNIT = Unit(
-    shapes=lambda spec, prefix: _aspp.parameter_shapes(spec, prefix),
-    forward=lambda spec, params, buffers, xs, training, rng, prefix, fn:
-        _aspp.aspp_l_forward(spec, params, {}, xs[0], training, rng, prefix),
-    backward=lambda dy, cache: (lambda dx, g: ((dx,), g))(*_aspp.aspp_l_backward(dy, cache)),
-    infer=lambda spec, params, buffers, xs, prefix: _aspp.aspp_l_infer(spec, params, {}, xs[0], prefix))
+
+def _aspp_backward(dy, cache):
+    dx, grads = _aspp.aspp_backward(dy, cache)
+    return (dx,), grads
+
+
+def _aspp_infer(spec, params, buffers, xs, prefix):
+    return _aspp.aspp_infer(spec, params, buffers, xs[0], prefix)
+
+
+def _aspp_l_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    return _aspp.aspp_l_forward(spec, params, {}, xs[0], training, rng, prefix)  # ASPP-L has no buffers
+
+
+def _aspp_l_backward(dy, cache):
+    dx, grads = _aspp.aspp_l_backward(dy, cache)
+    return (dx,), grads
+
+
+def _aspp_l_infer(spec, params, buffers, xs, prefix):
+    return _aspp.aspp_l_infer(spec, params, {}, xs[0], prefix)
+
+
+ASPP_UNIT = Unit(_aspp.parameter_shapes, _aspp_forward, _aspp_backward, _aspp_infer)
+ASPPL_UNIT = Unit(_aspp.parameter_shapes, _aspp_l_forward, _aspp_l_backward, _aspp_l_infer)
 
 
 # ---------------------------------------------------------------------------------------------
