@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
-
 from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
@@ -32,22 +31,16 @@ __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_laye
            "MINI_HEAD", "V2_RATES", "V3_RATES", "DECODER_LAYOUTS"]
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini")
-
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini")  # make_config's names
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
-
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
-
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
-
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
-
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
-
 MINI_HEAD = {"aspp_channels": 64, "low_level_channels": 12, "decoder_channels": 64}  # the paper's / 4, as the mini
-
 SCORE_STD = 0.01                                            # DeepLab's init of the class-score convs
 
+# fields that mean something only for some models: a non-default value elsewhere is an error
 _APPLIES = {
     "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
     "fc_channels": ("v2",), "aux": ("v3",),
