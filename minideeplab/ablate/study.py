@@ -169,8 +169,8 @@ class ShallowFCN(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         from minideeplab.reference.backbone import ResNetBackbone
-        from minideeplab.scratch.backbone import ResNet
-        from minideeplab.scratch.deeplab import SCORE_STD
+        from minideeplab.specs.backbone import ResNet
+        from minideeplab.specs.deeplab import SCORE_STD
 
         self.config = ShallowConfig(int(num_classes))
         self.backbone = ResNetBackbone(ResNet("mini", 32))
@@ -211,7 +211,7 @@ def field_of_view(row: Row) -> int:
     """Theoretical receptive field of one output pixel along one axis, in input pixels: the convolutions and
     max pool on the longest path (each bottleneck's strided/dilated 3x3, the head's largest rate). Bilinear
     resizes are not counted, nor image pooling, which sees the whole image whatever this says."""
-    from minideeplab.scratch.backbone import ResNet
+    from minideeplab.specs.backbone import ResNet
     from minideeplab.scratch.receptive import receptive_field
 
     spec = ResNet("mini", 32 if row.model == "shallow" else row.output_stride)

@@ -105,7 +105,7 @@ def parameter_shapes(spec, prefix="") -> tuple[dict[str, tuple], dict[str, tuple
 
 
 def init_aspp(spec, rng, dtype=np.float32, prefix=""):
-    """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (see ``init_params``, shared
+    """Fresh (params, buffers) for an ASPP or ASPPL, names below ``prefix`` (``params.init_params``, shared
     with ``backbone.init_backbone``)."""
     _check_spec("init_aspp", spec)
     return init_params(*parameter_shapes(spec, prefix), rng, dtype, "init_aspp")
