@@ -95,3 +95,16 @@ def test_plan_table_and_figure():
     matplotlib.use("Agg")
     fig = plot_stage_footprints({"a": (ResNet("mini", 16), ("layer4",)), "b": (ResNet("mini", 16, "smp"), ("layer4",))})
     assert len(fig.axes) == 2 and "29% sampled" in fig.axes[1].get_title()
+
+
+def test_costs_of_any_registered_backbone():
+    """conv_macs and forward_cost take any backbone of the registry, VGG-16 LargeFOV too."""
+    from minideeplab.specs.backbone import VGG
+
+    macs = conv_macs(VGG(), 321)  # output stride 8: 41 x 41
+    assert macs["fc7"] == 41 * 41 * 1024 * 1024 and macs["fc6"] == 41 * 41 * 1024 * 512 * 9
+    assert macs["features.0"] == 321 * 321 * 64 * 3 * 9
+    cost = forward_cost(VGG(widths=(4, 4, 8, 8, 8), fc_channels=16), 33)
+    assert cost["out"] == (1, 16, 5, 5)
+    with pytest.raises(ValueError, match="spec must be a ResNet or a VGG, got dict"):
+        conv_macs({"depth": 50}, 65)

@@ -9,7 +9,7 @@ negligible beside the convolutions.
 * ``conv_counts(module, x)``: {conv name: (MACs, output elements)} for one forward pass, in forward order.
 * ``mult_adds(module, input_shape)``: MACs summed per top-level child (``backbone``, ``aspp``, ``decoder``,
   ``classifier``); ``model_mult_adds(name, ...)`` for the twin of ``scratch.build_model(name, ...)``.
-* ``conv_macs(spec, size)``: MACs of every conv of a ResNet backbone spec on one (1, 3, size, size) image.
+* ``conv_macs(spec, size)``: MACs of every conv of a backbone spec (ResNet, VGG) on one (1, 3, size, size) image.
 * ``forward_cost(spec, size)``: one real, timed forward pass of a backbone.
 """
 
@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minideeplab.reference.backbone import ResNetBackbone
-from minideeplab.specs.backbone import ResNet
+from minideeplab.reference.backbone import BACKBONES, build_backbone
 
 __all__ = ["conv_counts", "mult_adds", "model_mult_adds", "conv_macs", "forward_cost"]
 
@@ -70,25 +69,26 @@ def model_mult_adds(name, backbone=None, output_stride=None, num_classes=21, siz
 
 
 def _check(fn, spec, size=None):
-    if not isinstance(spec, ResNet):
-        raise ValueError(f"{fn}: spec must be a ResNet, got {type(spec).__name__}")
+    if type(spec) not in BACKBONES:
+        raise ValueError(f"{fn}: spec must be {' or '.join('a ' + t.__name__ for t in BACKBONES)}, "
+                         f"got {type(spec).__name__}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))
                              or size < spec.output_stride):
         raise ValueError(f"{fn}: size must be an int >= the output stride {spec.output_stride}, got {size!r}")
 
 
-def conv_macs(spec: ResNet, size: int) -> dict[str, int]:
-    """{conv name: multiply-accumulates} for one (1, 3, size, size) image, in forward order; a conv
+def conv_macs(spec, size: int) -> dict[str, int]:
+    """{conv name: multiply-accumulates} of a backbone spec's twin (any of ``reference.backbone.BACKBONES``)
+    for one (1, 3, size, size) image, in forward order; a conv
     costs N * Cout * Ho * Wo * (Cin/groups) * kh * kw (its output pixels times its weights per output).
     Batch norm, ReLU, max pool and the residual sums are not counted."""
     _check("conv_macs", spec, size)
     with torch.device("meta"):
-        model = ResNetBackbone(spec).eval()
-        counts = conv_counts(model, torch.zeros(1, 3, size, size))
+        counts = conv_counts(build_backbone(spec).eval(), torch.zeros(1, 3, size, size))
     return {name: int(macs) for name, (macs, _) in counts.items()}
 
 
-def forward_cost(spec: ResNet, size: int, seed: int = 0, threads: int = 1) -> dict:
+def forward_cost(spec, size: int, seed: int = 0, threads: int = 1) -> dict:
     """One timed forward pass of the twin (random weights, eval, float32, ``torch.inference_mode``) on a
     (1, 3, size, size) image, after a warm-up on a small one, on ``threads`` torch threads (default 1: on a
     shared machine two threads mostly wait for each other, and one thread times the work itself).
@@ -96,7 +96,7 @@ def forward_cost(spec: ResNet, size: int, seed: int = 0, threads: int = 1) -> di
     "conv_mb": float32 megabytes (1e6 bytes) of all conv outputs}."""
     _check("forward_cost", spec, size)
     torch.manual_seed(seed)
-    model = ResNetBackbone(spec).eval()
+    model = build_backbone(spec).eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -110,7 +110,7 @@ def forward_cost(spec: ResNet, size: int, seed: int = 0, threads: int = 1) -> di
     finally:
         torch.set_num_threads(before)
     with torch.device("meta"):  # the counts from shapes, outside the timing
-        counts = conv_counts(ResNetBackbone(spec).eval(), torch.zeros(1, 3, size, size))
+        counts = conv_counts(build_backbone(spec).eval(), torch.zeros(1, 3, size, size))
     return {"out": tuple(features["out"].shape), "seconds": seconds,
             "gmacs": sum(m for m, _ in counts.values()) / 1e9,
             "conv_mb": sum(n for _, n in counts.values()) * 4 / 1e6}
