@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade = sub.add_parser(
         "grade", help="run notebooks and print a per-exercise table",
         description="Run each notebook in a fresh kernel and report every exercise as passed, "
-                    "not done or wrong. Exits 1 when any exercise is not passed.")
+                    "not done or wrong, then the whole message (details and hint) of every wrong "
+                    "exercise whose check said more than one line. Exits 1 when any exercise is not passed.")
     grade.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="notebook files to grade")
     grade.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: %(default)s)")
     grade.set_defaults(func=_grade)

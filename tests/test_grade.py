@@ -88,6 +88,19 @@ def test_each_exercise_gets_its_status_and_reason(graded):
     assert out.rstrip().endswith("1 of 5 exercises passed; 1 other cell(s) raised an error")
 
 
+def test_a_wrong_exercise_shows_the_checks_whole_message_under_the_table(graded):
+    """The table keeps the first line; the details and the hint a check cell would show follow it."""
+    code, out, _ = graded["mixed"][3]
+    table_end = out.index("1.5")
+    whole = out.index("Exercise 1.2 (")
+    assert whole > table_end, out
+    assert re.search(r"Exercise 1\.2 \(\S+mixed\.ipynb\), the check's whole message:\n"
+                     r"    Exercise 1\.2: triple\(2\) gave 4, expected 6\n    second line\n", out), out
+    assert "Exercise 1.1 (" not in out and "Exercise 1.5 (" not in out  # one-line reasons stay in the table
+    _, all_pass, _ = graded["all_pass"][3]
+    assert "whole message" not in all_pass
+
+
 def test_all_passed_exits_0(graded):
     code, out, _ = graded["all_pass"][3]
     assert code == 0 and out.rstrip().endswith("1 of 1 exercises passed"), out

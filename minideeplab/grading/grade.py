@@ -1,4 +1,5 @@
-"""Run notebooks in a fresh kernel and report every exercise as passed, not done or wrong.
+"""Run notebooks in a fresh kernel and report every exercise as passed, not done or wrong: a table with one
+line an exercise, then the whole message of each wrong exercise whose check said more (details, hint).
 
 The file on disk is never modified: the notebook is executed in memory. An exercise passes only
 when its ``# Check N.K`` cell ran without error and printed ``Exercise N.K passed``; a kernel that
@@ -20,12 +21,13 @@ from minideeplab.grading.build import exercises, first_line
 PASSED, NOT_DONE, WRONG, NOT_RUN = "passed", "not done", "wrong", "not run"
 
 
-def _error(cell) -> tuple[str, str] | None:
-    """(ename, first line of evalue) of the cell's error output, if any."""
+def _error(cell) -> tuple[str, str, str] | None:
+    """(ename, first line of evalue, the whole evalue) of the cell's error output, if any."""
     for out in cell.get("outputs", []):
         if out.get("output_type") == "error":
-            lines = str(out.get("evalue", "")).strip().splitlines()
-            return str(out.get("ename", "Error")), lines[0] if lines else ""
+            text = str(out.get("evalue", "")).strip()
+            lines = text.splitlines()
+            return str(out.get("ename", "Error")), lines[0] if lines else "", text
     return None
 
 
@@ -65,8 +67,10 @@ def run_notebook(nb, cwd: Path, timeout: int) -> tuple[set[int], tuple[int, str]
     return ran, stopped
 
 
-def grade_notebook(path: Path, timeout: int = 600) -> tuple[list[tuple[str, str, str, str]], list[str]]:
-    """Rows ``(exercise, title, status, reason)`` and problems outside exercises, for one notebook."""
+def grade_notebook(path: Path, timeout: int = 600) -> tuple[list[tuple[str, str, str, str]], list[str], dict]:
+    """Rows ``(exercise, title, status, reason)``, problems outside exercises, and {exercise: the whole message}
+    of each wrong exercise whose message has more than the reason's line (the details and the hint), for one
+    notebook."""
     nb = nbformat.read(str(path), as_version=4)
     found = exercises(nb)
     ran, stopped = run_notebook(nb, path.resolve().parent, timeout)
@@ -88,10 +92,10 @@ def grade_notebook(path: Path, timeout: int = 600) -> tuple[list[tuple[str, str,
         if err[0] == "ExerciseNotDone":
             return NOT_DONE, err[1]
         if err[0] == "ExerciseWrong":
-            return WRONG, err[1]
-        return WRONG, f"{err[0]}: {err[1]}".rstrip(": ")
+            return WRONG, err[1], err[2]
+        return WRONG, f"{err[0]}: {err[1]}".rstrip(": "), f"{err[0]}: {err[2]}"
 
-    rows = []
+    rows, details = [], {}
     for ex in found:
         title = ex["title"] or "(the '# Exercise' cell is missing)"
         status = result(ex["cell"]) or result(ex["check"])
@@ -105,7 +109,10 @@ def grade_notebook(path: Path, timeout: int = 600) -> tuple[list[tuple[str, str,
             status = NOT_DONE, ""  # the title says it already
         elif status and status[0] == NOT_DONE:
             status = NOT_DONE, f"waits for {status[1]}"
-        rows.append((ex["id"], title, *(status or (PASSED, ""))))
+        status = status or (PASSED, "")
+        if status[0] == WRONG and len(status) > 2 and "\n" in status[2]:
+            details[ex["id"]] = status[2]
+        rows.append((ex["id"], title, *status[:2]))
 
     problems = [stopped[1]] if stopped and stopped[0] < 0 else []
     for i, cell in enumerate(nb.cells):
@@ -116,7 +123,7 @@ def grade_notebook(path: Path, timeout: int = 600) -> tuple[list[tuple[str, str,
         if reason:
             where = f"cell {i + 1}" + (f" ({first_line(cell.source)[:40]!r})" if cell.source.strip() else "")
             problems.append(f"{where}: {reason}")
-    return rows, problems
+    return rows, problems, details
 
 
 def grade_notebooks(paths: list[Path], timeout: int = 600) -> int:
@@ -133,16 +140,21 @@ def grade_notebooks(paths: list[Path], timeout: int = 600) -> int:
         print("error: " + "\n       ".join(bad), file=sys.stderr)
         return 2
 
-    table, problems = [], []
+    table, problems, messages = [], [], []
     for path in map(Path, paths):
-        rows, other = grade_notebook(path, timeout)
+        rows, other, details = grade_notebook(path, timeout)
         table += [(str(path), *row) for row in rows]
         problems += [f"{path}, {p}" for p in other]
+        messages += [(path, ex, text) for ex, text in details.items()]
 
     header = ("notebook", "exercise", "title", "status", "reason")
     widths = [max(len(str(r[k])) for r in [header, *table]) for k in range(4)]
     for row in [header, *table]:
         print(("  ".join(str(v).ljust(w) for v, w in zip(row[:4], widths)) + f"  {row[4]}").rstrip())
+    for path, ex, text in messages:  # the table keeps one line an exercise; the check's whole message is here
+        print(f"\nExercise {ex} ({path}), the check's whole message:\n    " + "\n    ".join(text.splitlines()))
+    if messages:
+        print()
     for p in problems:
         print(f"error outside the exercises: {p}")
     passed = sum(r[3] == PASSED for r in table)
