@@ -1,4 +1,5 @@
-"""Running the study: each row trained by ``train.train`` (the shallow network included, through ``build``), scored per val image
+"""Running the study: each row trained by ``train.train`` (the shallow network included, through ``build``),
+scored per val image
 (with the dense CRF for the ``-crf`` rows), timed, and recorded in OUT/<name>/ (last.pt, result.json,
 per_image.npz), so that a rerun skips the finished rows and resumes an interrupted one. ``study``'s docstring
 says why each row and the schedule are what they are."""

@@ -26,8 +26,8 @@ and every piece is a pair of functions, CS231n style: ``*_forward(x, ...) -> (y,
 * ``backbone_backward(spec, d_features, cache) -> (dx, grads)``.
 * ``backbone_infer(spec, params, buffers, x) -> features``: eval only, and lean: keeps no caches, folds
   each eval batch norm (and ReLU, and a block's residual sum) into one in-place pass after its conv
-  (``atrous.conv2d_fused``), max pools without recording the argmax. The same numbers as ``backbone_forward(..., training=False)``, up to
-  float rounding.
+  (``atrous.conv2d_fused``), max pools without recording the argmax. The same numbers as
+  ``backbone_forward(..., training=False)``, up to float rounding.
 
 Arrays are NCHW, float32 or float64; every output has the dtype of the input. The PyTorch twin is
 ``minideeplab.reference.backbone``: the same specs build ``nn.Module``s whose ``state_dict`` keys are

@@ -162,8 +162,7 @@ class DeepLabCache(NamedTuple):
 def _check_input(fn, config, params, buffers, x, training):
     _check_config(fn, config)
     N, C, H, W = check_image(fn, x, training, config.output_stride, config.describe())
-    os_ = config.output_stride
-    decoder = config.decoder
+    os_, decoder = config.output_stride, config.decoder
     if config.decoder_layout == "smp" and (H % os_ or W % os_):
         def up(s):
             return ", ".join(str(v) for v in sorted({s - s % os_, s - s % os_ + os_}) if v >= os_)
@@ -183,7 +182,7 @@ def _check_input(fn, config, params, buffers, x, training):
                              f"training (batch norm) needs N * H_out * W_out >= 2")
         if N < 2 and any(a.image_pooling for a in config.aspps):
             raise ValueError(f"{fn}: x has shape {x.shape}: training with image_pooling needs N >= 2 (the pooled "
-                                 f"branch's batch norm sees one value per image and channel)")
+                             f"branch's batch norm sees one value per image and channel)")
     check_subset(fn, config.describe(), *model_parameter_shapes(config), params, buffers, x.dtype)
 
 
@@ -205,9 +204,9 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
     for step in config.steps:
         if step.training_only and not training:
             continue
-        unit = HEADS[type(step.spec)]
-        feats[step.output], heads[step.name] = unit.forward(step.spec, params, buffers, tuple(feats[i] for i in step.inputs),
-                                                             training, rng, step.name, fn)
+        xs = tuple(feats[i] for i in step.inputs)
+        feats[step.output], heads[step.name] = HEADS[type(step.spec)].forward(step.spec, params, buffers, xs,
+                                                                               training, rng, step.name, fn)
     shapes = {"x": x.shape} | {k: v.shape for k, v in feats.items()}
     shapes["small"] = shapes["scores"]
     aux = resize_bilinear(feats["aux"], (H, W), ac) if "aux" in feats else None

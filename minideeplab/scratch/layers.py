@@ -159,7 +159,7 @@ class MaxPoolCache(NamedTuple):
 def pool_output_size(size, kernel, stride, padding, ceil_mode=False, fn="pool_output_size") -> int:
     """Output length of one axis, as torch: (size + 2p - kernel) / stride + 1 rounded down, or up with
     ``ceil_mode`` except that a last window starting in the right padding is dropped."""
-    size, kernel, stride = check_int(fn, "size", size, 1), check_int(fn, "kernel", kernel, 1), check_int(fn, "stride", stride, 1)
+    size, kernel, stride = (check_int(fn, n, v, 1) for n, v in (("size", size), ("kernel", kernel), ("stride", stride)))
     padding, ceil_mode = check_int(fn, "padding", padding, 0), check_flag(fn, "ceil_mode", ceil_mode)
     if padding > kernel // 2:
         raise ValueError(f"{fn}: padding must be at most kernel // 2 = {kernel // 2} (as torch), got {padding}")

@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch.layers import MaxPoolCache, max_pool2d, max_pool2d_backward, max_pool2d_infer, relu, relu_backward
+from minideeplab.scratch.layers import (MaxPoolCache, max_pool2d, max_pool2d_backward, max_pool2d_infer, relu,
+                                        relu_backward)
 from minideeplab.scratch.units import ConvBNCache, conv_bn_backward, conv_bn_forward, conv_bn_infer
 from minideeplab.specs.backbone import ResNet
 
