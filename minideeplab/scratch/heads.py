@@ -51,16 +51,13 @@ def _conv1x1_shapes(params, name, cin, cout):
     params[f"{name}.weight"], params[f"{name}.bias"] = (cout, cin, 1, 1), (cout,)
 
 
-def _dropout(x, p, training, rng, fn, name, masks):
-    h, mask = maybe_dropout(x, p, training, rng, fn)
-    if mask is not None:
-        masks[name] = mask
-    return h
-
-
-def _undropout(dh, masks, name):
-    mask = masks.get(name)
+def _undropout(dh, mask):
     return dh if mask is None else dropout_backward(dh, mask)
+
+
+def _masks(name, mask) -> dict:
+    """The cache's ``masks``: {the twin's dropout name: mask}, empty when no dropout ran."""
+    return {} if mask is None else {name: mask}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,15 +105,14 @@ def large_fov_shapes(spec: LargeFOVHead, prefix):
 
 
 def large_fov_forward(spec, params, buffers, xs, training, rng, prefix, fn):
-    masks = {}
-    h = _dropout(xs[0], spec.dropout, training, rng, fn, join(prefix, "drop7"), masks)
+    h, mask = maybe_dropout(xs[0], spec.dropout, training, rng, fn)
     s, c = conv1x1_forward(h, params, join(prefix, "fc8"))
-    return s, HeadCache({"fc8": c, "prefix": prefix}, masks)
+    return s, HeadCache({"fc8": c, "drop7": mask}, _masks(join(prefix, "drop7"), mask))
 
 
 def large_fov_backward(ds, cache):
     dh, grads = conv1x1_backward(ds, cache.parts["fc8"])
-    return (_undropout(dh, cache.masks, join(cache.parts["prefix"], "drop7")),), grads
+    return (_undropout(dh, cache.parts["drop7"]),), grads
 
 
 def large_fov_infer(spec, params, buffers, xs, prefix):
@@ -178,17 +174,16 @@ def fcn_head_shapes(spec: FCNHead, prefix):
 
 
 def fcn_head_forward(spec, params, buffers, xs, training, rng, prefix, fn):
-    masks = {}
     h, c_conv = conv_unit_forward(xs[0], params, buffers, prefix, 1, False, training)
-    h = _dropout(h, spec.dropout, training, rng, fn, join(prefix, "3"), masks)
+    h, mask = maybe_dropout(h, spec.dropout, training, rng, fn)
     s, c_cls = conv1x1_forward(h, params, join(prefix, "4"))
-    return s, HeadCache({"conv": c_conv, "classifier": c_cls, "prefix": prefix}, masks)
+    return s, HeadCache({"conv": c_conv, "dropout": mask, "classifier": c_cls}, _masks(join(prefix, "3"), mask))
 
 
 def fcn_head_backward(ds, cache):
     c = cache.parts
     dh, grads = conv1x1_backward(ds, c["classifier"])
-    dh = _undropout(dh, cache.masks, join(c["prefix"], "3"))
+    dh = _undropout(dh, c["dropout"])
     dx, g = conv_unit_backward(dh, c["conv"])
     grads.update(g)
     return (dx,), grads

@@ -13,6 +13,7 @@ import numpy as np
 
 from minideeplab.scratch.layers import (MaxPoolCache, max_pool2d, max_pool2d_backward, max_pool2d_infer, relu,
                                         relu_backward)
+from minideeplab.scratch.params import bn_shapes
 from minideeplab.scratch.units import ConvBNCache, conv_bn_backward, conv_bn_forward, conv_bn_infer
 from minideeplab.specs.backbone import ResNet
 
@@ -29,8 +30,7 @@ def parameter_shapes(spec: ResNet) -> tuple[dict[str, tuple], dict[str, tuple]]:
         params[f"{name}.weight"] = (cout, cin, k, k)
 
     def bn(name, c):
-        params[f"{name}.weight"], params[f"{name}.bias"] = (c,), (c,)
-        buffers.update({f"{name}.running_mean": (c,), f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+        bn_shapes(params, buffers, name, c)
 
     conv("conv1", spec.stem_width, 3, 7)
     bn("bn1", spec.stem_width)

@@ -196,15 +196,19 @@ class DeepLabConfig:
         return c, c // 4
 
     @cached_property
+    def _plan(self) -> tuple:
+        return MODELS[self.name](self)
+
+    @property
     def trunk(self) -> ResNet | VGG:
         """The backbone spec the model runs: ``backbone``, except v2 on VGG (up to pool5: ASPP-L's branches
         have their own fc6 and fc7)."""
-        return MODELS[self.name](self)[0]
+        return self._plan[0]
 
-    @cached_property
+    @property
     def steps(self) -> tuple[Step, ...]:
         """The modules after the backbone, in order (see ``Step``)."""
-        return MODELS[self.name](self)[1]
+        return self._plan[1]
 
     @property
     def aspps(self) -> tuple[ASPP, ...]:
