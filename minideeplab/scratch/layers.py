@@ -172,14 +172,14 @@ def hardswish(x):
 
 
 def hardswish_backward(dy, x):
-    """dy, x (the forward's input) -> dx = dy * (0 for x < -3, x / 3 + 1/2 for -3 <= x <= 3, 1 above),
-    torch's choice at the kinks."""
+    """dy, x (the forward's input) -> dx = dy * (0 for x <= -3, x / 3 + 1/2 for -3 < x < 3, 1 for x >= 3):
+    at the kinks the outer pieces' slopes, as torch."""
     fn = "hardswish_backward"
     check_float_array(fn, "x", x)
     check_float_array(fn, "dy", dy, like=("x", x))
     _same_shape(fn, "dy", dy, x.shape, "the shape of x")
     t = x.dtype.type
-    slope = np.where(x < -3, t(0), np.where(x <= 3, x / t(3) + t(0.5), t(1)))
+    slope = np.where(x <= -3, t(0), np.where(x < 3, x / t(3) + t(0.5), t(1)))
     return dy * slope
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
@@ -108,8 +109,23 @@ def conv_bn_act_infer(x, params, buffers, name, stride, dilation, groups, act, r
                    | {f"{bn}.{k}": buffers[f"{bn}.{k}"] for k in ("running_mean", "running_var")})
     scale, shift = bn_scale_shift(params, buffers, bn, MOBILENET_BN_EPS)
     y = conv2d_fused(x, w, scale, shift, dilation, stride, "same", groups, residual=residual, relu=act == "relu")
-    if act == "hardswish":
+    return _hardswish_inplace(y) if act == "hardswish" else y
+
+
+@numba.njit(cache=True)
+def _hardswish_flat(a):
+    for i in range(a.size):
+        v = a[i]
+        a[i] = v * min(max(v + 3, 0), 6) / 6
+
+
+def _hardswish_inplace(y):
+    """y = hardswish(y) in one pass (a C-contiguous array: conv2d_fused's fresh output); whole-array NumPy
+    under NUMBA_DISABLE_JIT, where the loop would run per element in Python."""
+    if numba.config.DISABLE_JIT:
         y *= np.clip(y + y.dtype.type(3), 0, 6) / y.dtype.type(6)
+    else:
+        _hardswish_flat(y.reshape(-1))
     return y
 
 
