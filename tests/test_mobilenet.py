@@ -11,6 +11,7 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp
 from torchvision.models.segmentation.lraspp import _lraspp_mobilenetv3
 
 from minideeplab import interop, reference, scratch
+from minideeplab.bench.cost import conv_macs, model_mult_adds
 from minideeplab.reference import layers as ref_layers
 from minideeplab.reference.backbone import build_backbone, params_from_torch, params_to_torch
 from minideeplab.reference.deeplab import set_dropout_masks, to_torch
@@ -19,28 +20,13 @@ from minideeplab.scratch import layers
 from minideeplab.specs.deeplab import make_config
 from minideeplab.specs.mobilenet import MobileNetV3, make_divisible
 
-from helpers import nontrivial_model, rel
+from helpers import nontrivial_model, nontrivial_module, rel
 
 F32, F64 = np.float32, np.float64
 NARROW = MobileNetV3(width_mult=0.25)  # every width 8..240: the structure, quick in float64
 TOL = 1e-4  # of the largest |logit|, float32 (interop)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _randomise(module, seed=0):
-    """BN affine parameters and running statistics away from 1 / 0, conv biases non-zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-    return module
 
 
 def _close_grads(grads, module, tol=1e-10):
@@ -92,6 +78,21 @@ def test_shapes_and_strides():
     assert feats["out"].shape == (1, 240, 3, 2)
 
 
+def test_mult_adds_are_torchvisions_published_costs():
+    """torchvision's weight metadata (_ops) counts multiply-accumulates: the classifier network at 224 (its two
+    linear layers added here), the segmentation models at 520 (DeepLabV3's aux head, which torchvision runs in
+    eval too, added here: a 3x3 conv 40 -> 10 and a 1x1 10 -> 21 on the 65 x 65 stride-8 map)."""
+    from torchvision.models import MobileNet_V3_Large_Weights
+    from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights, LRASPP_MobileNet_V3_Large_Weights
+
+    classifier = sum(conv_macs(MobileNetV3(output_stride=32), 224).values()) + 960 * 1280 + 1280 * 1000
+    assert round(classifier / 1e9, 3) == MobileNet_V3_Large_Weights.IMAGENET1K_V1.meta["_ops"]
+    lraspp = sum(model_mult_adds("lraspp", size=(520, 520)).values())
+    assert round(lraspp / 1e9, 3) == LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.meta["_ops"]
+    v3 = sum(model_mult_adds("v3", "mobilenet_v3_large", size=(520, 520)).values()) + 65 * 65 * (10 * 40 * 9 + 21 * 10)
+    assert round(v3 / 1e9, 3) == DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.meta["_ops"]
+
+
 # --------------------------------------------------------------------------- activations
 
 
@@ -120,7 +121,7 @@ def test_activations_match_torch():
 def test_backbone_matches_twin(training):
     """float64: features of forward (and infer) against the twin; dx and every parameter's gradient against
     autograd to 1e-10; training updates the running statistics as torch (momentum 0.01)."""
-    twin = _randomise(build_backbone(NARROW).double())
+    twin = nontrivial_module(build_backbone(NARROW).double())
     params, buffers = params_from_torch(twin)
     x = np.random.default_rng(0).standard_normal((2, 3, 37, 29))
     xt = torch.from_numpy(x).requires_grad_()
@@ -208,7 +209,7 @@ def test_build_model_entry_points():
 
 def _tv(ctor, seed, **kw):
     torch.manual_seed(seed)
-    return _randomise(ctor(weights=None, weights_backbone=None, **kw), seed).eval()
+    return nontrivial_module(ctor(weights=None, weights_backbone=None, **kw), seed)
 
 
 @pytest.mark.parametrize("kind", ["lraspp", "v3-aux", "lraspp-os32"])
@@ -221,7 +222,7 @@ def test_from_torchvision(kind):
         tv = _tv(deeplabv3_mobilenet_v3_large, 2, num_classes=5, aux_loss=True)
     else:  # LR-ASPP on the undilated backbone: output stride 32, read from the module's convs
         torch.manual_seed(3)
-        tv = _randomise(_lraspp_mobilenetv3(mobilenet_v3_large(weights=None), 5), 3).eval()
+        tv = nontrivial_module(_lraspp_mobilenetv3(mobilenet_v3_large(weights=None), 5), 3)
     model = interop.from_torchvision(tv)
     c = model.config
     assert c.name == ("v3" if kind == "v3-aux" else "lraspp") and c.num_classes == 5 and not model.training
