@@ -30,6 +30,24 @@ def nontrivial_model(name, dtype=np.float64, seed=0, **kw):
     return cast_model(m, dtype)
 
 
+def nontrivial_module(module, seed=0):
+    """A torch module with BN affine parameters and running statistics away from 1 / 0 and conv biases
+    non-zero (in place), in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return module.eval()
+
+
 def cast_model(m, dtype):
     """A copy of DeepLab ``m`` with floating parameters and buffers in ``dtype``."""
     from minideeplab import scratch

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, deeplabv3_resnet101
+from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50
 
 from minideeplab import interop
 from minideeplab import reference
@@ -18,28 +18,13 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.backbone import ResNet
 
-from helpers import nontrivial_model, rel
+from helpers import nontrivial_model, nontrivial_module as _nontrivial, rel
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _nontrivial(module, seed=0):
-    """BN affine parameters and running statistics away from 1 / 0, biases non-zero, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return module.eval()
 
 
 def _x(shape, seed=0, dtype=F32):
@@ -346,12 +331,11 @@ BAD = [
      "module must be torchvision's DeepLabV3 .*got segmentation_models_pytorch.*DeepLabV3Plus"),
     ("from_torchvision", lambda: interop.from_torchvision(_TINY_SMP_V3),
      r"module must be torchvision's DeepLabV3 .*got segmentation_models_pytorch\..*\.DeepLabV3$"),
-    ("from_torchvision", lambda: interop.from_torchvision(deeplabv3_mobilenet_v3_large(weights=None,
-                                                                                       weights_backbone=None)),
-     r"no ResNet backbone .*\(not deeplabv3_mobilenet_v3_large\)"),
+    ("from_torchvision", lambda: interop.from_torchvision(fcn_resnet50(weights=None, weights_backbone=None)),
+     r"module must be torchvision's DeepLabV3 .*or LRASPP .*got torchvision.*\.FCN$"),
     ("from_torchvision", lambda: interop.from_torchvision(3), "module must be a torch nn.Module or a state_dict"),
     ("from_torchvision", lambda: interop.from_torchvision({"classifier.4.weight": torch.zeros(1)}),
-     "no ResNet backbone"),
+     "no ResNet backbone .* and no MobileNetV3 one"),
     ("from_smp", lambda: interop.from_smp(deeplabv3_resnet50(weights=None, weights_backbone=None)),
      "module must be smp's DeepLabV3Plus or DeepLabV3, got torchvision.*DeepLabV3"),
     ("from_smp", lambda: interop.from_smp(torch.nn.Conv2d(1, 1, 1)),

@@ -1,5 +1,5 @@
 """PyTorch twins of ``minideeplab.scratch.backbone``: ``nn.Module``s built from the same specs
-(``reference.resnet``, ``reference.vgg``), through one registry, ``BACKBONES``.
+(``reference.resnet``, ``reference.vgg``, ``reference.mobilenet``), through one registry, ``BACKBONES``.
 
 Their ``state_dict`` keys are the scratch ``params`` and ``buffers`` keys (torchvision's names), so
 ``params_to_torch`` / ``params_from_torch`` move weights either way, and a torchvision ResNet's
@@ -15,15 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from minideeplab.reference.mobilenet import MobileNetV3Backbone
 from minideeplab.reference.resnet import ResNetBackbone
 from minideeplab.reference.vgg import VGGLargeFOV
 from minideeplab.specs.backbone import VGG, ResNet
+from minideeplab.specs.mobilenet import MobileNetV3
 
-__all__ = ["ResNetBackbone", "VGGLargeFOV", "BACKBONES", "build_backbone", "params_to_torch", "params_from_torch"]
+__all__ = ["ResNetBackbone", "VGGLargeFOV", "MobileNetV3Backbone", "BACKBONES", "build_backbone", "params_to_torch",
+           "params_from_torch"]
 
 
 # the registry: a backbone spec's type -> its twin (scratch.backbone.BACKBONES's twin)
-BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV}
+BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, MobileNetV3: MobileNetV3Backbone}
 
 
 def build_backbone(spec) -> nn.Module:

@@ -77,11 +77,11 @@ def check_channels(fn, x, weight, arrays):
                              f"the conv, in x's dtype")
 
 
-def bn_scale_shift(params, buffers, bn):
+def bn_scale_shift(params, buffers, bn, eps=BN_EPS):
     """Eval batch norm ``bn`` as y = x * scale + shift: scale = gamma / sqrt(running_var + eps),
     shift = beta - running_mean * scale; both (C,)."""
     gamma, var = params[f"{bn}.weight"], buffers[f"{bn}.running_var"]
-    scale = gamma / np.sqrt(var + var.dtype.type(BN_EPS))
+    scale = gamma / np.sqrt(var + var.dtype.type(eps))
     return scale, params[f"{bn}.bias"] - buffers[f"{bn}.running_mean"] * scale
 
 
