@@ -56,18 +56,30 @@ def lattice_blur(lattice, values) -> torch.Tensor:
     return values
 
 
+def mean_field(logits, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
+               compat=None, normalization="symmetric") -> torch.Tensor:
+    """Exact mean field started from logits (the unary is -logits), differentiable by autograd in each argument
+    given as a tensor (logits, pos_w, bi_w, compat). logits (C, H, W) or (N, C, H, W); image (H, W, 3) or
+    (N, H, W, 3) uint8. -> Q, logits' shape, float64."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    if logits.dim() == 4:
+        return torch.stack([mean_field(lg, im, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, compat,
+                                       normalization) for lg, im in zip(logits, image)])
+    C, H, W = logits.shape
+    unary = -logits.reshape(C, H * W)
+    kernels = [normalize_kernel(gaussian_kernel(f), normalization)
+               for f in (pixel_features(image, pos_xy_std), pixel_features(image, bi_xy_std, bi_rgb_std))]
+    mu = None if compat is None else torch.as_tensor(compat, dtype=torch.float64)
+    q = torch.softmax(-unary, dim=0)
+    for _ in range(n_iters):
+        q = mean_field_update(q, unary, kernels, (pos_w, bi_w), mu)
+    return q.reshape(C, H, W)
+
+
 def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
               compat=None, normalization="symmetric") -> np.ndarray:
     """Exact mean-field inference. probs (C, H, W), image (H, W, 3) uint8 -> Q (C, H, W) float32."""
     p = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
-    C, H, W = p.shape
-    unary = -torch.log(p.reshape(C, H * W).clamp_min(PROB_FLOOR))
-    kernels, weights = [], []
-    for w, f in ((pos_w, pixel_features(image, pos_xy_std)), (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std))):
-        kernels.append(normalize_kernel(gaussian_kernel(f), normalization))
-        weights.append(w)
-    mu = None if compat is None else torch.as_tensor(np.asarray(compat), dtype=torch.float64)
-    q = torch.softmax(-unary, dim=0)
-    for _ in range(n_iters):
-        q = mean_field_update(q, unary, kernels, weights, mu)
-    return q.reshape(C, H, W).to(torch.float32).numpy()
+    q = mean_field(torch.log(p.clamp_min(PROB_FLOOR)), image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std,
+                   bi_rgb_std, compat, normalization)
+    return q.to(torch.float32).numpy()
