@@ -1,6 +1,8 @@
 """The CRF as a layer: mean_field from logits and its backward, against dense_crf, torch autograd (exact
 kernel, float64) and centred differences of the float64 lattice forward; the lattice filter's transpose."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,58 @@ def test_bad_input_is_named(call, match):
     cache = mean_field(logits, image, n_iters=1)[1]
     with pytest.raises(ValueError, match=match):
         call(logits, image, cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# the local-window CRF (ConvCRF's message)
+
+
+def test_window_message_fast_equals_naive_and_the_unfold_twin():
+    rng = np.random.default_rng(0)
+    values, feats = rng.standard_normal((7, 9, 4)), rng.standard_normal((7, 9, 5))
+    for k in (1, 3, 5, 15):
+        weights = crf.window_kernel(feats, k)
+        assert weights.shape == (k * k, 7, 9) and np.all(weights[k * k // 2] == 1.0)
+        np.testing.assert_allclose(weights, ref.window_kernel(feats, k).numpy(), rtol=1e-12, atol=0)
+        naive = crf.window_message_naive(values, weights)
+        fast = np.zeros_like(values)
+        crf.window_fast.window_message(values, weights, fast)
+        np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-14)
+        twin = ref.window_message(torch.tensor(values).permute(2, 0, 1), torch.tensor(weights)).permute(1, 2, 0)
+        np.testing.assert_allclose(naive, twin.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_a_window_over_the_whole_image_is_the_exact_crf(normalization):
+    image = photograph("coffee", (12, 14))
+    probs = coarse_probs(region_labels(image, 4), 4, stride=4, seed=0)
+    kw = dict(SMALL, normalization=normalization, n_iters=5)
+    whole = dense_crf(probs, image, method="window", window=2 * 14 - 1, **kw)
+    np.testing.assert_allclose(whole, dense_crf(probs, image, method="exact", **kw), atol=1e-5)
+    small = dense_crf(probs, image, method="window", window=3, **kw)
+    assert np.abs(small - whole).max() > 1e-3  # the window matters
+
+
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_window_backward_matches_autograd(normalization):
+    logits, image, dQ = _case(seed=11)
+    mu = _compat(3, seed=3)
+    kw = dict(SMALL, n_iters=3, normalization=normalization, window=5)
+    q, cache = mean_field(logits, image, method="window", compat=mu, **kw)
+    grads = mean_field_backward(dQ, cache)
+    t_logits, t_mu = torch.tensor(logits, requires_grad=True), torch.tensor(mu, requires_grad=True)
+    t_w = {k: torch.tensor(kw[k], dtype=torch.float64, requires_grad=True) for k in ("pos_w", "bi_w")}
+    t_q = ref.mean_field(t_logits, image, **{**kw, **t_w}, compat=t_mu)
+    np.testing.assert_allclose(q, t_q.detach().numpy(), rtol=0, atol=1e-12)
+    (t_q * torch.tensor(dQ)).sum().backward()
+    np.testing.assert_allclose(grads["logits"], t_logits.grad.numpy(), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(grads["compat"], t_mu.grad.numpy(), rtol=0, atol=1e-8)
+    for k in ("pos_w", "bi_w"):
+        assert grads[k] == pytest.approx(t_w[k].grad.item(), rel=1e-8, abs=1e-10)
+
+
+@pytest.mark.parametrize("window", [0, 4, -3, 2.0, True, "11"])
+def test_bad_windows_are_named(window):
+    logits, image, _ = _case()
+    with pytest.raises(ValueError, match=r"window must be an odd int >= 1.*got " + re.escape(repr(window))):
+        mean_field(logits, image, method="window", window=window)

@@ -61,10 +61,11 @@ import numba
 import numpy as np
 
 from minideeplab.scratch import lattice_fast as fast
+from minideeplab.scratch import window_fast
 
 PROB_FLOOR = 1e-5
 NORMALIZATIONS = ("symmetric", "after")
-METHODS = ("lattice", "exact")
+METHODS = ("lattice", "exact", "window")
 EXACT_MAX_PIXELS = 16_384  # 128 x 128; time grows as N^2 (96 x 96 took 6.6 s per iteration on a busy machine)
 MAX_FEATURE = 1e5  # largest |feature| (position / xy_std, colour / rgb_std) the float32 lattice handles exactly
 # Parameter sets in use. DeepLab v2's from its released prototxts; the README example of pydensecrf.
@@ -197,20 +198,95 @@ def lattice_filter(lattice: Lattice, values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# the local-window CRF (Teichmann and Cipolla's Convolutional CRF), readable version
+
+
+def window_kernel(features: np.ndarray, k: int) -> np.ndarray:
+    """(H, W, d) features -> (k*k, H, W): K[o, y, x] = exp(-|f[y, x] - f[y + dy, x + dx]|^2 / 2) for the offsets
+    o = (dy, dx) of a k x k window (row-major, dy and dx from -(k//2) to k//2); 0 where the window leaves the
+    image. The window's centre (the pixel itself) is 1, as in the full kernel."""
+    H, W, _ = features.shape
+    r = k // 2
+    K = np.zeros((k * k, H, W), features.dtype)
+    for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+        here, there = _window_overlap(H, W, dy, dx)
+        K[(o, *here)] = np.exp(-0.5 * np.sum((features[here] - features[there]) ** 2, axis=-1))
+    return K
+
+
+def window_message_naive(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(H, W, C) values, (k*k, H, W) weights -> (H, W, C): out[y, x] = sum_o weights[o, y, x] * values[y + dy,
+    x + dx], one whole-image pass an offset (an unfold times a per-pixel kernel, as ConvCRF computes it)."""
+    H, W, _ = values.shape
+    r = int(round(np.sqrt(weights.shape[0]))) // 2
+    out = np.zeros_like(values)
+    for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+        here, there = _window_overlap(H, W, dy, dx)
+        out[here] += weights[(o, *here)][..., None] * values[there]
+    return out
+
+
+def _window_overlap(H, W, dy, dx):
+    """(rows, cols) slices of the pixels whose neighbour at (dy, dx) is inside the image, and of those neighbours."""
+    def span(n, d):  # empty when |d| >= n; clamped so that no stop is negative (a negative stop counts from the end)
+        return slice(min(n, max(0, -d)), max(0, n - max(0, d))), slice(min(n, max(0, d)), max(0, n - max(0, -d)))
+
+    (ys, yt), (xs, xt) = span(H, dy), span(W, dx)
+    return (ys, xs), (yt, xt)
+
+
+class WindowFilter:
+    """The normalised kernel truncated to a k x k window, A = after * K_k * before, the local-window CRF's
+    message. K_k is symmetric (the Gaussian is, and so is the window), so A^T = before * K_k * after. Each pixel
+    costs k*k * C multiply-adds against the lattice's O(d C): cheap for small k on a GPU, where ConvCRF was
+    proposed, not on a CPU. Same conventions as the full kernel (self term, normalisation by the window's own
+    sums); ConvCRF itself learns its compatibility and does not normalise. ``f(values)`` -> A @ values, (N, C)
+    pixel-major -> (N, C); ``f(values, out, scale)``; ``f.transposed(values)``. Arithmetic in `dtype`."""
+
+    def __init__(self, features, shape, k, normalization="symmetric", dtype=np.float64, weight=1.0):
+        H, W = shape
+        self.shape, self.k = (H, W), k
+        self.kernel = window_kernel(np.asarray(features, np.float64).reshape(H, W, -1), k).astype(dtype)
+        norm = self.kernel.sum(axis=0, dtype=np.float64).reshape(-1, 1)
+        if normalization == "symmetric":
+            self.before, self.after = 1.0 / np.sqrt(norm), weight / np.sqrt(norm)
+        else:
+            self.before, self.after = np.ones_like(norm), weight / norm
+        self.before, self.after = self.before.astype(dtype), self.after.astype(dtype)
+
+    def _apply(self, values, before, after):
+        H, W = self.shape
+        out = np.zeros((H, W, values.shape[1]), values.dtype)
+        window_fast.window_message(np.ascontiguousarray((before * values).reshape(H, W, -1)), self.kernel, out)
+        return after * out.reshape(H * W, -1)
+
+    def __call__(self, values, out=None, scale=1.0):
+        result = self._apply(values, self.before, self.after)
+        if out is None:
+            return result if scale == 1.0 else scale * result
+        out += scale * result
+        return out
+
+    def transposed(self, values):
+        return self._apply(values, self.after, self.before)
+
+
+# ---------------------------------------------------------------------------------------------
 # dense CRF
 
 
 def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
-              method="lattice", compat=None, normalization="symmetric") -> np.ndarray:
+              method="lattice", compat=None, normalization="symmetric", window=11) -> np.ndarray:
     """Mean-field inference in the fully-connected CRF.
 
     probs: (C, H, W) float probabilities (>= 0, summing to 1 over C at every pixel);
     image: (H, W, 3) uint8 RGB. Defaults: DeepLab v2's ResNet-101 appearance kernel (bi_w 4, bi_xy_std 67,
     bi_rgb_std 3) with the paper's smoothness kernel (pos_w 3, pos_xy_std 3). -> Q, (C, H, W) float32.
-    n_iters=0 returns the normalised (floored) input probabilities.
+    n_iters=0 returns the normalised (floored) input probabilities. method="window": messages only within a
+    `window` x `window` neighbourhood (odd; ConvCRF's default 11), see WindowFilter.
     """
     C, H, W = _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
-                            method, compat, normalization)
+                            method, compat, normalization, window=window)
     N = H * W
     logits = np.log(np.maximum(probs.reshape(C, N).T, PROB_FLOOR))  # (N, C), pixel-major; the unary is -logits
     # the lattice works in float32 (as pydensecrf does, see lattice_fast._simplex_vertices), the exact method in float64
@@ -221,14 +297,14 @@ def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_
     with _threads_for(N):
         if method == "exact":
             q = _exact_mean_field(logits.astype(dtype), kernels, n_iters, mu, normalization)
-        else:  # the weight folded into each kernel's slice weights
-            filters = [LatticeFilter(f, normalization, dtype, weight=w) for w, f in kernels]
+        else:  # the weight folded into each kernel's filter
+            filters = [_filter(method, f, (H, W), normalization, dtype, window, weight=w) for w, f in kernels]
             q = _iterate(logits.astype(dtype), filters, [1.0] * len(filters), n_iters, mu)[0]
     return np.ascontiguousarray(q.T.reshape(C, H, W), dtype=np.float32)
 
 
 def mean_field(logits, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
-               method="lattice", compat=None, normalization="symmetric"):
+               method="lattice", compat=None, normalization="symmetric", window=11):
     """``dense_crf`` started from logits, keeping what ``mean_field_backward`` needs: the CRF as a layer.
 
     logits: (C, H, W), or a batch (N, C, H, W) with images (N, H, W, 3); float32 or float64. The unary is
@@ -246,7 +322,7 @@ def mean_field(logits, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, b
     out, caches = [], []
     for lg, im in pairs:
         q, cache = _mean_field_one(lg, im, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method,
-                                   compat, normalization)
+                                   compat, normalization, window)
         out.append(q)
         caches.append(cache)
     return (np.stack(out), caches) if batch else (out[0], caches[0])
@@ -283,17 +359,14 @@ def mean_field_backward(dQ, cache) -> dict:
 
 
 def _mean_field_one(logits, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method, compat,
-                    normalization):
+                    normalization, window):
     C, H, W = _check_inputs(logits, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method,
-                            compat, normalization, fn="mean_field", logits=True)
+                            compat, normalization, fn="mean_field", logits=True, window=window)
     N, dtype = H * W, logits.dtype.type
     kernels = _kernel_features(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
-                               np.float64 if method == "exact" else np.float32)
+                               np.float32 if method == "lattice" else np.float64)
     with _threads_for(N):
-        if method == "exact":
-            filters = [ExactFilter(f, normalization) for _, f in kernels]
-        else:
-            filters = [LatticeFilter(f, normalization, dtype) for _, f in kernels]
+        filters = [_filter(method, f, (H, W), normalization, dtype, window) for _, f in kernels]
         mu = None if compat is None else np.asarray(compat, dtype)
         weights = [float(w) for w, _ in kernels]
         q, qs, ms = _iterate(np.ascontiguousarray(logits.reshape(C, N).T, dtype), filters, weights, n_iters, mu,
@@ -326,6 +399,15 @@ def _mean_field_backward_one(dQ, cache):
         dlogits += _softmax_backward(qs[0], dq)
     return {"logits": np.ascontiguousarray(dlogits.T.reshape(C, H, W)), "pos_w": dw[0], "bi_w": dw[1],
             "compat": dmu}
+
+
+def _filter(method, features, shape, normalization, dtype, window, weight=1.0):
+    """The normalised kernel of `features` as `method` computes it (an object with __call__ and transposed)."""
+    if method == "exact":
+        return ExactFilter(features, normalization, weight)
+    if method == "window":
+        return WindowFilter(features, shape, window, normalization, dtype, weight)
+    return LatticeFilter(features, normalization, dtype, weight)
 
 
 def _softmax_backward(q, dq):
@@ -409,23 +491,28 @@ class ExactFilter:
     time: ``f(values)`` -> A @ values, (N, C) -> (N, C); ``f(values, out, scale)`` adds scale * A @ values to out;
     ``f.transposed(values)`` -> A^T @ values = before * K * after * values (K is symmetric)."""
 
-    def __init__(self, features, normalization="symmetric"):
-        norm = _exact_filter(features, np.ones((features.shape[0], 1)))[:, 0]
-        self.features = features
+    def __init__(self, features, normalization="symmetric", weight=1.0):
+        self.features = np.asarray(features, np.float64)
+        # up to _EXACT_CACHE_PIXELS the N x N kernel is kept: each product one GEMM
+        self.matrix = _gaussian_rows(self.features, self.features) if len(features) <= _EXACT_CACHE_PIXELS else None
+        norm = self._kernel(np.ones((features.shape[0], 1)))[:, 0]
         if normalization == "symmetric":
-            self.before = self.after = 1.0 / np.sqrt(norm)[:, None]
+            self.before, self.after = 1.0 / np.sqrt(norm)[:, None], weight / np.sqrt(norm)[:, None]
         else:
-            self.before, self.after = np.ones((len(norm), 1)), 1.0 / norm[:, None]
+            self.before, self.after = np.ones((len(norm), 1)), weight / norm[:, None]
+
+    def _kernel(self, values):
+        return _exact_filter(self.features, values) if self.matrix is None else self.matrix @ values
 
     def __call__(self, values, out=None, scale=1.0):
-        result = (scale * self.after) * _exact_filter(self.features, self.before * values)
+        result = (scale * self.after) * self._kernel(self.before * values)
         if out is None:
             return result
         out += result
         return out
 
     def transposed(self, values):
-        return self.before * _exact_filter(self.features, self.after * values)
+        return self.before * self._kernel(self.after * values)
 
 
 def _exact_mean_field(logits, kernels, n_iters, mu, normalization):
@@ -433,9 +520,8 @@ def _exact_mean_field(logits, kernels, n_iters, mu, normalization):
     an iteration."""
     filters = [ExactFilter(f, normalization) for _, f in kernels]
     weights = [w for w, _ in kernels]
-    if filters and logits.shape[0] <= _EXACT_CACHE_PIXELS:
-        combined = sum(w * k.after * _gaussian_rows(k.features, k.features) * k.before.T
-                       for w, k in zip(weights, filters))
+    if filters and filters[0].matrix is not None:
+        combined = sum(w * k.after * k.matrix * k.before.T for w, k in zip(weights, filters))
 
         def message(values, out, scale=1.0):
             out += scale * (combined @ values)
@@ -524,7 +610,7 @@ def _describe(a):
 
 
 def _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method, compat,
-                  normalization, fn="dense_crf", logits=False):
+                  normalization, fn="dense_crf", logits=False, window=11):
     """dense_crf's checks; with logits=True, mean_field's (float32/float64 logits, any finite values)."""
     name = "logits" if logits else "probs"
     kinds = (np.float32, np.float64) if logits else None
@@ -572,6 +658,9 @@ def _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_
         if mu.shape != (C, C) or mu.dtype.kind not in "fiu" or not np.all(np.isfinite(mu)):
             raise ValueError(f"{fn}: compat must be a finite ({C}, {C}) matrix (one row and column per label) "
                              f"or None for Potts, got shape {mu.shape} and dtype {mu.dtype}")
+    if method == "window" and (isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer))
+                               or window < 1 or window % 2 == 0):
+        raise ValueError(f"{fn}: window must be an odd int >= 1 (the side of the square neighbourhood), got {window!r}")
     if method == "exact" and H * W > EXACT_MAX_PIXELS:
         raise ValueError(f"{fn}: method='exact' is O(N^2) and meant for small images; {H}x{W} = {H * W} pixels is "
                          f"more than {EXACT_MAX_PIXELS}. Use method='lattice'.")
