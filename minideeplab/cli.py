@@ -31,7 +31,7 @@ def _bench(args) -> int:
     import importlib
 
     run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
-    options = {k: getattr(args, k) for k in ("backward",) if hasattr(args, k)}  # a suite's own options
+    options = {k: getattr(args, k) for k in ("backward", "window") if hasattr(args, k)}  # a suite's own options
     return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
 
 
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
             suite.add_argument("--backward", action="store_true",
                                help="time the CRF as a layer: mean_field's backward against its forward "
                                     "(5 iterations, float32)")
+            suite.add_argument("--window", action="store_true",
+                               help="time the local-window CRF (windows 5, 7, 11) against the lattice at 128x128 "
+                                    "and 513x513, with its label agreement with the full CRF")
 
     _add_train(sub)
     ev = sub.add_parser(
