@@ -211,3 +211,42 @@ def test_bad_windows_are_named(window):
     logits, image, _ = _case()
     with pytest.raises(ValueError, match=r"window must be an odd int >= 1.*got " + re.escape(repr(window))):
         mean_field(logits, image, method="window", window=window)
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch op and the trainable layer
+
+
+def test_the_torch_op_passes_gradcheck_through_the_float64_lattice():
+    logits, image, _ = _case(size=(6, 7), seed=12, batch=2)
+    mu = torch.tensor(_compat(3, seed=5), requires_grad=True)
+    args = (torch.tensor(logits, requires_grad=True), torch.tensor(1.5, dtype=torch.float64, requires_grad=True),
+            torch.tensor(2.5, dtype=torch.float64, requires_grad=True), mu)
+    kw = dict(n_iters=2, pos_xy_std=2.0, bi_xy_std=4.0, bi_rgb_std=30.0)
+    assert torch.autograd.gradcheck(lambda *a: ref.MeanField.apply(*a, image, kw), args, eps=1e-6, atol=1e-7,
+                                    fast_mode=True)
+
+
+def test_crf_layer_starts_as_dense_crf_and_learns():
+    image = photograph("coffee", (16, 20))
+    labels = region_labels(image, 3)
+    probs = coarse_probs(labels, 3, stride=4, seed=0)
+    layer = ref.CRFLayer(3, n_iters=5)
+    logits = torch.tensor(np.log(np.maximum(probs, crf.PROB_FLOOR)))[None].requires_grad_()
+    log_q = layer(logits, image[None])
+    assert log_q.shape == (1, 3, 16, 20) and log_q.dtype == logits.dtype == torch.float32
+    # Potts as the penalty 1 - I is dense_crf's Potts reward: the layer starts as the post-processing CRF
+    np.testing.assert_allclose(log_q.exp()[0].detach().numpy(), dense_crf(probs, image, n_iters=5), atol=2e-6)
+
+    target = torch.tensor(labels[None], dtype=torch.int64)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(layer(logits, image[None]), target)
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    assert losses[-1] < losses[0] - 1e-3, losses
+    assert logits.grad is not None and logits.grad.abs().max() > 0
+    assert not torch.equal(layer.compat.detach(), 1.0 - torch.eye(3))  # the compatibility is learned

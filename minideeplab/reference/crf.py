@@ -1,13 +1,16 @@
 """The dense CRF in PyTorch, exact (explicit N x N kernels), for small images: the twin of
 ``minideeplab.scratch.crf`` that the course's checks compare against. Same conventions: self term
 included, features (x, y[, r, g, b]) / std, Potts as the reward +w K~Q, probabilities floored at 1e-5.
-Computed in float64."""
+Computed in float64, differentiable by autograd (``mean_field``). The trainable layer (``MeanField``, ``CRFLayer``)
+is not a twin: it runs the scratch lattice, whose backward torch cannot derive."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from minideeplab.scratch import crf as scratch_crf
 
 PROB_FLOOR = 1e-5
 
@@ -120,3 +123,54 @@ def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_
     q = mean_field(torch.log(p.clamp_min(PROB_FLOOR)), image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std,
                    bi_rgb_std, compat, normalization)
     return q.to(torch.float32).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the CRF as a trainable layer: torch has no permutohedral lattice, so autograd calls the scratch one
+
+
+class MeanField(torch.autograd.Function):
+    """``minideeplab.scratch.crf.mean_field`` as a torch op, its backward ``mean_field_backward``: gradients for
+    logits (N, C, H, W), pos_w, bi_w (0-d tensors) and compat ((C, C) tensor, or None for Potts). Computed on
+    the CPU in the logits' dtype (float32 or float64); images (N, H, W, 3) uint8 NumPy; kw: mean_field's other
+    keywords (n_iters, the standard deviations, method, normalization, window)."""
+
+    @staticmethod
+    def forward(ctx, logits, pos_w, bi_w, compat, images, kw):
+        mu = None if compat is None else compat.detach().cpu().numpy().astype(np.float64)
+        q, cache = scratch_crf.mean_field(logits.detach().cpu().numpy(), images, pos_w=float(pos_w),
+                                          bi_w=float(bi_w), compat=mu, **kw)
+        ctx.cache, ctx.has_compat = cache, compat is not None
+        return torch.from_numpy(q).to(logits.device)
+
+    @staticmethod
+    def backward(ctx, dq):
+        g = scratch_crf.mean_field_backward(np.ascontiguousarray(dq.detach().cpu().numpy()), ctx.cache)
+        weight = {k: torch.tensor(g[k], dtype=dq.dtype) for k in ("pos_w", "bi_w")}
+        dmu = torch.from_numpy(g["compat"]).to(dq.dtype) if ctx.has_compat else None
+        return torch.from_numpy(g["logits"]).to(dq.device), weight["pos_w"], weight["bi_w"], dmu, None, None
+
+
+class CRFLayer(torch.nn.Module):
+    """The dense CRF as the last layer of a network, CRF-as-RNN style: mean-field iterations on the network's
+    logits and the RGB image, learning the two kernel weights (as log-weights, so they stay positive) and the
+    label compatibility (a C x C penalty, from Potts 1 - I); the bandwidths stay fixed.
+
+    forward(logits (N, C, H, W), images (N, H, W, 3) uint8) -> log Q, (N, C, H, W): log-probabilities, for
+    ``nll_loss``. Defaults: DeepLab's kernel parameters (crf.PARAMETER_SETS), 5 iterations for training as
+    CRF-as-RNN."""
+
+    def __init__(self, num_classes, n_iters=5, pos_w=3.0, bi_w=4.0, pos_xy_std=3.0, bi_xy_std=67.0,
+                 bi_rgb_std=3.0, method="lattice", normalization="symmetric"):
+        super().__init__()
+        self.log_pos_w = torch.nn.Parameter(torch.tensor(float(np.log(pos_w))))
+        self.log_bi_w = torch.nn.Parameter(torch.tensor(float(np.log(bi_w))))
+        self.compat = torch.nn.Parameter(1.0 - torch.eye(num_classes))
+        self.kw = dict(n_iters=n_iters, pos_xy_std=pos_xy_std, bi_xy_std=bi_xy_std, bi_rgb_std=bi_rgb_std,
+                       method=method, normalization=normalization)
+
+    def forward(self, logits, images):
+        dtype = logits.dtype
+        q = MeanField.apply(logits, self.log_pos_w.exp().to(dtype), self.log_bi_w.exp().to(dtype),
+                            self.compat.to(dtype), np.ascontiguousarray(images), self.kw)
+        return torch.log(q.clamp_min(torch.finfo(dtype).tiny))
