@@ -17,7 +17,7 @@ where K~_m is the kernel matrix, normalised. With the Potts model mu = 1 - I the
 per-pixel constant that the softmax removes, +sum_m w_m (K~_m Q)_i(l): a pixel is pulled towards the
 labels of the pixels that look like it and sit near it.
 
-Two ways to compute K~ Q:
+Three ways to compute K~ Q:
 
 * ``method="exact"``: the N x N kernel, O(N^2) per iteration, in chunks. For small images and for teaching.
 * ``method="lattice"``: the permutohedral lattice (Adams et al. 2010). Splat each pixel's values onto the
@@ -25,6 +25,10 @@ Two ways to compute K~ Q:
   back: O(N d) per iteration. The readable steps are ``build_lattice``, ``lattice_splat``,
   ``lattice_blur`` and ``lattice_slice`` below; ``dense_crf`` runs the fused numba versions from
   ``lattice_fast.py`` on both cores.
+* ``method="window"``: messages only within a k x k window around each pixel (the Convolutional CRF of
+  Teichmann and Cipolla, 2018): an unfold times a per-pixel Gaussian, O(N k^2) per iteration. Exact
+  within the window, blind beyond it. ``window_kernel`` and ``window_message_naive`` are the readable
+  steps, ``window_fast.window_message`` the fused one. ``minideeplab bench crf --window`` measures it.
 
 Conventions, chosen to agree with pydensecrf (the C++ library DeepLab's releases used):
 
