@@ -1,0 +1,120 @@
+"""The transformer layers from scratch against their torch twins: forwards, and float64 gradients vs autograd."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minideeplab.reference import attention as ref
+from minideeplab.scratch import attention as att
+
+RNG = np.random.default_rng(0)
+
+
+def _t(a):
+    return torch.tensor(a, requires_grad=True)
+
+
+def test_layer_norm_gelu_linear_match_torch():
+    x, dy = RNG.standard_normal((2, 5, 8)), RNG.standard_normal((2, 5, 8))
+    gamma, beta = RNG.standard_normal(8), RNG.standard_normal(8)
+    y, cache = att.layer_norm(x, gamma, beta, 1e-6)
+    tx, tg, tb = _t(x), _t(gamma), _t(beta)
+    ty = F.layer_norm(tx, (8,), tg, tb, 1e-6)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-12)
+    for got, want in zip(att.layer_norm_backward(dy, cache), (tx.grad, tg.grad, tb.grad)):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
+
+    for form, torch_form in (("erf", "none"), ("tanh", "tanh")):
+        tx = _t(x)
+        ty = F.gelu(tx, approximate=torch_form)
+        ty.backward(torch.tensor(dy))
+        np.testing.assert_allclose(att.gelu(x, form), ty.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(att.gelu_backward(dy, x, form), tx.grad.numpy(), atol=1e-10)
+    assert np.abs(att.gelu(x, "erf") - att.gelu(x, "tanh")).max() > 1e-5  # the two forms are not the same
+    assert att.gelu(x.astype(np.float32)).dtype == np.float32
+
+    w, b, dz = RNG.standard_normal((3, 8)), RNG.standard_normal(3), RNG.standard_normal((2, 5, 3))
+    tx, tw, tb = _t(x), _t(w), _t(b)
+    tz = F.linear(tx, tw, tb)
+    tz.backward(torch.tensor(dz))
+    np.testing.assert_allclose(att.linear(x, w, b), tz.detach().numpy(), atol=1e-12)
+    for got, want in zip(att.linear_backward(dz, x, w), (tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
+
+
+def test_attention_softmax_is_safe_from_overflow():
+    q = np.full((1, 1, 2, 4), 400.0)
+    out, _ = att.attention(q, q * np.array([1, -1])[None, None, :, None], np.ones((1, 1, 2, 4)))
+    assert np.all(np.isfinite(out))  # scores of 80,000: a naive exp overflows
+
+
+def _vit_params(D, seed=1):
+    rng = np.random.default_rng(seed)
+    return {"qkv.weight": 0.3 * rng.standard_normal((3 * D, D)), "qkv.bias": rng.standard_normal(3 * D),
+            "proj.weight": 0.3 * rng.standard_normal((D, D)), "proj.bias": rng.standard_normal(D)}
+
+
+def _segformer_params(D, R, seed=2):
+    rng = np.random.default_rng(seed)
+    p = {"q.weight": 0.3 * rng.standard_normal((D, D)), "q.bias": rng.standard_normal(D),
+         "kv.weight": 0.3 * rng.standard_normal((2 * D, D)), "kv.bias": rng.standard_normal(2 * D),
+         "proj.weight": 0.3 * rng.standard_normal((D, D)), "proj.bias": rng.standard_normal(D)}
+    if R > 1:
+        p |= {"sr.weight": 0.3 * rng.standard_normal((D, D, R, R)), "sr.bias": rng.standard_normal(D),
+              "norm.weight": 1 + 0.1 * rng.standard_normal(D), "norm.bias": 0.1 * rng.standard_normal(D)}
+    return p
+
+
+@pytest.mark.parametrize("layout", ["vit", "segformer-r1", "segformer-r2"])
+def test_self_attention_matches_autograd(layout):
+    D, heads, hw = 8, 2, (4, 6)
+    x, dy = RNG.standard_normal((2, 24, D)), RNG.standard_normal((2, 24, D))
+    R = 2 if layout == "segformer-r2" else 1
+    params = _vit_params(D) if layout == "vit" else _segformer_params(D, R)
+    y, cache = att.self_attention(x, params, heads, hw=hw, sr_ratio=R)
+    dx, grads = att.self_attention_backward(dy, cache, params)
+    tx, tp = _t(x), {k: _t(v) for k, v in params.items()}
+    ty = ref.self_attention(tx, tp, heads, hw=hw, sr_ratio=R)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-10)
+    assert set(grads) == set(params)
+    for k in params:
+        np.testing.assert_allclose(grads[k], tp[k].grad.numpy(), atol=1e-10, err_msg=k)
+
+
+@pytest.mark.parametrize("kernel, rate", [(3, 1), (3, 2), (5, 3), (3, 7)])
+def test_neighbourhood_attention_matches_autograd(kernel, rate):
+    hw = (5, 7)
+    q, k, v, dout = (RNG.standard_normal((2, 2, 35, 4)) for _ in range(4))
+    out, cache = att.neighbourhood_attention(q, k, v, hw, kernel, rate)
+    tq, tk, tv = _t(q), _t(k), _t(v)
+    tout = ref.neighbourhood_attention(tq, tk, tv, hw, kernel, rate)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), atol=1e-12)
+    for got, want in zip(att.neighbourhood_attention_backward(dout, cache), (tq.grad, tk.grad, tv.grad)):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
+
+
+def test_a_window_over_the_whole_grid_is_full_attention():
+    q, k, v = (RNG.standard_normal((1, 2, 12, 4)) for _ in range(3))
+    full, _ = att.attention(q, k, v)
+    np.testing.assert_allclose(att.neighbourhood_attention(q, k, v, (3, 4), kernel=7)[0], full, atol=1e-12)
+    assert np.abs(att.neighbourhood_attention(q, k, v, (3, 4), kernel=3)[0] - full).max() > 1e-3
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: att.layer_norm(x, np.ones(7), np.zeros(8)), r"layer_norm: gamma must be a float64 array of shape \(8,\)"),
+    (lambda x: att.gelu(x, "fast"), r"gelu: approximate must be one of"),
+    (lambda x: att.linear(x, np.ones((3, 7))), r"linear: weight must be a float64 array of shape \(out, 8\)"),
+    (lambda x: att.self_attention(x, _vit_params(8), heads=3), r"the 8 channels do not split into heads=3"),
+    (lambda x: att.self_attention(x, _segformer_params(8, 2), 2, hw=(5, 5), sr_ratio=2), r"hw=\(H, W\) with H\*W = 24"),
+    (lambda x: att.neighbourhood_attention(x[None], x[None], x[None], (4, 5)), r"with H\*W tokens for hw=\(4, 5\)"),
+    (lambda x: att.neighbourhood_attention(x[None], x[None], x[None], (4, 6), kernel=4), r"kernel must be odd"),
+    (lambda x: att.attention(x, x, x), r"q must have 4 dimensions"),
+])
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(RNG.standard_normal((2, 24, 8)))
