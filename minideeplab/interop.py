@@ -48,12 +48,14 @@ import numpy as np
 from torch import nn
 
 from minideeplab.scratch import deeplab as scratch
+from minideeplab.scratch import vit
 from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
 from minideeplab.specs.deeplab import DeepLabConfig
 from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.vit import ViT
 
 __all__ = ["SOURCES", "torchvision_config", "smp_config", "key_map", "load_state_dict", "from_torchvision",
-           "from_smp", "to_reference", "from_reference"]
+           "from_smp", "to_reference", "from_reference", "timm_vit_spec", "from_timm"]
 
 SOURCES = ("torchvision", "smp", "minideeplab")
 _SHOW = 5  # keys named per kind in a mismatch message
@@ -125,7 +127,11 @@ def _listing(keys, describe=repr):
 def _check_fit(fn, config, state, source, kmap):
     """ValueError naming the missing, unexpected and mis-shaped keys (the source's names), if any."""
     params, buffers = scratch.model_parameter_shapes(config)
-    expected = {kmap[k]: shape for k, shape in (params | buffers).items()}
+    _check_keys(fn, config.describe(), {kmap[k]: shape for k, shape in (params | buffers).items()}, state, source)
+
+
+def _check_keys(fn, what, expected, state, source):
+    """ValueError naming the keys of ``state`` missing from, unexpected by or mis-shaped for ``expected``."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [k for k in expected if k in state and _shape(state[k]) != expected[k]]
@@ -139,7 +145,7 @@ def _check_fit(fn, config, state, source, kmap):
     if misshaped:
         parts.append(f"{len(misshaped)} mis-shaped: "
                      + _listing(misshaped, lambda k: f"{k!r} {_shape(state[k])}, expected {expected[k]}"))
-    raise ValueError(f"{fn}: the state_dict does not fit {config.describe()} ({source} names, "
+    raise ValueError(f"{fn}: the state_dict does not fit {what} ({source} names, "
                      f"{len(expected)} keys expected): {'; '.join(parts)}")
 
 
@@ -432,3 +438,46 @@ def from_reference(module, *, rng=None) -> scratch.DeepLab:
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise ValueError(f"from_reference: rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
     return to_scratch(module, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# timm's Vision Transformer
+
+
+def timm_vit_spec(module):
+    """The ViT spec of a timm ``VisionTransformer`` (read from the module: width, depth, heads, patch, MLP ratio,
+    the img_size it was built for). Refuses what the scratch ViT does not have: no class token, register
+    tokens, layer scale, a pre-norm, q/k norms, biasless qkv, a dynamic image size."""
+    fn = "from_timm"
+    if type(module).__name__ != "VisionTransformer" or not hasattr(module, "blocks"):
+        raise ValueError(f"{fn}: module must be a timm VisionTransformer (e.g. timm.create_model("
+                         f"'vit_tiny_patch16_224')), got {type(module).__name__}")
+    block = module.blocks[0]
+    unsupported = [what for what, bad in (
+        ("no class token", getattr(module, "cls_token", None) is None),
+        ("register tokens", getattr(module, "num_reg_tokens", 0) > 0),
+        ("layer scale", not isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity)),
+        ("a pre-norm", not isinstance(getattr(module, "norm_pre", nn.Identity()), nn.Identity)),
+        ("q/k norms", not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity)),
+        ("a qkv without bias", block.attn.qkv.bias is None),
+        ("a dynamic image size", getattr(module, "dynamic_img_size", False)),
+        ("no position embeddings", getattr(module, "pos_embed", None) is None)) if bad]
+    if unsupported:
+        raise ValueError(f"{fn}: this VisionTransformer has {', '.join(unsupported)}; the scratch ViT is timm's "
+                         "plain layout (vit_tiny/small/base_patch16_*)")
+    D = int(module.embed_dim)
+    patch = module.patch_embed.patch_size
+    return ViT(embed_dim=D, depth=len(module.blocks), num_heads=int(block.attn.num_heads), patch_size=int(patch[0]),
+               mlp_ratio=block.mlp.fc1.out_features / D,
+               img_size=tuple(int(s) for s in module.patch_embed.img_size))
+
+
+def from_timm(module):
+    """A scratch ViT (``minideeplab.scratch.vit.ViTModel``) holding a timm VisionTransformer's weights:
+    ``model(x)`` on an NCHW float32 array equals ``module.forward_features(x)`` (the tokens, class token first).
+    The classifier (``head``, ``fc_norm``) is left out; a state_dict that does not fit names its keys."""
+    spec = timm_vit_spec(module)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith(("head.", "fc_norm."))}
+    params, _ = vit.parameter_shapes(spec)
+    _check_keys("from_timm", repr(spec), params, state, "timm")
+    return vit.ViTModel(spec, {k: _to_numpy(state[k]).astype(np.float32) for k in params})
