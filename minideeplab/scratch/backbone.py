@@ -40,10 +40,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch import resnet, vgg
+from minideeplab.scratch import resnet, vgg, xception
 from minideeplab.scratch.params import check_subset, init_params
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.checks import check_float_array, names
+from minideeplab.specs.xception import Xception
 
 __all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "BackboneUnit", "BACKBONES", "parameter_shapes", "init_backbone",
            "check_params", "check_image", "BackboneCache", "backbone_forward", "backbone_backward", "backbone_infer"]
@@ -68,7 +69,9 @@ class BackboneUnit(NamedTuple):
 
 # the registry: a backbone spec's type -> its unit
 BACKBONES = {ResNet: BackboneUnit(resnet.parameter_shapes, resnet.forward, resnet.step_backward, resnet.infer, True),
-             VGG: BackboneUnit(vgg.parameter_shapes, vgg.forward, vgg.step_backward, vgg.infer, False)}
+             VGG: BackboneUnit(vgg.parameter_shapes, vgg.forward, vgg.step_backward, vgg.infer, False),
+             Xception: BackboneUnit(xception.parameter_shapes, xception.forward, xception.step_backward, xception.infer,
+                                    True)}
 
 
 def check_backbone_spec(fn, spec):

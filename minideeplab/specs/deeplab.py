@@ -26,12 +26,16 @@ from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
                                      Step)
+from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
            "MINI_HEAD", "V2_RATES", "V3_RATES", "DECODER_LAYOUTS"]
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini")  # make_config's names
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",  # make_config's names
+             "xception41", "xception65", "xception71")
+SPECS = (ResNet, VGG, Xception)      # the backbone specs a config takes
+V3_SPECS = (ResNet, Xception)        # those v3 and v3plus take (v1: VGG; v2: ResNet or VGG)
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
@@ -56,6 +60,9 @@ def _cfg_error(msg):
 def _backbone_name(spec) -> str:
     if isinstance(spec, VGG):
         return "vgg16" if spec == VGG() else "vgg (narrow)"
+    if isinstance(spec, Xception):
+        full = spec == Xception(spec.depth, spec.output_stride)
+        return f"xception{spec.depth}" + ("" if full else " (reduced)")
     return "mini" if spec.depth == "mini" else f"resnet{spec.depth}"
 
 
@@ -66,7 +73,7 @@ class DeepLabConfig:
     name: "v1", "v2", "v3" or "v3plus".
     backbone: a ``ResNet`` or ``VGG`` spec (it carries ``output_stride``, ``multi_grid`` and the dilation
       convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
-      v3, v3plus: ResNet.
+      v3, v3plus: ResNet or ``Xception`` (``minideeplab.specs.xception``; aux needs a ResNet).
     num_classes: of the logits (21 for PASCAL VOC).
     atrous_rates: v3/v3plus: the ASPP's 3x3 branches, None -> tied to the output stride: (6, 12, 18) at
       16, (12, 24, 36) at 8, (3, 6, 9) at 32. v2: ASPP-L's branches, None -> (6, 12, 18, 24). v1: the
@@ -119,12 +126,16 @@ class DeepLabConfig:
         name, spec = self.name, self.backbone
         if name not in MODELS:
             raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
-        if not isinstance(spec, (ResNet, VGG)):
-            raise _cfg_error(f"backbone must be a ResNet or VGG spec, got {type(spec).__name__}")
+        if not isinstance(spec, SPECS):
+            raise _cfg_error(f"backbone must be a {', '.join(t.__name__ for t in SPECS)} spec, got {type(spec).__name__}")
         if name == "v1" and not isinstance(spec, VGG):
             raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
-        if name in ("v3", "v3plus") and not isinstance(spec, ResNet):
-            raise _cfg_error(f"{name} needs a ResNet backbone, got {spec!r}")
+        if name in ("v3", "v3plus") and not isinstance(spec, V3_SPECS):
+            raise _cfg_error(f"{name} needs a {' or '.join(t.__name__ for t in V3_SPECS)} backbone, got {spec!r}")
+        if name == "v2" and not isinstance(spec, (ResNet, VGG)):
+            raise _cfg_error(f"v2 needs a ResNet or VGG backbone, got {spec!r}")
+        if self.aux and not isinstance(spec, ResNet):
+            raise _cfg_error(f"aux (torchvision's FCN head on layer3) needs a ResNet backbone, got {spec!r}")
         for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels"):
             set_(self, f, check_int("DeepLabConfig", f, getattr(self, f)))
         for f in ("image_pooling", "aspp_separable", "aux", "decoder_separable", "align_corners"):
@@ -263,7 +274,7 @@ MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus}
 
 
 def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate):
-    if isinstance(backbone, (ResNet, VGG)):
+    if isinstance(backbone, SPECS):
         if output_stride is not None and output_stride != backbone.output_stride:
             raise ValueError(f"{fn}: output_stride={output_stride!r} but the backbone spec {backbone!r} has "
                              f"output stride {backbone.output_stride}")
@@ -273,7 +284,7 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         return backbone
     backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
     if backbone not in BACKBONES:
-        raise ValueError(f"{fn}: backbone must be a ResNet or VGG spec or one of "
+        raise ValueError(f"{fn}: backbone must be a {', '.join(t.__name__ for t in SPECS)} spec or one of "
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
     if output_stride is not None:
         os_ = output_stride
@@ -285,6 +296,13 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         if multi_grid is not None:
             raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
         return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
+    if backbone.startswith("xception"):
+        if multi_grid is not None or dilation_convention != "torchvision":
+            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+        try:
+            return Xception(int(backbone[len("xception"):]), os_)
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e}") from None
     depth = "mini" if backbone == "mini" else int(backbone[len("resnet"):])
     try:
         return ResNet(depth, os_, dilation_convention, multi_grid)
