@@ -501,7 +501,7 @@ BAD = [  # (function name, call, message regex)
     ("init_backbone", lambda: scratch.init_backbone(MINI, 0), "rng must be a numpy.random.Generator .* got int"),
     ("init_backbone", lambda: scratch.init_backbone(MINI, np.random.default_rng(0), np.float16),
      "dtype must be float32 or float64, got float16"),
-    ("init_backbone", lambda: scratch.init_backbone("resnet50", np.random.default_rng(0)), "spec must be a ResNet or a VGG, got str"),
+    ("init_backbone", lambda: scratch.init_backbone("resnet50", np.random.default_rng(0)), "spec must be a ResNet or a VGG or .*, got str"),
     ("backbone_forward", lambda: _fwd(x=np.zeros((1, 3, 7, 7), F32)),
      r"x has shape \(1, 3, 7, 7\), but ResNet\(depth='mini', output_stride=8.*\) needs H and W >= 8"),
     ("backbone_forward", lambda: _fwd(x=np.zeros((1, 3, 64, 31), F32), spec=ResNet("mini", 32), params=None),

@@ -127,7 +127,8 @@ class DeepLabConfig:
         if name not in MODELS:
             raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
         if not isinstance(spec, SPECS):
-            raise _cfg_error(f"backbone must be a {', '.join(t.__name__ for t in SPECS)} spec, got {type(spec).__name__}")
+            raise _cfg_error(f"backbone must be {' or '.join('a ' + t.__name__ for t in SPECS)} spec, "
+                             f"got {type(spec).__name__}")
         if name == "v1" and not isinstance(spec, VGG):
             raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
         if name in ("v3", "v3plus") and not isinstance(spec, V3_SPECS):
@@ -284,7 +285,7 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         return backbone
     backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
     if backbone not in BACKBONES:
-        raise ValueError(f"{fn}: backbone must be a {', '.join(t.__name__ for t in SPECS)} spec or one of "
+        raise ValueError(f"{fn}: backbone must be {' or '.join('a ' + t.__name__ for t in SPECS)} spec or one of "
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
     if output_stride is not None:
         os_ = output_stride
@@ -317,8 +318,9 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
                 dilation_convention="torchvision", _fn="make_config", **options) -> DeepLabConfig:
     """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus"}.
 
-    backbone: a ResNet or VGG spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
-      "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4). None: the paper's,
+    backbone: a ResNet, VGG or Xception spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
+      "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4), "xception41",
+      "xception65", "xception71" (aligned Xception, v3 and v3plus). None: the paper's,
       "vgg16" for v1, "resnet101" for v2, "resnet50" for v3 and v3plus.
     output_stride: None: 8 for v1, v2 and any VGG, 16 for v3 and v3plus (VGG: 8 only).
     multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
