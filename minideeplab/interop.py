@@ -3,9 +3,9 @@
 
     from_torchvision(module)   torchvision ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` (aux head or not),
                                or its state_dict -> scratch DeepLab v3
-    from_smp(module)           smp ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder or timm's aligned
-                               Xception (``tu-xception41/65/71``) -> scratch DeepLab v3plus / v3 with
-                               ``decoder_layout="smp"``
+    from_smp(module)           smp ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder, ``mobilenet_v2`` or
+                               timm's aligned Xception (``tu-xception41/65/71``) -> scratch DeepLab v3plus /
+                               v3 with ``decoder_layout="smp"``
     xception_from_timm(module) timm's ``xception41/65/71`` (or its state_dict) -> (Xception spec, params,
                                buffers) of the scratch backbone
     to_reference(model)        scratch DeepLab -> ``minideeplab.reference.deeplab.DeepLabModule``
@@ -39,8 +39,9 @@ smp's ``tu-xception*`` encoders hand the decoder timm's stride-4 tap, the ReLU a
 ``minideeplab.specs.xception``): the scratch Xception's ``low_level`` is that one too.
 
 Not supported (a ValueError says so): torchvision's MobileNetV3 backbone and its FCN models, smp encoders
-other than its ResNets and ``tu-xception41/65/71``, smp encoder_depth other than 5, in_channels other than 3, an activation or
-a classification (aux_params) head, or an ``upsampling`` other than smp's default.
+other than its ResNets, ``mobilenet_v2`` and ``tu-xception41/65/71``, smp encoder_depth other than 5,
+in_channels other than 3, an activation or a classification (aux_params) head, or an ``upsampling`` other
+than smp's default.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from torch import nn
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
 from minideeplab.specs.deeplab import DeepLabConfig
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import XCEPTION_DEPTHS, Xception
 
 __all__ = ["SOURCES", "torchvision_config", "smp_config", "key_map", "load_state_dict", "from_torchvision",
@@ -336,13 +338,15 @@ def smp_config(module) -> DeepLabConfig:
     if kind not in ("DeepLabV3Plus", "DeepLabV3") or not where.startswith("segmentation_models_pytorch."):
         raise ValueError(f"{fn}: module must be smp's DeepLabV3Plus or DeepLabV3, got {where}.{kind}")
     enc = module.encoder
-    timm_name = getattr(enc, "name", None) if type(enc).__name__ == "TimmUniversalEncoder" else None
-    if type(enc).__name__ != "ResNetEncoder" and timm_name not in _SMP_XCEPTIONS:
-        raise ValueError(f"{fn}: only smp's ResNet encoders (resnet18/34/50/101/152) and tu-xception41/65/71 are "
-                         f"supported, got {type(enc).__name__}" + (f" {timm_name!r}" if timm_name else ""))
+    kind_enc = type(enc).__name__
+    timm_name = getattr(enc, "name", None) if kind_enc == "TimmUniversalEncoder" else None
+    if kind_enc not in ("ResNetEncoder", "MobileNetV2Encoder") and timm_name not in _SMP_XCEPTIONS:
+        raise ValueError(f"{fn}: only smp's ResNet encoders (resnet18/34/50/101/152), mobilenet_v2 and "
+                         f"tu-xception41/65/71 are supported, got {kind_enc}" + (f" {timm_name!r}" if timm_name else ""))
     if getattr(enc, "_depth", 5) != 5:
         raise ValueError(f"{fn}: encoder_depth must be 5 (smp's default), got {enc._depth}")
-    in_channels = enc._in_channels if timm_name else enc.conv1.in_channels
+    first = enc.features[0][0] if kind_enc == "MobileNetV2Encoder" else getattr(enc, "conv1", None)
+    in_channels = enc._in_channels if timm_name else first.in_channels
     if in_channels != 3:
         raise ValueError(f"{fn}: in_channels must be 3 (RGB), got {in_channels}")
     if getattr(module, "classification_head", None) is not None:
@@ -359,6 +363,9 @@ def smp_config(module) -> DeepLabConfig:
     if timm_name:
         spec = Xception(_SMP_XCEPTIONS[timm_name], output_stride)
         _check_dilation(fn, enc, spec, "encoder.", _SMP_ENCODER_KEYS[Xception])
+    elif kind_enc == "MobileNetV2Encoder":
+        spec = MobileNetV2(output_stride)
+        _check_dilation(fn, enc, spec, "encoder.")
     else:
         spec = ResNet(_resnet_depth(fn, module.state_dict(), "encoder."), output_stride, "smp")
         _check_dilation(fn, enc, spec, "encoder.")

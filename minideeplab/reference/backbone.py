@@ -16,16 +16,18 @@ import torch
 from torch import nn
 
 from minideeplab.reference.resnet import ResNetBackbone
+from minideeplab.reference.mobilenet_v2 import MobileNetV2Backbone
 from minideeplab.reference.vgg import VGGLargeFOV
 from minideeplab.reference.xception import XceptionBackbone
 from minideeplab.specs.backbone import VGG, ResNet
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
 __all__ = ["ResNetBackbone", "VGGLargeFOV", "BACKBONES", "build_backbone", "params_to_torch", "params_from_torch"]
 
 
 # the registry: a backbone spec's type -> its twin (scratch.backbone.BACKBONES's twin)
-BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, Xception: XceptionBackbone}
+BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, Xception: XceptionBackbone, MobileNetV2: MobileNetV2Backbone}
 
 
 def build_backbone(spec) -> nn.Module:

@@ -20,6 +20,10 @@ def relu(x):
     return F.relu(x)
 
 
+def relu6(x):
+    return F.relu6(x)
+
+
 def max_pool2d(x, kernel=3, stride=2, padding=1, ceil_mode=False):
     """-> (y, indices), indices flat into each H*W plane, like the scratch cache's ``indices``."""
     return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)

@@ -26,6 +26,7 @@ from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
                                      Step)
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
@@ -33,9 +34,9 @@ __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_laye
 
 
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",  # make_config's names
-             "xception41", "xception65", "xception71")
-SPECS = (ResNet, VGG, Xception)      # the backbone specs a config takes
-V3_SPECS = (ResNet, Xception)        # those v3 and v3plus take (v1: VGG; v2: ResNet or VGG)
+             "xception41", "xception65", "xception71", "mobilenet_v2")
+SPECS = (ResNet, VGG, Xception, MobileNetV2)      # the backbone specs a config takes
+V3_SPECS = (ResNet, Xception, MobileNetV2)        # those v3 and v3plus take (v1: VGG; v2: ResNet or VGG)
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
@@ -63,6 +64,8 @@ def _backbone_name(spec) -> str:
     if isinstance(spec, Xception):
         full = spec == Xception(spec.depth, spec.output_stride)
         return f"xception{spec.depth}" + ("" if full else " (reduced)")
+    if isinstance(spec, MobileNetV2):
+        return "mobilenet_v2"
     return "mini" if spec.depth == "mini" else f"resnet{spec.depth}"
 
 
@@ -73,7 +76,8 @@ class DeepLabConfig:
     name: "v1", "v2", "v3" or "v3plus".
     backbone: a ``ResNet`` or ``VGG`` spec (it carries ``output_stride``, ``multi_grid`` and the dilation
       convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
-      v3, v3plus: ResNet or ``Xception`` (``minideeplab.specs.xception``; aux needs a ResNet).
+      v3, v3plus: ResNet, ``Xception`` (``specs.xception``) or ``MobileNetV2`` (``specs.mobilenet_v2``); aux
+      needs a ResNet.
     num_classes: of the logits (21 for PASCAL VOC).
     atrous_rates: v3/v3plus: the ASPP's 3x3 branches, None -> tied to the output stride: (6, 12, 18) at
       16, (12, 24, 36) at 8, (3, 6, 9) at 32. v2: ASPP-L's branches, None -> (6, 12, 18, 24). v1: the
@@ -297,11 +301,11 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         if multi_grid is not None:
             raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
         return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
-    if backbone.startswith("xception"):
+    if backbone.startswith(("xception", "mobilenet")):
         if multi_grid is not None or dilation_convention != "torchvision":
             raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
         try:
-            return Xception(int(backbone[len("xception"):]), os_)
+            return MobileNetV2(os_) if backbone == "mobilenet_v2" else Xception(int(backbone[len("xception"):]), os_)
         except ValueError as e:
             raise ValueError(f"{fn}: {e}") from None
     depth = "mini" if backbone == "mini" else int(backbone[len("resnet"):])
@@ -320,7 +324,7 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
 
     backbone: a ResNet, VGG or Xception spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
       "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4), "xception41",
-      "xception65", "xception71" (aligned Xception, v3 and v3plus). None: the paper's,
+      "xception65", "xception71" (aligned Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus). None: the paper's,
       "vgg16" for v1, "resnet101" for v2, "resnet50" for v3 and v3plus.
     output_stride: None: 8 for v1, v2 and any VGG, 16 for v3 and v3plus (VGG: 8 only).
     multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
