@@ -18,28 +18,13 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.backbone import ResNet
 
-from helpers import nontrivial_model, rel
+from helpers import nontrivial_model, nontrivial_module, rel
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _nontrivial(module, seed=0):
-    """BN affine parameters and running statistics away from 1 / 0, biases non-zero, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return module.eval()
 
 
 def _x(shape, seed=0, dtype=F32):
@@ -64,7 +49,7 @@ TORCHVISION = [
 @pytest.mark.parametrize("fid, ctor, depth, aux, classes, shape", TORCHVISION, ids=[t[0] for t in TORCHVISION])
 def test_from_torchvision(fid, ctor, depth, aux, classes, shape):
     torch.manual_seed(len(fid))
-    tv = _nontrivial(ctor(weights=None, weights_backbone=None, num_classes=classes, aux_loss=aux))
+    tv = nontrivial_module(ctor(weights=None, weights_backbone=None, num_classes=classes, aux_loss=aux))
     model = interop.from_torchvision(tv)
     c = model.config
     assert c.name == "v3" and c.backbone == ResNet(depth, 8, "torchvision") and c.num_classes == classes
@@ -111,7 +96,7 @@ SMP = [
 
 def _smp(cls, encoder, os_, classes=5, seed=0, **kw):
     torch.manual_seed(seed)
-    return _nontrivial(cls(encoder_name=encoder, encoder_weights=None, encoder_output_stride=os_, classes=classes,
+    return nontrivial_module(cls(encoder_name=encoder, encoder_weights=None, encoder_output_stride=os_, classes=classes,
                            **kw), seed)
 
 

@@ -16,8 +16,8 @@ from minideeplab.scratch import mobilenet_v2 as smb
 from minideeplab.specs.deeplab import make_config
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 
-from helpers import rel
-from test_xception import _grads_match, _nontrivial, _random, _x
+from helpers import grads_match, nontrivial_module, rel
+from test_xception import _random, _x
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _smp(cls, os_, classes=3):
-    return _nontrivial(cls(encoder_name="mobilenet_v2", encoder_weights=None, classes=classes,
+    return nontrivial_module(cls(encoder_name="mobilenet_v2", encoder_weights=None, classes=classes,
                            encoder_output_stride=os_))
 
 
@@ -82,7 +82,7 @@ def test_forward_backward_match_autograd(os_, training):
     sum((ft[k] * torch.from_numpy(d[k])).sum() for k in ft).backward()
     dx, grads = sb.backbone_backward(spec, d, cache)
     assert rel(dx, xt.grad.numpy()) < 1e-10
-    _grads_match(grads, module, 1e-10)
+    grads_match(grads, module, 1e-10)
     state = module.state_dict()
     for k, v in buffers.items():
         assert np.allclose(v, state[k].numpy(), rtol=1e-12, atol=1e-12), k
@@ -120,6 +120,7 @@ def test_build_model_name():
     assert shapes["aspp.convs.0.0.weight"] == (256, 1280, 1, 1)
 
 
+MNV2 = MobileNetV2(16)
 BAD = [
     ("MobileNetV2", lambda: MobileNetV2(4), "output_stride must be 8, 16 or 32, got 4"),
     ("make_config", lambda: make_config("v3", "mobilenet_v2", aux=True), "aux .* needs a ResNet backbone"),
@@ -129,10 +130,10 @@ BAD = [
     ("relu6_backward", lambda: layers.relu6_backward(np.zeros(3), np.zeros(4)),
      r"dy has shape \(3,\), expected \(4,\)"),
     ("relu6", lambda: layers.relu6([1.0]), "x must be"),
-    ("backbone_forward", lambda: sb.backbone_forward(MobileNetV2(16), *_random(MobileNetV2(16), F32), _x((1, 3, 1, 1)),
-                                                     True), r"needs H and W >= 16"),
-    ("backbone_forward", lambda: sb.backbone_forward(MobileNetV2(16), *_random(MobileNetV2(16), F32), _x((1, 3, 16, 16)),
-                                                     True), r"training \(batch norm\) needs N \* H_out \* W_out >= 2"),
+    ("backbone_forward", lambda: sb.backbone_forward(MNV2, *_random(MNV2, F32), _x((1, 3, 1, 1)), True),
+     r"needs H and W >= 16"),
+    ("backbone_forward", lambda: sb.backbone_forward(MNV2, *_random(MNV2, F32), _x((1, 3, 16, 16)), True),
+     r"training \(batch norm\) needs N \* H_out \* W_out >= 2"),
 ]
 
 

@@ -18,7 +18,7 @@ from minideeplab.scratch import xception as sx
 from minideeplab.specs.deeplab import make_config
 from minideeplab.specs.xception import Xception
 
-from helpers import nontrivial_model, rel
+from helpers import grads_match, nontrivial_model, nontrivial_module, nontrivial_params, rel
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |value|, float32
@@ -32,41 +32,9 @@ def _random(spec, dtype, seed=0):
     """init_backbone, then BN affine parameters and running statistics away from 1 / 0."""
     rng = np.random.default_rng(seed)
     params, buffers = sb.init_backbone(spec, rng, F64)
-    for k, v in params.items():
-        if v.ndim == 1:
-            params[k] = rng.uniform(0.5, 1.5, v.shape) if k.endswith(".weight") else 0.1 * rng.standard_normal(v.shape)
-    for k, v in buffers.items():
-        if k.endswith("running_mean"):
-            buffers[k] = 0.1 * rng.standard_normal(v.shape)
-        elif k.endswith("running_var"):
-            buffers[k] = rng.uniform(0.5, 2, v.shape)
+    nontrivial_params(params, buffers, rng)
     return ({k: v.astype(dtype) for k, v in params.items()},
             {k: v.astype(dtype) if v.dtype.kind == "f" else v.copy() for k, v in buffers.items()})
-
-
-def _nontrivial(module, seed=0):
-    """BN affine parameters and running statistics of a torch module away from 1 / 0; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return module.eval()
-
-
-def _grads_match(grads, module, tol):
-    """Every parameter's gradient within ``tol`` of autograd's, relative to its largest |value| or, for one
-    that is zero up to rounding (a BN bias right before a training BN: the batch mean takes it out), to a
-    thousandth of the largest gradient of the model."""
-    floor = 1e-3 * max(p.grad.abs().max().item() for p in module.parameters())
-    for name, p in module.named_parameters():
-        expected = p.grad.numpy()
-        assert np.abs(grads[name] - expected).max() <= tol * max(np.abs(expected).max(), floor), name
 
 
 def _x(shape, seed=0, dtype=F32):
@@ -75,7 +43,7 @@ def _x(shape, seed=0, dtype=F32):
 
 @lru_cache(maxsize=None)
 def _timm(name, output_stride):
-    return _nontrivial(timm.create_model(name, pretrained=False, output_stride=output_stride))
+    return nontrivial_module(timm.create_model(name, pretrained=False, output_stride=output_stride))
 
 
 # --------------------------------------------------------------------------- the spec
@@ -150,7 +118,7 @@ def test_forward_backward_match_autograd(spec, training):
     sum((ft[k] * torch.from_numpy(d[k])).sum() for k in ft).backward()
     dx, grads = sb.backbone_backward(spec, d, cache)
     assert rel(dx, xt.grad.numpy()) < 1e-10
-    _grads_match(grads, module, 1e-10)
+    grads_match(grads, module, 1e-10)
     state = module.state_dict()
     for k, v in buffers.items():
         assert np.allclose(v, state[k].numpy(), rtol=1e-12, atol=1e-12), k
@@ -194,7 +162,7 @@ def test_v3plus_model_matches_twin_and_gradients():
     assert rel(logits, lt.detach().numpy()) < 1e-10
     d = _x(logits.shape, 5, F64)
     (lt * torch.from_numpy(d)).sum().backward()
-    _grads_match(m.backward(d, cache), module, 1e-10)
+    grads_match(m.backward(d, cache), module, 1e-10)
 
 
 def test_build_model_names():
@@ -241,12 +209,13 @@ def test_loads_timm_state_dict():
 
 def test_from_smp_tu_xception65():
     """smp's DeepLabV3Plus(tu-xception65): eval logits within 1e-4 of the largest, key for key."""
-    s = _nontrivial(smp.DeepLabV3Plus(encoder_name="tu-xception65", encoder_weights=None, classes=3))
+    s = nontrivial_module(smp.DeepLabV3Plus(encoder_name="tu-xception65", encoder_weights=None, classes=3))
     model = interop.from_smp(s)
     assert model.config.backbone == Xception(65, 16) and model.config.decoder_layout == "smp"
     kmap = interop.key_map(model.config, "smp")
     assert kmap["backbone.stem.0.conv.weight"] == "encoder.model.stem_0.conv.weight"
-    assert kmap["backbone.blocks.12.stack.conv3.bn_pw.running_var"] == "encoder.model.blocks_12.stack.conv3.bn_pw.running_var"
+    key = "stack.conv3.bn_pw.running_var"
+    assert kmap[f"backbone.blocks.12.{key}"] == f"encoder.model.blocks_12.{key}"
     x = _x((1, 3, 32, 48))
     with torch.no_grad():
         expected = s(torch.from_numpy(x)).numpy()
