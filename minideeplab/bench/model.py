@@ -7,6 +7,8 @@ Cases (batch 1, float32, eval):
     torchvision-v3-resnet50-os8  torchvision's ``deeplabv3_resnet50(weights=None, weights_backbone=None,
                                  num_classes=21)`` (output stride 8) against the scratch v3 loaded with its
                                  weights (the state_dict keys are ours), 513x513
+    v3plus-xception65-os16       scratch DeepLab v3+ on aligned Xception-65 in smp's layout (what ``from_smp``
+                                 makes of ``DeepLabV3Plus("tu-xception65")``) against its twin, 512x512
 
 ``--quick``: a v3+ on the "mini" ResNet and a torchvision DeepLabV3 on ResNet-18 (output stride 32: torchvision's
 BasicBlock cannot dilate), 65x65, one repeat.
@@ -46,6 +48,10 @@ WARMUP_SIZE = 33    # the first (compiling) call runs on an input this small (>=
 CASES = {
     "v3plus-resnet50-os16": dict(kind="minideeplab", model=("v3plus", "resnet50", 16), options={}, size=513),
     "torchvision-v3-resnet50-os8": dict(kind="torchvision", model=("v3", "resnet50", 8), options={}, size=513),
+    # smp's DeepLabV3Plus(tu-xception65) as interop.smp_config reads it; smp takes multiples of 16 only
+    "v3plus-xception65-os16": dict(kind="minideeplab", model=("v3plus", "xception65", 16), size=512,
+                                   options=dict(decoder_layout="smp", aspp_separable=True, decoder_separable=True,
+                                                align_corners=True, atrous_rates=(12, 24, 36))),
 }
 QUICK_CASES = {
     "quick-v3plus-mini": dict(kind="minideeplab", model=("v3plus", "mini", 16), options={}, size=65),
