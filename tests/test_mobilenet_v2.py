@@ -59,6 +59,17 @@ def test_spec_is_smps_encoder(os_):
     assert enc.out_channels[2] == spec.low_level_channels and enc.out_channels[-1] == spec.out_channels
 
 
+def test_conv_macs_match_torchvision_published_cost():
+    """torchvision's weight metadata (_ops, 224x224) counts multiply-accumulates, the 1280 x 1000 classifier
+    included."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    from minideeplab.bench.cost import conv_macs
+
+    total = sum(conv_macs(MobileNetV2(32), 224).values()) + 1280 * 1000
+    assert round(total / 1e9, 3) == MobileNet_V2_Weights.IMAGENET1K_V1.meta["_ops"]
+
+
 @pytest.mark.parametrize("os_, training", [(16, False), (8, True)], ids=["os16-eval", "os8-train"])
 def test_forward_backward_match_autograd(os_, training):
     """Float64, the full network on a small input: features and every gradient against autograd (~1e-10),

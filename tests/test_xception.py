@@ -91,6 +91,21 @@ def test_spec_is_timms_module(name, os_):
     assert tap["module"] == f"blocks.{spec.low_level_block}.stack.act3" and tap["num_chs"] == spec.low_level_channels
 
 
+def test_conv_macs_are_timms():
+    """bench.cost counts the twin's convs: conv by conv what timm's xception65 (meta device) runs, in the
+    conv table's order; the removed stride costs exit block 1's depthwise conv 4x."""
+    from minideeplab.bench.cost import conv_counts, conv_macs
+
+    macs = conv_macs(Xception(65, 16), 320)
+    with torch.device("meta"):
+        module = timm.create_model("xception65", pretrained=False, output_stride=16).eval()
+        counts = conv_counts(module, torch.zeros(1, 3, 320, 320))
+    assert list(macs) == list(Xception(65, 16).conv_table())
+    assert macs == {k: m for k, (m, _) in counts.items() if k != "head.fc"}
+    m32 = conv_macs(Xception(65, 32), 320)
+    assert macs["blocks.19.stack.conv3.conv_dw"] == 4 * m32["blocks.19.stack.conv3.conv_dw"] == 20 * 20 * 1024 * 9
+
+
 # --------------------------------------------------------------------------- scratch against the twin
 
 

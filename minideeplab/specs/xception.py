@@ -134,13 +134,14 @@ class Xception:
         return self.widths[7]
 
     def conv_table(self) -> dict[str, tuple[int, int]]:
-        """(stride, dilation) of every conv, keyed by its name (the weight's key without ".weight")."""
+        """(stride, dilation) of every conv, keyed by its name (the weight's key without ".weight"), in the
+        order they run (a block's shortcut after its stack, as timm)."""
         table = {"stem.0.conv": (2, 1), "stem.1.conv": (1, 1)}
         for i, b in enumerate(self.blocks):
-            if b.skip == "conv":
-                table[f"blocks.{i}.shortcut.conv"] = (b.stride, 1)
             for k in range(3):
                 p = f"blocks.{i}.stack.conv{k + 1}"
                 table[f"{p}.conv_dw"] = (b.stride if k == 2 else 1, b.dilation)
                 table[f"{p}.conv_pw"] = (1, 1)
+            if b.skip == "conv":
+                table[f"blocks.{i}.shortcut.conv"] = (b.stride, 1)
         return table
