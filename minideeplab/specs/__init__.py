@@ -8,6 +8,9 @@ from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.conv import ConvGeometry, conv_output_size
 from minideeplab.specs.deeplab import MODELS, DeepLabConfig, make_config
 from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, Step
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.xception import Xception
 
 __all__ = ["ASPP", "ASPPL", "VGG", "BlockPlan", "ResNet", "VGGLayer", "ConvGeometry", "conv_output_size", "MODELS",
-           "DeepLabConfig", "make_config", "Classifier", "DeepLabHead", "Decoder", "FCNHead", "LargeFOVHead", "Step"]
+           "DeepLabConfig", "make_config", "Classifier", "DeepLabHead", "Decoder", "FCNHead", "LargeFOVHead", "Step",
+           "Xception", "MobileNetV2"]
