@@ -8,12 +8,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from minideeplab.specs.xception import XCEPTION_BN_EPS as BN_EPS
 from minideeplab.specs.xception import Xception
 
-__all__ = ["BN_EPS", "SeparableConv", "XceptionBlockModule", "XceptionBackbone"]
-
-BN_EPS = 1e-3
-
+__all__ = ["SeparableConv", "XceptionBlockModule", "XceptionBackbone"]
 
 class _ConvBN(nn.Module):
     """conv (no bias) + BN, timm's ``ConvNormAct`` names: ``conv``, ``bn``."""

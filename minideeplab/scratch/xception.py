@@ -22,14 +22,12 @@ import numpy as np
 from minideeplab.scratch.layers import relu, relu_backward
 from minideeplab.scratch.params import bn_shapes
 from minideeplab.scratch.units import ConvBNCache, conv_bn_backward, conv_bn_forward, conv_bn_infer
+from minideeplab.specs.xception import XCEPTION_BN_EPS as BN_EPS
 from minideeplab.specs.xception import Xception, XceptionBlock
 
-__all__ = ["BN_EPS", "parameter_shapes", "SeparableCache", "separable_forward", "separable_backward",
+__all__ = ["parameter_shapes", "SeparableCache", "separable_forward", "separable_backward",
            "StemCache", "BlockCache", "TapCache", "block_forward", "block_backward", "block_infer",
            "forward", "step_backward", "infer"]
-
-BN_EPS = 1e-3  # TF's, and timm's for these models (torch's default is 1e-5)
-
 
 def parameter_shapes(spec: Xception) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """(params, buffers) name -> shape, in timm's state_dict order (less its classifier ``head.fc``)."""

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from minideeplab.specs.checks import is_int
 
-__all__ = ["XCEPTION_DEPTHS", "XCEPTION_WIDTHS", "XceptionBlock", "Xception"]
+__all__ = ["XCEPTION_DEPTHS", "XCEPTION_WIDTHS", "XCEPTION_BN_EPS", "XceptionBlock", "Xception"]
 
 # depth -> (entry flow as (width index, stride) per block, middle blocks); widths index XCEPTION_WIDTHS[2:5]
 XCEPTION_DEPTHS = {
@@ -43,7 +43,7 @@ XCEPTION_DEPTHS = {
 # stem conv 1, stem conv 2, entry 128, 256, 728 (also the middle flow and exit block 1's first conv),
 # exit block 1 (1024), the last block's first two convs (1536) and its output (2048)
 XCEPTION_WIDTHS = (32, 64, 128, 256, 728, 1024, 1536, 2048)
-SKIPS = ("conv", "sum", "none")
+XCEPTION_BN_EPS = 1e-3  # every BN's, as TF and timm (torch's default is 1e-5)
 
 
 class XceptionBlock(NamedTuple):
