@@ -36,7 +36,7 @@ back in the module's mode (train or eval), in the dtype of its weights (float32 
 imports them at module level.
 
 smp's ``tu-xception*`` encoders hand the decoder timm's stride-4 tap, the ReLU after TF DeepLab's (see
-``minideeplab.specs.xception``): the scratch Xception's ``low_level`` is that one too.
+``minideeplab.specs.xception``): the scratch Xception they load into has ``low_level_tap="smp"``, that one.
 
 Not supported (a ValueError says so): torchvision's MobileNetV3 backbone and its FCN models, smp encoders
 other than its ResNets, ``mobilenet_v2`` and ``tu-xception41/65/71``, smp encoder_depth other than 5,
@@ -361,7 +361,7 @@ def smp_config(module) -> DeepLabConfig:
         raise ValueError(f"{fn}: the segmentation head's conv must be 1x1, got {head[0].kernel_size}")
     output_stride = int(enc.output_stride)
     if timm_name:
-        spec = Xception(_SMP_XCEPTIONS[timm_name], output_stride)
+        spec = Xception(_SMP_XCEPTIONS[timm_name], output_stride, low_level_tap="smp")
         _check_dilation(fn, enc, spec, "encoder.", _SMP_ENCODER_KEYS[Xception])
     elif kind_enc == "MobileNetV2Encoder":
         spec = MobileNetV2(output_stride)
@@ -416,7 +416,7 @@ def xception_from_timm(module, output_stride=None) -> tuple[Xception, dict, dict
     weights (an nn.Module from ``timm.create_model``, or its state_dict); the classifier ``head.fc`` is left
     out. The depth comes from the number of blocks; output_stride from the module's strides (every conv's
     stride and dilation checked against the spec's), or, for a state_dict, the argument (None: 16, DeepLab
-    v3+'s). Weights float32 or float64. A state_dict that does not fit is a ValueError naming its missing,
+    v3+'s); the low-level tap timm's ("smp"). Weights float32 or float64. A state_dict that does not fit is a ValueError naming its missing,
     unexpected and mis-shaped keys. Run it with ``minideeplab.scratch.backbone.backbone_forward`` / ``_infer``."""
     from minideeplab.scratch.backbone import parameter_shapes
 
@@ -440,7 +440,7 @@ def xception_from_timm(module, output_stride=None) -> tuple[Xception, dict, dict
             raise ValueError(f"{fn}: output_stride={output_stride!r}, but the module's output stride is {stride} "
                              f"(timm.create_model(..., output_stride={output_stride}))")
         output_stride = int(stride)
-    spec = Xception(_TIMM_BLOCKS[n], 16 if output_stride is None else output_stride)
+    spec = Xception(_TIMM_BLOCKS[n], 16 if output_stride is None else output_stride, low_level_tap="smp")
     if mod is not None:
         _check_dilation(fn, mod, spec, "")
     shapes, buffer_shapes = parameter_shapes(spec)

@@ -92,31 +92,32 @@ def test_spec_is_timms_module(name, os_):
 
 
 def test_conv_macs_are_timms():
-    """bench.cost counts the twin's convs: conv by conv what timm's xception65 (meta device) runs, in the
+    """bench.cost counts the twin's convs: conv by conv what timm's xception41 (meta device) runs, in the
     conv table's order; the removed stride costs exit block 1's depthwise conv 4x."""
     from minideeplab.bench.cost import conv_counts, conv_macs
 
-    macs = conv_macs(Xception(65, 16), 320)
+    macs = conv_macs(Xception(41, 16), 320)
     with torch.device("meta"):
-        module = timm.create_model("xception65", pretrained=False, output_stride=16).eval()
+        module = timm.create_model("xception41", pretrained=False, output_stride=16).eval()
         counts = conv_counts(module, torch.zeros(1, 3, 320, 320))
-    assert list(macs) == list(Xception(65, 16).conv_table())
+    assert list(macs) == list(Xception(41, 16).conv_table())
     assert macs == {k: m for k, (m, _) in counts.items() if k != "head.fc"}
-    m32 = conv_macs(Xception(65, 32), 320)
-    assert macs["blocks.19.stack.conv3.conv_dw"] == 4 * m32["blocks.19.stack.conv3.conv_dw"] == 20 * 20 * 1024 * 9
+    m32 = conv_macs(Xception(41, 32), 320)
+    assert macs["blocks.11.stack.conv3.conv_dw"] == 4 * m32["blocks.11.stack.conv3.conv_dw"] == 20 * 20 * 1024 * 9
 
 
 # --------------------------------------------------------------------------- scratch against the twin
 
 
-SMALL = [Xception(65, 16, middle_blocks=1, widths=NARROW), Xception(71, 8, middle_blocks=1, widths=NARROW)]
+SMALL = [Xception(65, 16, middle_blocks=1, widths=NARROW, low_level_tap="smp"),
+         Xception(71, 8, middle_blocks=1, widths=NARROW)]
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("spec", SMALL, ids=["x65-os16", "x71-os8"])
+@pytest.mark.parametrize("spec", SMALL, ids=["x65-os16-smp-tap", "x71-os8-tf-tap"])
 def test_forward_backward_match_autograd(spec, training):
     """Float64: features and every gradient (input, parameters) against the twin's autograd, to ~1e-10;
-    training updates the running statistics as torch."""
+    training updates the running statistics as torch. smp's tap is a ReLU's output, TF's is not."""
     params, buffers = _random(spec, F64)
     x = _x((2, 3, 35, 29), dtype=F64)
     module = ref.params_to_torch(ref.build_backbone(spec), params, {k: v.copy() for k, v in buffers.items()})
@@ -130,6 +131,7 @@ def test_forward_backward_match_autograd(spec, training):
         (3, 2) if spec.output_stride == 16 else (5, 4)))
     for k in feats:
         assert rel(feats[k], ft[k].detach().numpy()) < 1e-12, k
+    assert (feats["low_level"] < 0).any() == (spec.low_level_tap == "tf")
     sum((ft[k] * torch.from_numpy(d[k])).sum() for k in ft).backward()
     dx, grads = sb.backbone_backward(spec, d, cache)
     assert rel(dx, xt.grad.numpy()) < 1e-10
@@ -153,7 +155,8 @@ def test_backward_one_feature_only():
     assert np.array_equal(dx1, dx2) and all(np.array_equal(g1[k], g2[k]) for k in g1)
 
 
-@pytest.mark.parametrize("spec", [SMALL[0], Xception(41, 32, middle_blocks=0, widths=NARROW)], ids=["x65", "x41-os32"])
+@pytest.mark.parametrize("spec", [SMALL[0], Xception(41, 32, middle_blocks=0, widths=NARROW)],
+                         ids=["x65-smp-tap", "x41-os32-tf-tap"])
 def test_infer_is_eval_forward(spec):
     params, buffers = _random(spec, F32)
     x = _x((1, 3, 64, 48))
@@ -204,7 +207,7 @@ def test_loads_timm_xception71_os8():
     (timm's stride-4 feature is the scratch low_level)."""
     m = _timm("xception71", 8)
     spec, params, buffers = interop.xception_from_timm(m)
-    assert spec == Xception(71, 8)
+    assert spec == Xception(71, 8, low_level_tap="smp")
     x = _x((1, 3, 33, 41))  # odd sizes: timm's symmetric padding is the scratch "same" one
     with torch.no_grad():
         low, out = m.forward_intermediates(torch.from_numpy(x), indices=[1, 4], intermediates_only=True)
@@ -217,8 +220,8 @@ def test_loads_timm_state_dict():
     """A state_dict: depth from its blocks, output stride from the argument (16 by default)."""
     state = _timm("xception41", 32).state_dict()
     spec, params, _ = interop.xception_from_timm(state)
-    assert spec == Xception(41, 16)
-    assert interop.xception_from_timm(state, output_stride=8)[0] == Xception(41, 8)
+    assert spec == Xception(41, 16, low_level_tap="smp")
+    assert interop.xception_from_timm(state, output_stride=8)[0] == Xception(41, 8, low_level_tap="smp")
     assert np.array_equal(params["blocks.5.stack.conv2.conv_dw.weight"],
                           state["blocks.5.stack.conv2.conv_dw.weight"].numpy())
 
@@ -227,7 +230,7 @@ def test_from_smp_tu_xception65():
     """smp's DeepLabV3Plus(tu-xception65): eval logits within 1e-4 of the largest, key for key."""
     s = nontrivial_module(smp.DeepLabV3Plus(encoder_name="tu-xception65", encoder_weights=None, classes=3))
     model = interop.from_smp(s)
-    assert model.config.backbone == Xception(65, 16) and model.config.decoder_layout == "smp"
+    assert model.config.backbone == Xception(65, 16, low_level_tap="smp") and model.config.decoder_layout == "smp"
     kmap = interop.key_map(model.config, "smp")
     assert kmap["backbone.stem.0.conv.weight"] == "encoder.model.stem_0.conv.weight"
     key = "stack.conv3.bn_pw.running_var"
@@ -254,6 +257,7 @@ BAD = [
     ("Xception", lambda: Xception(65, 4), "output_stride must be 8, 16 or 32, got 4"),
     ("Xception", lambda: Xception(65, middle_blocks=-1), "middle_blocks must be None or an int >= 0, got -1"),
     ("Xception", lambda: Xception(65, widths=(1, 2)), r"widths must be 8 ints >= 1 .*got \(1, 2\)"),
+    ("Xception", lambda: Xception(65, low_level_tap="relu"), "low_level_tap must be 'tf' .* or 'smp' .*got 'relu'"),
     ("make_config", lambda: make_config("v3", "xception65", aux=True), "aux .* needs a ResNet backbone"),
     ("make_config", lambda: make_config("v2", "xception65"), "v2 needs a ResNet or VGG backbone"),
     ("make_config", lambda: make_config("v3plus", "xception65", multi_grid=(1, 2, 4)),

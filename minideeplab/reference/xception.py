@@ -1,7 +1,8 @@
 """PyTorch twin of ``minideeplab.scratch.xception``: aligned Xception with timm's module names (so a timm
 ``xception41/65/71`` state_dict without ``head.fc`` loads with ``strict=True``), dilated as the spec says;
-forward returns {"low_level", "out"} as the scratch forward does (low_level: the ReLU ``act3`` of the entry
-block entered at stride 4, timm's and smp's tap)."""
+forward returns {"low_level", "out"} as the scratch forward does (low_level in the entry block entered at
+stride 4: its second separable conv's output, TF's tap, or the ReLU ``act3`` after it, timm's and smp's, as
+the spec's ``low_level_tap`` says)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class _Stack(nn.Module):
 
 class XceptionBlockModule(nn.Module):
     """One block: ``shortcut`` (1x1 conv + BN, where the spec says "conv"), ``stack.conv1..3``; forward
-    returns (y, tap), tap the ReLU before conv3 (None for the last block, which has none)."""
+    returns (y, pre, post): conv2's output and the ReLU before conv3 (None for the last block, which has none)."""
 
     def __init__(self, plan):
         super().__init__()
@@ -66,14 +67,14 @@ class XceptionBlockModule(nn.Module):
         self.stack = _Stack(plan)
 
     def forward(self, x):
-        swr, h, tap = self.plan.start_with_relu, x, None
+        swr, h, pre, post = self.plan.start_with_relu, x, None, None
         for k in range(3):
             if swr:
-                h = F.relu(h)
-                tap = h
+                pre, h = h, F.relu(h)
+                post = h
             h = getattr(self.stack, f"conv{k + 1}")(h)
         skip = self.plan.skip
-        return (h + (self.shortcut(x) if skip == "conv" else x) if skip != "none" else h), tap
+        return (h + (self.shortcut(x) if skip == "conv" else x) if skip != "none" else h), pre, post
 
 
 class XceptionBackbone(nn.Module):
@@ -96,7 +97,7 @@ class XceptionBackbone(nn.Module):
             x = F.relu(m(x))
         low = None
         for i, block in enumerate(self.blocks):
-            x, tap = block(x)
+            x, pre, post = block(x)
             if i == self.spec.low_level_block:
-                low = tap
+                low = post if self.spec.low_level_tap == "smp" else pre
         return {"low_level": low, "out": x}

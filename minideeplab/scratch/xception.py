@@ -4,10 +4,11 @@ then blocks of three separable convs (depthwise 3x3 -> BN -> pointwise 1x1 -> BN
 ("start with ReLU"; the last block: ReLU after each BN) and a 1x1 conv + BN or identity shortcut. Every BN has
 eps 1e-3.
 
-``forward`` returns ``low_level`` (the ReLU ``act3`` inside the entry block entered at stride 4: the input of
-its third separable conv, 256 channels; timm's and smp's tap, one ReLU after TF DeepLab's) and ``out`` (the
-last block, 2048 channels). The block holding the tap runs as two steps, ``blocks.{i}.stack.act3`` (up to
-the tap) and ``blocks.{i}`` (the third conv and the sum), so that the tap's gradient joins between them;
+``forward`` returns ``low_level`` (inside the entry block entered at stride 4, 256 channels: the second
+separable conv's pointwise BN output, TF DeepLab's tap, or with ``low_level_tap="smp"`` the ReLU ``act3``
+after it, timm's and smp's) and ``out`` (the last block, 2048 channels). The block holding the tap runs as
+two steps, ``blocks.{i}.stack.tap`` (up to the tap) and ``blocks.{i}`` (the rest and the sum), so that the
+tap's gradient joins between them;
 the shortcut's gradient, which skips the tap, reaches the first step through the pair's shared slot.
 ``minideeplab.scratch.backbone`` runs it through its registry; the twin is
 ``minideeplab.reference.xception.XceptionBackbone``.
@@ -153,10 +154,11 @@ def _path_backward(dy, path):
     return dy, grads
 
 
-def block_forward(x, params, buffers, prefix, b: XceptionBlock, training, split=False):
+def block_forward(x, params, buffers, prefix, b: XceptionBlock, training, split=None):
     """One block: x (N, Cin, H, W) -> (y (N, Cout, ceil(H / stride), ceil(W / stride)), tap, caches).
-    Whole (``split`` False): tap None, caches [BlockCache]. Split at the tap: tap = ``act3``'s output (the
-    ReLU before the third separable conv, (N, out_channels[1], H, W)), caches [TapCache, BlockCache]."""
+    Whole (``split`` None): tap None, caches [BlockCache]. Split at the tap ("tf": the second separable
+    conv's output; "smp": ``act3``, the ReLU after it), (N, out_channels[1], H, W): caches [TapCache,
+    BlockCache]."""
     if b.skip == "conv":
         s, sc = conv_bn_forward(x, params, buffers, f"{prefix}.shortcut.conv", f"{prefix}.shortcut.bn", b.stride, 1,
                                 training, BN_EPS)
@@ -169,9 +171,10 @@ def block_forward(x, params, buffers, prefix, b: XceptionBlock, training, split=
         raise ValueError(f"block_forward: block {prefix} has no ReLU before its third separable conv to tap")
     shared = [None]
     tap, head = _path_forward(x, params, buffers, prefix, b, (0, 1), training)
-    tap = relu(tap)
-    head.append(("relu", tap))
-    h, tail = _path_forward(tap, params, buffers, prefix, b, (2,), training, relus=(True, True, False))
+    if split == "smp":
+        tap = relu(tap)
+        head.append(("relu", tap))
+    h, tail = _path_forward(tap, params, buffers, prefix, b, (2,), training, relus=(True, True, split != "smp"))
     return (h if s is None else h + s), tap, [TapCache(head, shared), BlockCache(tail, sc, b.skip, shared)]
 
 
@@ -194,9 +197,9 @@ def block_backward(dy, cache):
     return (dx if skip is None else dx + skip), grads
 
 
-def block_infer(x, params, buffers, prefix, b: XceptionBlock):
+def block_infer(x, params, buffers, prefix, b: XceptionBlock, tap_kind="smp"):
     """Eval ``block_forward`` without caches -> (y, tap): every BN (with the ReLU after it, and the residual
-    sum after the last) folded into one pass after its conv; tap as ``block_forward``'s split one (act3)."""
+    sum after the last) folded into one pass after its conv; tap as ``block_forward``'s split at ``tap_kind``."""
     s = x if b.skip == "sum" else None
     if b.skip == "conv":
         s = conv_bn_infer(x, params, buffers, f"{prefix}.shortcut.conv", f"{prefix}.shortcut.bn", b.stride, 1,
@@ -207,10 +210,12 @@ def block_infer(x, params, buffers, prefix, b: XceptionBlock):
         p, last = f"{prefix}.stack.conv{k + 1}", k == 2
         h = conv_bn_infer(h, params, buffers, f"{p}.conv_dw", f"{p}.bn_dw", b.stride if last else 1, b.dilation,
                           relu=not b.start_with_relu, eps=BN_EPS, groups=h.shape[1])
+        pre = b.start_with_relu and k == 1 and tap_kind == "tf"  # the tap is the BN output, before act3
         h = conv_bn_infer(h, params, buffers, f"{p}.conv_pw", f"{p}.bn_pw", 1, 1,
-                          relu=not (b.start_with_relu and last), residual=s if last else None, eps=BN_EPS)
+                          relu=not (b.start_with_relu and last) and not pre, residual=s if last else None, eps=BN_EPS)
         if k == 1:
             tap = h
+            h = np.maximum(h, h.dtype.type(0)) if pre else h
     return h, tap
 
 
@@ -219,7 +224,7 @@ def block_infer(x, params, buffers, prefix, b: XceptionBlock):
 
 
 def _tap_name(spec):
-    return f"blocks.{spec.low_level_block}.stack.act3"
+    return f"blocks.{spec.low_level_block}.stack.tap"
 
 
 def forward(spec: Xception, params, buffers, x, training):
@@ -229,7 +234,7 @@ def forward(spec: Xception, params, buffers, x, training):
     h, c = _stem_forward(x, params, buffers, training)
     steps, features = [("stem", c)], {}
     for i, b in enumerate(spec.blocks):
-        split = i == spec.low_level_block
+        split = spec.low_level_tap if i == spec.low_level_block else None
         h, tap, caches = block_forward(h, params, buffers, f"blocks.{i}", b, training, split)
         if split:
             features["low_level"] = tap
@@ -251,7 +256,7 @@ def infer(spec: Xception, params, buffers, x):
         h = conv_bn_infer(h, params, buffers, f"stem.{k}.conv", f"stem.{k}.bn", stride, 1, eps=BN_EPS)
     features = {}
     for i, b in enumerate(spec.blocks):
-        h, tap = block_infer(h, params, buffers, f"blocks.{i}", b)
+        h, tap = block_infer(h, params, buffers, f"blocks.{i}", b, spec.low_level_tap)
         if i == spec.low_level_block:
             features["low_level"] = tap
     features["out"] = h

@@ -62,7 +62,7 @@ def _backbone_name(spec) -> str:
     if isinstance(spec, VGG):
         return "vgg16" if spec == VGG() else "vgg (narrow)"
     if isinstance(spec, Xception):
-        full = spec == Xception(spec.depth, spec.output_stride)
+        full = spec == Xception(spec.depth, spec.output_stride, low_level_tap=spec.low_level_tap)
         return f"xception{spec.depth}" + ("" if full else " (reduced)")
     if isinstance(spec, MobileNetV2):
         return "mobilenet_v2"

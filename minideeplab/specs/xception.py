@@ -18,11 +18,12 @@ target keeps stride 1 at the current rate, and every later block's rate is multi
 up (TF's ``stack_blocks_dense``). OS 16: exit block 1 at rate 1 without its stride, the last block at rate 2.
 OS 8: entry block 3 loses its stride, the middle flow and exit block 1 at rate 2, the last block at rate 4.
 
-Stride-4 features for the v3+ decoder (``low_level``): the input of the third separable conv of the entry
-block entered at stride 4 (block 1; Xception-71: block 2), 256 channels, which is the ReLU (``act3``) of the
-second separable conv's pointwise BN. That is timm's feature tap and so what smp's ``tu-xception65`` gives its
-decoder; TF DeepLab's tap (``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``) is the BN
-output *before* that ReLU. Here it is smp's, so that smp's models load and match.
+Stride-4 features for the v3+ decoder (``low_level``), in the entry block entered at stride 4 (block 1;
+Xception-71: block 2), 256 channels, at the second separable conv's output (``low_level_tap``):
+"tf" (default): its pointwise BN output, TF DeepLab's tap
+(``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``); "smp": the ReLU after it (``act3``,
+the input of the third separable conv), timm's feature tap and so what smp's ``tu-xception*`` encoders give
+their decoder. ``minideeplab.interop`` loads smp's and timm's models with "smp", so that they match.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ XCEPTION_DEPTHS = {
 # exit block 1 (1024), the last block's first two convs (1536) and its output (2048)
 XCEPTION_WIDTHS = (32, 64, 128, 256, 728, 1024, 1536, 2048)
 XCEPTION_BN_EPS = 1e-3  # every BN's, as TF and timm (torch's default is 1e-5)
+TAPS = ("tf", "smp")
 
 
 class XceptionBlock(NamedTuple):
@@ -71,6 +73,7 @@ class Xception:
       small model (tests): the structure stays, only the repetition shrinks.
     widths: the 8 channel counts of ``XCEPTION_WIDTHS`` (stem 32, 64; entry 128, 256, 728; exit 1024,
       1536, 2048); narrow ones for quick runs.
+    low_level_tap: "tf" (the pointwise BN output, TF DeepLab's) or "smp" (the ReLU after it: timm's, smp's).
 
     Derived: ``blocks`` (XceptionBlock, in order: ``blocks.{i}`` in the parameter names),
     ``low_level_block`` (the index of the block whose ``act3`` is the stride-4 tap).
@@ -80,6 +83,7 @@ class Xception:
     output_stride: int = 16
     middle_blocks: int | None = None
     widths: tuple[int, ...] = XCEPTION_WIDTHS
+    low_level_tap: str = "tf"
     blocks: tuple[XceptionBlock, ...] = field(init=False, repr=False)
     low_level_block: int = field(init=False, repr=False)
 
@@ -96,6 +100,9 @@ class Xception:
         if not isinstance(w, (tuple, list)) or len(w) != 8 or not all(is_int(c) and c >= 1 for c in w):
             raise _spec_error(f"widths must be 8 ints >= 1 (stem 32, 64; entry 128, 256, 728; exit 1024, "
                               f"1536, 2048), got {w!r}")
+        if self.low_level_tap not in TAPS:
+            raise _spec_error(f"low_level_tap must be 'tf' (the BN output, TF DeepLab's) or 'smp' (the ReLU after "
+                              f"it, timm's and smp's), got {self.low_level_tap!r}")
         set_ = object.__setattr__
         set_(self, "depth", int(self.depth))
         set_(self, "output_stride", int(self.output_stride))
