@@ -116,7 +116,7 @@ def _stem_backward(dy, cache):
 
 
 class TapCache(NamedTuple):
-    """The first step of a block split at its tap: its path up to ``act3``."""
+    """The first step of a block split at its tap: its path up to the tap."""
 
     path: list         # ("relu", output) or ("sep", SeparableCache), in forward order
     shared: list       # [dL/dx through the block's shortcut], written by the second step's backward
@@ -131,7 +131,7 @@ class BlockCache(NamedTuple):
 
 def _path_forward(h, params, buffers, prefix, b: XceptionBlock, ks, training, relus=(True, True, True)):
     """The separable convs ``ks`` (of 0, 1, 2) of block ``b``; with start_with_relu, conv k has the ReLU
-    before it where ``relus[k]`` (the second step of a split block starts at the tap, already a ReLU's)."""
+    before it where ``relus[k]`` (the second step of a block split at smp's tap starts after ``act3``)."""
     path = []
     for k in ks:
         if b.start_with_relu and relus[k]:
