@@ -31,7 +31,8 @@ def _bench(args) -> int:
     import importlib
 
     run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
-    return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick)
+    options = {k: getattr(args, k) for k in ("backward", "window") if hasattr(args, k)}  # a suite's own options
+    return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
 
 
 def _errors_to_exit(fn):
@@ -362,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         suite.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
         suite.add_argument("--quick", action="store_true", help=f"{quick_help}: a smoke test of the benchmark")
         suite.set_defaults(func=_bench)
+        if name == "crf":
+            suite.add_argument("--backward", action="store_true",
+                               help="time the CRF as a layer: mean_field's backward against its forward "
+                                    "(5 iterations, float32)")
+            suite.add_argument("--window", action="store_true",
+                               help="time the local-window CRF (windows 5, 7, 11) against the lattice at 128x128 "
+                                    "and 513x513, with its label agreement with the full CRF")
 
     _add_train(sub)
     ev = sub.add_parser(

@@ -1,8 +1,9 @@
 """Interop with real PyTorch models: torchvision's and segmentation_models_pytorch's DeepLabs to the scratch
 ``DeepLab`` (weights and conventions), and the project's own reference twin either way.
 
-    from_torchvision(module)   torchvision ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` (aux head or not),
-                               or its state_dict -> scratch DeepLab v3
+    from_torchvision(module)   torchvision ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` /
+                               ``deeplabv3_mobilenet_v3_large`` (aux head or not) or ``lraspp_mobilenet_v3_large``,
+                               or its state_dict -> scratch DeepLab v3 / lraspp
     from_smp(module)           smp ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder, ``mobilenet_v2`` or
                                timm's aligned Xception (``tu-xception41/65/71``) -> scratch DeepLab v3plus /
                                v3 with ``decoder_layout="smp"``
@@ -22,7 +23,9 @@ Conventions carried over (what the config records):
 * torchvision: output stride 8 with torchvision's dilation convention (a dilated stage's block0 keeps
   the previous dilation), ASPP rates read from the module ((12, 24, 36)), image pooling last,
   align_corners False, the aux FCN head on layer3 when the state_dict has ``aux_classifier.*``
-  (the scratch model computes it only when training; torchvision also in eval).
+  (the scratch model computes it only when training; torchvision also in eval). MobileNetV3-Large:
+  output stride 16 (``dilated=True``), the same names (``backbone.0`` .. ``backbone.16``), ASPP rates
+  (12, 24, 36) (torchvision issue #7956), aux on features[4]; LR-ASPP's inter channels read from ``cbr``.
 * smp: smp's dilation convention (every conv of a dilated stage gets stride 1 and the new dilation),
   the output stride of its encoder (8 or 16), rates read from the module (default (12, 24, 36) whatever
   the output stride), separable ASPP branches when smp's are (its v3+ default), align_corners True,
@@ -38,7 +41,7 @@ imports them at module level.
 smp's ``tu-xception*`` encoders hand the decoder timm's stride-4 tap, the ReLU after TF DeepLab's (see
 ``minideeplab.specs.xception``): the scratch Xception they load into has ``low_level_tap="smp"``, that one.
 
-Not supported (a ValueError says so): torchvision's MobileNetV3 backbone and its FCN models, smp encoders
+Not supported (a ValueError says so): torchvision's FCN models, a MobileNetV3 of another width, smp encoders
 other than its ResNets, ``mobilenet_v2`` and ``tu-xception41/65/71``, smp encoder_depth other than 5,
 in_channels other than 3, an activation or a classification (aux_params) head, or an ``upsampling`` other
 than smp's default.
@@ -56,6 +59,7 @@ from torch import nn
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
 from minideeplab.specs.deeplab import DeepLabConfig
+from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import XCEPTION_DEPTHS, Xception
 
@@ -96,8 +100,8 @@ def _shape(v) -> tuple:
 
 def key_map(config, source="minideeplab") -> dict[str, str]:
     """{our state_dict name: the source's name} for every parameter and buffer of ``config``'s model, in
-    our order. source: "torchvision" (v3, decoder_layout "paper": the same names), "smp" (v3 or v3plus
-    with decoder_layout "smp"), "minideeplab" (the reference twin: the same names)."""
+    our order. source: "torchvision" (v3 with decoder_layout "paper", lraspp: the same names), "smp" (v3 or
+    v3plus with decoder_layout "smp"), "minideeplab" (the reference twin: the same names)."""
     fn = "key_map"
     if not isinstance(config, DeepLabConfig):
         raise ValueError(f"{fn}: config must be a DeepLabConfig, got {type(config).__name__}")
@@ -108,9 +112,9 @@ def key_map(config, source="minideeplab") -> dict[str, str]:
     if source == "minideeplab":
         return {k: k for k in ours}
     if source == "torchvision":
-        if config.name != "v3" or config.decoder_layout != "paper":
-            raise ValueError(f"{fn}: torchvision's names are those of DeepLab v3 with decoder_layout 'paper', "
-                             f"got {config.name} with decoder_layout {config.decoder_layout!r}")
+        if config.name not in ("v3", "lraspp") or config.decoder_layout != "paper":
+            raise ValueError(f"{fn}: torchvision's names are those of DeepLab v3 with decoder_layout 'paper' and "
+                             f"of lraspp, got {config.name} with decoder_layout {config.decoder_layout!r}")
         return {k: k for k in ours}
     if config.name not in ("v3", "v3plus") or config.decoder_layout != "smp":
         raise ValueError(f"{fn}: smp's names are those of DeepLab v3 or v3plus with decoder_layout 'smp', "
@@ -270,15 +274,20 @@ def torchvision_config(module) -> DeepLabConfig:
     blocks per stage, output stride 8 (for a module: read from its strides, and every conv's stride and
     dilation checked against torchvision's convention), num_classes from ``classifier.4``, aux if
     ``aux_classifier.*`` is there, ASPP rates and dropout read from the module ((12, 24, 36) and 0.5 for a
-    state_dict), align_corners False."""
+    state_dict), align_corners False. ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large`` (the
+    key ``backbone.16.0.weight``): MobileNetV3-Large at output stride 16, v3 or lraspp by the head's keys."""
     fn = "torchvision_config"
     state, mod = _state(fn, module)
-    if mod is not None and not (type(mod).__name__ == "DeepLabV3" and type(mod).__module__.startswith("torchvision.")):
-        raise ValueError(f"{fn}: module must be torchvision's DeepLabV3 (deeplabv3_resnet50/101), got "
-                         f"{type(mod).__module__}.{type(mod).__name__}")
+    kind = type(mod).__name__
+    if mod is not None and not (kind in ("DeepLabV3", "LRASPP") and type(mod).__module__.startswith("torchvision.")):
+        raise ValueError(f"{fn}: module must be torchvision's DeepLabV3 (deeplabv3_resnet50/101, "
+                         f"deeplabv3_mobilenet_v3_large) or LRASPP (lraspp_mobilenet_v3_large), got "
+                         f"{type(mod).__module__}.{kind}")
+    if _MOBILENET_KEY in state:
+        return _torchvision_mobilenet_config(fn, state, mod)
     if "backbone.layer4.0.conv1.weight" not in state:
-        raise ValueError(f"{fn}: no ResNet backbone ('backbone.layer4.0.conv1.weight' missing): only "
-                         f"deeplabv3_resnet50/101 are supported (not deeplabv3_mobilenet_v3_large)")
+        raise ValueError(f"{fn}: no ResNet backbone ('backbone.layer4.0.conv1.weight' missing) and no MobileNetV3 "
+                         f"one ({_MOBILENET_KEY!r} missing)")
     if "classifier.0.convs.0.0.weight" not in state or "classifier.4.weight" not in state:
         raise ValueError(f"{fn}: no DeepLabHead ('classifier.0.convs.0.0.weight' and 'classifier.4.weight' "
                          f"expected): an FCN or a truncated state_dict?")
@@ -304,10 +313,46 @@ def torchvision_config(module) -> DeepLabConfig:
                          dropout=dropout, aux=aux, align_corners=False)
 
 
+_MOBILENET_KEY = "backbone.16.0.weight"  # MobileNetV3's last conv (features[16])
+
+
+def _torchvision_mobilenet_config(fn, state, mod) -> DeepLabConfig:
+    """torchvision_config for ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large``: width 1,
+    the output stride read from the module's convs (16 for a state_dict), every conv's stride and dilation
+    checked."""
+    output_stride = 16
+    if mod is not None:
+        try:
+            output_stride = 16 if mod.backbone.get_submodule("13.block.1.0").dilation[0] == 2 else 32
+        except AttributeError:
+            raise ValueError(f"{fn}: the backbone is not MobileNetV3-Large's features (no 'backbone.13.block.1.0', "
+                             f"its 13th block's depthwise conv)") from None
+    spec = MobileNetV3(1.0, output_stride)
+    if mod is not None:
+        _check_dilation(fn, mod.backbone, spec, "backbone.")
+    if "classifier.cbr.0.weight" in state:
+        for k in ("classifier.scale.1.weight", "classifier.low_classifier.weight"):
+            if k not in state:
+                raise ValueError(f"{fn}: an LR-ASPP head without {k!r}: a truncated state_dict?")
+        return DeepLabConfig("lraspp", spec, _shape(state["classifier.low_classifier.weight"])[0],
+                             inter_channels=_shape(state["classifier.cbr.0.weight"])[0])
+    if "classifier.0.convs.0.0.weight" not in state or "classifier.4.weight" not in state:
+        raise ValueError(f"{fn}: neither a DeepLabHead ('classifier.0.convs.0.0.weight' and 'classifier.4.weight') "
+                         f"nor an LR-ASPP head ('classifier.cbr.0.weight') on the MobileNetV3 backbone")
+    rates, dropout = (12, 24, 36), 0.5
+    if mod is not None:
+        aspp = mod.classifier[0]
+        rates, dropout = _aspp_rates(fn, aspp, separable=False), _dropout_p(aspp.project)
+    return DeepLabConfig("v3", spec, _shape(state["classifier.4.weight"])[0], atrous_rates=rates,
+                         aspp_channels=_shape(state["classifier.0.convs.0.0.weight"])[0], dropout=dropout,
+                         aux=any(k.startswith("aux_classifier.") for k in state))
+
+
 def from_torchvision(module, *, rng=None) -> scratch.DeepLab:
-    """A scratch DeepLab v3 with the weights and conventions of a torchvision ``deeplabv3_resnet50/101``
-    (an nn.Module, or its state_dict: then output stride 8 and rates (12, 24, 36), torchvision's), in the
-    module's mode (eval for a state_dict). See ``torchvision_config``."""
+    """A scratch DeepLab with the weights and conventions of a torchvision ``deeplabv3_resnet50/101`` (v3),
+    ``deeplabv3_mobilenet_v3_large`` (v3) or ``lraspp_mobilenet_v3_large`` (lraspp): an nn.Module, or its
+    state_dict (then ResNet: output stride 8 and rates (12, 24, 36); MobileNetV3: output stride 16,
+    torchvision's), in the module's mode (eval for a state_dict). See ``torchvision_config``."""
     fn = "from_torchvision"
     try:
         config = torchvision_config(module)

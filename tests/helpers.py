@@ -36,8 +36,8 @@ def nontrivial_params(params, buffers, rng):
 
 
 def nontrivial_module(module, seed=0):
-    """A torch module's BN affine parameters and running statistics away from 1 / 0, conv biases non-zero;
-    eval mode."""
+    """A torch module with BN affine parameters and running statistics away from 1 / 0 and conv biases
+    non-zero (in place), in eval mode."""
     import torch
 
     g = torch.Generator().manual_seed(seed)

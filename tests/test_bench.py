@@ -41,6 +41,30 @@ def test_bench_crf_quick_json():
     assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
 
 
+def test_bench_crf_backward_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--backward", "--quick", "--json",
+                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["agree"] is True and report["n_iters"] == 5
+    for row in report["sets"].values():
+        assert row["forward_s"] > 0 and row["backward_s"] > 0
+        assert row["ratio"] == pytest.approx(row["backward_s"] / row["forward_s"])
+        assert row["logits_grad_rel_err"] < 1e-3 and row["weight_grad_rel_err"] < 1e-3
+    assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
+
+
+def test_bench_crf_window_quick_json():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--window", "--quick", "--json",
+                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["window"] for r in rows] == [5, 7, 11]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["window_s"] / r["lattice_s"])
+        assert 0.8 < r["agreement"] <= 1.0  # a window CRF is close to the full one, and the agreement is a share
+
+
 def test_bench_model_quick_json():
     res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--quick", "--json", "--threads", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -15,10 +15,28 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
 
 
-def grade(folder):
-    paths = [str(ROOT / folder / name) for name in NOTEBOOKS]
-    return subprocess.run([sys.executable, "-m", "minideeplab", "grade", *paths],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+@pytest.fixture(scope="module")
+def graded():
+    """{folder: CompletedProcess of `minideeplab grade` over its notebooks}, solutions/ and course/ graded at once.
+
+    This is where every notebook runs in `make test` (in a fresh kernel, any raising cell fails). The two
+    graders run side by side: their kernels are mostly single-threaded Python and numba, so on 2 cores the pair
+    takes little longer than one.
+    """
+    procs = {folder: subprocess.Popen([sys.executable, "-m", "minideeplab", "grade",
+                                       *(str(ROOT / folder / name) for name in NOTEBOOKS)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for folder in ("solutions", "course")}
+    results = {}
+    try:
+        for folder, proc in procs.items():
+            out, err = proc.communicate(timeout=900)
+            results[folder] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    return results
 
 
 def all_exercise_ids():
@@ -32,16 +50,16 @@ def test_every_notebook_has_graded_exercises():
         assert len(found) >= 2 and all(e["check"] is not None for e in found), name
 
 
-def test_solutions_pass_every_exercise():
-    result = grade("solutions")
+def test_solutions_pass_every_exercise(graded):
+    result = graded["solutions"]
     ids = all_exercise_ids()
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(re.findall(r"\bpassed\b", result.stdout)) >= len(ids)
     assert f"{len(ids)} of {len(ids)} exercises passed" in result.stdout
 
 
-def test_course_has_every_exercise_not_done():
-    result = grade("course")
+def test_course_has_every_exercise_not_done(graded):
+    result = graded["course"]
     ids = all_exercise_ids()
     assert result.returncode == 1, result.stdout + result.stderr
     for ex in ids:

@@ -283,7 +283,7 @@ def test_bad_arrays_are_named(good, change, match):
     (dict(pos_xy_std=-3), r"pos_xy_std must be a finite number > 0, got -3"),
     (dict(bi_rgb_std=float("nan")), r"bi_rgb_std must be a finite number > 0, got nan"),
     (dict(bi_w=-1), r"bi_w must be a finite number >= 0, got -1"),
-    (dict(method="fast"), r"method must be one of 'lattice', 'exact', got 'fast'"),
+    (dict(method="fast"), r"method must be one of 'lattice', 'exact', 'window', got 'fast'"),
     (dict(normalization="before"), r"normalization must be one of 'symmetric', 'after', got 'before'"),
     (dict(compat=np.ones((2, 2))), r"compat must be a finite \(3, 3\) matrix .* got shape \(2, 2\)"),
 ])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, deeplabv3_resnet101
+from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50
 
 from minideeplab import interop
 from minideeplab import reference
@@ -331,12 +331,11 @@ BAD = [
      "module must be torchvision's DeepLabV3 .*got segmentation_models_pytorch.*DeepLabV3Plus"),
     ("from_torchvision", lambda: interop.from_torchvision(_TINY_SMP_V3),
      r"module must be torchvision's DeepLabV3 .*got segmentation_models_pytorch\..*\.DeepLabV3$"),
-    ("from_torchvision", lambda: interop.from_torchvision(deeplabv3_mobilenet_v3_large(weights=None,
-                                                                                       weights_backbone=None)),
-     r"no ResNet backbone .*\(not deeplabv3_mobilenet_v3_large\)"),
+    ("from_torchvision", lambda: interop.from_torchvision(fcn_resnet50(weights=None, weights_backbone=None)),
+     r"module must be torchvision's DeepLabV3 .*or LRASPP .*got torchvision.*\.FCN$"),
     ("from_torchvision", lambda: interop.from_torchvision(3), "module must be a torch nn.Module or a state_dict"),
     ("from_torchvision", lambda: interop.from_torchvision({"classifier.4.weight": torch.zeros(1)}),
-     "no ResNet backbone"),
+     "no ResNet backbone .* and no MobileNetV3 one"),
     ("from_smp", lambda: interop.from_smp(deeplabv3_resnet50(weights=None, weights_backbone=None)),
      "module must be smp's DeepLabV3Plus or DeepLabV3, got torchvision.*DeepLabV3"),
     ("from_smp", lambda: interop.from_smp(torch.nn.Conv2d(1, 1, 1)),

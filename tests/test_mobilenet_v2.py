@@ -134,7 +134,7 @@ def test_build_model_name():
 MNV2 = MobileNetV2(16)
 BAD = [
     ("MobileNetV2", lambda: MobileNetV2(4), "output_stride must be 8, 16 or 32, got 4"),
-    ("make_config", lambda: make_config("v3", "mobilenet_v2", aux=True), "aux .* needs a ResNet backbone"),
+    ("make_config", lambda: make_config("v3", "mobilenet_v2", aux=True), "aux .* needs a ResNet or MobileNetV3 backbone"),
     ("make_config", lambda: make_config("v1", "mobilenet_v2"), r"v1 \(DeepLab-LargeFOV\) needs a VGG backbone"),
     ("make_config", lambda: make_config("v3plus", "mobilenet_v2", multi_grid=(1, 2, 4)),
      "multi_grid and dilation_convention apply to a ResNet, not to mobilenet_v2"),

@@ -257,7 +257,7 @@ BAD = [
     ("Xception", lambda: Xception(65, middle_blocks=-1), "middle_blocks must be None or an int >= 0, got -1"),
     ("Xception", lambda: Xception(65, widths=(1, 2)), r"widths must be 8 ints >= 1 .*got \(1, 2\)"),
     ("Xception", lambda: Xception(65, low_level_tap="relu"), "low_level_tap must be 'tf' .* or 'smp' .*got 'relu'"),
-    ("make_config", lambda: make_config("v3", "xception65", aux=True), "aux .* needs a ResNet backbone"),
+    ("make_config", lambda: make_config("v3", "xception65", aux=True), "aux .* needs a ResNet or MobileNetV3 backbone"),
     ("make_config", lambda: make_config("v2", "xception65"), "v2 needs a ResNet or VGG backbone"),
     ("make_config", lambda: make_config("v3plus", "xception65", multi_grid=(1, 2, 4)),
      "multi_grid and dilation_convention apply to a ResNet, not to xception65"),

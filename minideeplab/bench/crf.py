@@ -5,6 +5,14 @@ that look like a network's at output stride 8. Both sides get the same probabili
 parameters, are checked to agree (argmax agreement, max |dQ|) and are timed whole: lattice construction,
 unaries and 10 mean-field iterations, median of ``repeat`` runs after a warm-up. pydensecrf is
 single-threaded; the scratch lattice uses ``threads`` numba threads.
+
+``--backward`` times the CRF as a layer instead: ``mean_field`` (float32, 5 iterations, lattice construction
+included) against ``mean_field_backward`` on the same input (no other library has this backward to compare
+with); the ratio is backward / forward, and the float32 gradient is checked against the float64 one.
+
+``--window`` times the local-window CRF (``method="window"``, ConvCRF's message) for windows of 5, 7 and 11
+against the lattice on 128x128 and 513x513 photographs (DeepLab v2's parameters, 21 labels, 10 iterations),
+with the share of pixels whose label agrees with the full CRF's (the lattice).
 """
 
 from __future__ import annotations
@@ -40,13 +48,17 @@ def pydensecrf_crf(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi
     return np.asarray(d.inference(n_iters), dtype=np.float32).reshape(C, H, W)
 
 
-def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
+WINDOWS = (5, 7, 11)
+
+
+def run(threads=2, repeat=5, as_json=False, quick=False, backward=False, window=False) -> int:
     import numba
 
     if threads < 1 or repeat < 1:
         raise ValueError(f"bench crf: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
     try:
-        import pydensecrf.densecrf  # noqa: F401
+        if not (backward or window):
+            import pydensecrf.densecrf  # noqa: F401
     except ImportError:
         print("bench crf needs pydensecrf2 (pip install pydensecrf2, or the locked install: make test)")
         return 2
@@ -57,6 +69,10 @@ def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
     saved = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
+        if window:
+            return _run_window(repeat, as_json, quick, n_labels, threads)
+        if backward:
+            return _run_backward(threads, repeat, as_json, quick, size, n_labels, n_iters=5)
         return _run(threads, repeat, as_json, quick, size, n_labels, n_iters)
     finally:
         numba.set_num_threads(saved)
@@ -100,3 +116,79 @@ def _run(threads, repeat, as_json, quick, size, n_labels, n_iters):
     if wrong:
         print(f"WRONG: below {100 * MIN_AGREEMENT}% argmax agreement or above {MAX_DQ:g} max |dQ| on: {', '.join(wrong)}")
     return 1 if wrong else 0
+
+
+def _run_backward(threads, repeat, as_json, quick, size, n_labels, n_iters):
+    from minideeplab.data.photos import coarse_probs, photograph, region_labels
+    from minideeplab.scratch.crf import mean_field, mean_field_backward
+
+    repeat = 1 if quick else repeat
+    image = photograph("coffee", size)
+    probs = coarse_probs(region_labels(image, n_labels), n_labels, stride=8, seed=0)
+    logits = np.log(np.maximum(probs.astype(np.float64), PROB_FLOOR))
+    dQ = np.random.default_rng(0).standard_normal(logits.shape)
+    sets = {}
+    for name in BENCH_SETS:
+        params = dict(PARAMETER_SETS[name], n_iters=n_iters)
+        exact = mean_field_backward(dQ, mean_field(logits, image, **params)[1])  # float64
+        x, d = logits.astype(np.float32), dQ.astype(np.float32)
+        cache = mean_field(x, image, **params)[1]
+        grads = mean_field_backward(d, cache)
+        t_f = median_seconds(lambda: mean_field(x, image, **params), repeat)
+        t_b = median_seconds(lambda: mean_field_backward(d, cache), repeat)
+        err = float(np.abs(grads["logits"] - exact["logits"]).max() / np.abs(exact["logits"]).max())
+        w_err = max(abs(grads[k] - exact[k]) / max(abs(exact[k]), 1e-12) for k in ("pos_w", "bi_w"))
+        sets[name] = dict(params=params, forward_s=t_f, backward_s=t_b, ratio=t_b / t_f,
+                          logits_grad_rel_err=err, weight_grad_rel_err=float(w_err))
+    wrong = [n for n, r in sets.items() if r["logits_grad_rel_err"] > 1e-3 or r["weight_grad_rel_err"] > 1e-3]
+    if as_json:
+        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, image=f"coffee {size[0]}x{size[1]}",
+                              labels=n_labels, n_iters=n_iters, agree=not wrong,
+                              ratio=max(r["ratio"] for r in sets.values()), sets=sets)))
+        return 1 if wrong else 0
+    print(f"the CRF as a layer, {size[1]}x{size[0]} photograph, {n_labels} labels, {n_iters} iterations, float32, "
+          f"{threads} numba threads; median of {repeat}; ratio = backward / forward (lattice construction in the "
+          f"forward); gradient error: float32 against float64, relative to the largest")
+    head = f"{'parameters':<20}{'forward':>10}{'backward':>10}{'ratio':>7}{'dlogits err':>13}{'dw err':>9}"
+    print(head)
+    print("-" * len(head))
+    for name, r in sets.items():
+        print(f"{name:<20}{r['forward_s']:>9.3f}s{r['backward_s']:>9.3f}s{r['ratio']:>7.2f}"
+              f"{r['logits_grad_rel_err']:>13.1e}{r['weight_grad_rel_err']:>9.1e}")
+    if wrong:
+        print(f"WRONG: the float32 gradients differ from the float64 ones by more than 1e-3 on: {', '.join(wrong)}")
+    return 1 if wrong else 0
+
+
+def _run_window(repeat, as_json, quick, n_labels, threads):
+    from minideeplab.data.photos import coarse_probs, photograph, region_labels
+    from minideeplab.scratch.crf import dense_crf
+
+    repeat = 1 if quick else repeat
+    params = dict(PARAMETER_SETS["deeplab-v2-resnet"], n_iters=10)
+    rows = []
+    for side in ((48,) if quick else (128, 513)):
+        image = photograph("coffee", (side, side))
+        probs = coarse_probs(region_labels(image, n_labels), n_labels, stride=8, seed=0)
+        full = dense_crf(probs, image, **params).argmax(0)
+        t_lattice = median_seconds(lambda: dense_crf(probs, image, **params), repeat)
+        for k in WINDOWS:
+            labels = dense_crf(probs, image, method="window", window=k, **params).argmax(0)
+            t = median_seconds(lambda: dense_crf(probs, image, method="window", window=k, **params), repeat)
+            rows.append(dict(size=side, window=k, window_s=t, lattice_s=t_lattice, ratio=t / t_lattice,
+                             agreement=float(np.mean(labels == full)),
+                             changed_by_full=float(np.mean(full != probs.argmax(0)))))
+    if as_json:
+        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, labels=n_labels, params=params,
+                              rows=rows)))
+        return 0
+    print(f"the local-window CRF against the lattice (the full CRF), coffee photograph, {n_labels} labels, "
+          f"10 iterations, DeepLab v2's parameters, {threads} numba threads; median of {repeat}; ratio = window / "
+          f"lattice; agreement = pixels labelled as the full CRF labels them")
+    head = f"{'size':>8}{'window':>8}{'time':>10}{'lattice':>10}{'ratio':>8}{'agreement':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['size']:>4}^2  {r['window']:>6}{r['window_s']:>9.3f}s{r['lattice_s']:>9.3f}s{r['ratio']:>8.2f}"
+              f"{100 * r['agreement']:>10.2f}%")
+    return 0

@@ -7,6 +7,10 @@ Cases (batch 1, float32, eval):
     torchvision-v3-resnet50-os8  torchvision's ``deeplabv3_resnet50(weights=None, weights_backbone=None,
                                  num_classes=21)`` (output stride 8) against the scratch v3 loaded with its
                                  weights (the state_dict keys are ours), 513x513
+    torchvision-v3-mobilenet_v3_large      torchvision's ``deeplabv3_mobilenet_v3_large`` (output stride 16, ASPP
+                                           rates (12, 24, 36), no aux) and the scratch v3 with its weights, 513x513
+    torchvision-lraspp-mobilenet_v3_large  torchvision's ``lraspp_mobilenet_v3_large`` and the scratch lraspp,
+                                           513x513
     v3plus-xception65-os16       scratch DeepLab v3+ on aligned Xception-65 in smp's layout (what ``from_smp``
                                  makes of ``DeepLabV3Plus("tu-xception65")``) against its twin, 512x512
 
@@ -48,6 +52,10 @@ WARMUP_SIZE = 33    # the first (compiling) call runs on an input this small (>=
 CASES = {
     "v3plus-resnet50-os16": dict(kind="minideeplab", model=("v3plus", "resnet50", 16), options={}, size=513),
     "torchvision-v3-resnet50-os8": dict(kind="torchvision", model=("v3", "resnet50", 8), options={}, size=513),
+    "torchvision-v3-mobilenet_v3_large": dict(kind="torchvision", model=("v3", "mobilenet_v3_large", 16), options={},
+                                              size=513),
+    "torchvision-lraspp-mobilenet_v3_large": dict(kind="torchvision", model=("lraspp", "mobilenet_v3_large", 16),
+                                                  options={}, size=513),
     # smp's DeepLabV3Plus(tu-xception65) as interop.smp_config reads it; smp takes multiples of 16 only
     "v3plus-xception65-os16": dict(kind="minideeplab", model=("v3plus", "xception65", 16), size=512,
                                    options=dict(decoder_layout="smp", aspp_separable=True, decoder_separable=True,
@@ -76,7 +84,12 @@ def _torch_module(case):
         return DeepLabModule(_config(case)).eval()
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    _, backbone, os_ = case["model"]
+    name, backbone, os_ = case["model"]
+    if backbone == "mobilenet_v3_large" and os_ == 16:
+        from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
+
+        build = {"v3": deeplabv3_mobilenet_v3_large, "lraspp": lraspp_mobilenet_v3_large}[name]
+        return build(weights=None, weights_backbone=None, num_classes=21).eval()
     if backbone == "resnet50" and os_ == 8:
         return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21).eval()
     if backbone == "resnet18" and os_ == 32:

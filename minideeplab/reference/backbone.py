@@ -1,5 +1,5 @@
 """PyTorch twins of ``minideeplab.scratch.backbone``: ``nn.Module``s built from the same specs
-(``reference.resnet``, ``reference.vgg``), through one registry, ``BACKBONES``.
+(``reference.resnet``, ``reference.vgg``, ``reference.mobilenet``), through one registry, ``BACKBONES``.
 
 Their ``state_dict`` keys are the scratch ``params`` and ``buffers`` keys (torchvision's names), so
 ``params_to_torch`` / ``params_from_torch`` move weights either way, and a torchvision ResNet's
@@ -15,19 +15,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from minideeplab.reference.mobilenet import MobileNetV3Backbone
 from minideeplab.reference.resnet import ResNetBackbone
 from minideeplab.reference.mobilenet_v2 import MobileNetV2Backbone
 from minideeplab.reference.vgg import VGGLargeFOV
 from minideeplab.reference.xception import XceptionBackbone
 from minideeplab.specs.backbone import VGG, ResNet
+from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
-__all__ = ["ResNetBackbone", "VGGLargeFOV", "BACKBONES", "build_backbone", "params_to_torch", "params_from_torch"]
+__all__ = ["ResNetBackbone", "VGGLargeFOV", "MobileNetV3Backbone", "BACKBONES", "build_backbone", "params_to_torch",
+           "params_from_torch"]
 
 
 # the registry: a backbone spec's type -> its twin (scratch.backbone.BACKBONES's twin)
-BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, Xception: XceptionBackbone, MobileNetV2: MobileNetV2Backbone}
+BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, MobileNetV3: MobileNetV3Backbone, Xception: XceptionBackbone,
+             MobileNetV2: MobileNetV2Backbone}
 
 
 def build_backbone(spec) -> nn.Module:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 PROB_FLOOR = 1e-5
 
@@ -56,18 +57,66 @@ def lattice_blur(lattice, values) -> torch.Tensor:
     return values
 
 
+def window_kernel(features, k: int) -> torch.Tensor:
+    """(H, W, d) -> (k*k, H, W): exp(-|f[y, x] - f[y + dy, x + dx]|^2 / 2) over the k x k window's offsets
+    (row-major), 0 where the window leaves the image; by unfold."""
+    f = torch.as_tensor(features, dtype=torch.float64).permute(2, 0, 1)  # (d, H, W)
+    d, H, W = f.shape
+    cols = F.unfold(f[None], k, padding=k // 2).reshape(d, k * k, H, W)
+    inside = F.unfold(torch.ones(1, 1, H, W, dtype=torch.float64), k, padding=k // 2).reshape(k * k, H, W)
+    return torch.exp(-0.5 * (cols - f[:, None]).square().sum(0)) * inside
+
+
+def window_message(values, weights) -> torch.Tensor:
+    """(C, H, W) values, (k*k, H, W) weights -> (C, H, W): sum over the window of weight * neighbour (unfold)."""
+    C, H, W = values.shape
+    k = round(weights.shape[0] ** 0.5)
+    return (F.unfold(values[None], k, padding=k // 2).reshape(C, k * k, H, W) * weights[None]).sum(1)
+
+
+def _window_kernels(shape, window, normalization, features):
+    """The two kernels truncated to the window, as functions (C, N) -> (C, N) (normalised like the full ones)."""
+    H, W = shape
+    kernels = []
+    for f in features:
+        K = window_kernel(f.reshape(H, W, -1), window)
+        norm = K.sum(0)
+        before, after = (norm.rsqrt(), norm.rsqrt()) if normalization == "symmetric" else (1.0, 1.0 / norm)
+        kernels.append(lambda q, K=K, b=before, a=after: (a * window_message((b * q.reshape(-1, H, W)), K))
+                       .reshape(q.shape))
+    return kernels
+
+
+def mean_field(logits, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
+               compat=None, normalization="symmetric", window=None) -> torch.Tensor:
+    """Exact mean field started from logits (the unary is -logits), differentiable by autograd in each argument
+    given as a tensor (logits, pos_w, bi_w, compat). logits (C, H, W) or (N, C, H, W); image (H, W, 3) or
+    (N, H, W, 3) uint8. window=k: messages only within k x k neighbourhoods (the scratch method="window").
+    -> Q, logits' shape, float64."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    if logits.dim() == 4:
+        return torch.stack([mean_field(lg, im, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, compat,
+                                       normalization, window) for lg, im in zip(logits, image)])
+    C, H, W = logits.shape
+    unary = -logits.reshape(C, H * W)
+    features = (pixel_features(image, pos_xy_std), pixel_features(image, bi_xy_std, bi_rgb_std))
+    if window is None:
+        matrices = [normalize_kernel(gaussian_kernel(f), normalization) for f in features]
+        kernels = [lambda q, k=k: q @ k.T for k in matrices]
+    else:
+        kernels = _window_kernels((H, W), window, normalization, features)
+    mu = None if compat is None else torch.as_tensor(compat, dtype=torch.float64)
+    q = torch.softmax(-unary, dim=0)
+    for _ in range(n_iters):
+        message = pos_w * kernels[0](q) + bi_w * kernels[1](q)
+        q = torch.softmax(-unary + message if mu is None else -unary - mu @ message, dim=0)
+    return q.reshape(C, H, W)
+
+
 def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
               compat=None, normalization="symmetric") -> np.ndarray:
     """Exact mean-field inference. probs (C, H, W), image (H, W, 3) uint8 -> Q (C, H, W) float32."""
     p = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
-    C, H, W = p.shape
-    unary = -torch.log(p.reshape(C, H * W).clamp_min(PROB_FLOOR))
-    kernels, weights = [], []
-    for w, f in ((pos_w, pixel_features(image, pos_xy_std)), (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std))):
-        kernels.append(normalize_kernel(gaussian_kernel(f), normalization))
-        weights.append(w)
-    mu = None if compat is None else torch.as_tensor(np.asarray(compat), dtype=torch.float64)
-    q = torch.softmax(-unary, dim=0)
-    for _ in range(n_iters):
-        q = mean_field_update(q, unary, kernels, weights, mu)
-    return q.reshape(C, H, W).to(torch.float32).numpy()
+    q = mean_field(torch.log(p.clamp_min(PROB_FLOOR)), image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std,
+                   bi_rgb_std, compat, normalization)
+    return q.to(torch.float32).numpy()

@@ -3,8 +3,9 @@ same ``DeepLabConfig``.
 
 ``build_model(name, backbone, output_stride, num_classes, **options)`` takes the scratch
 ``make_config``'s arguments and returns a ``DeepLabModule`` whose ``state_dict`` keys are the scratch
-params + buffers keys: for v3, exactly torchvision's ``deeplabv3_resnet50/101`` (``backbone.*``,
-``classifier.*``, ``aux_classifier.*``), whose weights therefore load with ``strict=True``.
+params + buffers keys: for v3, exactly torchvision's ``deeplabv3_resnet50/101`` and
+``deeplabv3_mobilenet_v3_large`` (``backbone.*``, ``classifier.*``, ``aux_classifier.*``), for lraspp its
+``lraspp_mobilenet_v3_large``, whose weights therefore load with ``strict=True``.
 Forward returns ``{"out": logits}``, plus ``"aux"`` for v3 with aux=True when training (torchvision
 computes aux in eval too; here it is a training-only output, as in the scratch model).
 

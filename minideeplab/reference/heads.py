@@ -11,10 +11,10 @@ from torch import nn
 
 from minideeplab.reference.aspp import ASPPLModule, ASPPModule, Dropout, conv_unit
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
+from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
 
 __all__ = ["LargeFOVHeadModule", "DeepLabHeadModule", "FCNHeadModule", "DecoderModule", "classifier_module",
-           "HEADS"]
+           "LRASPPHeadModule", "HEADS"]
 
 
 class LargeFOVHeadModule(nn.Module):
@@ -75,6 +75,25 @@ def classifier_module(spec: Classifier) -> nn.Conv2d:
     return nn.Conv2d(spec.in_channels, spec.num_classes, 1)
 
 
+class LRASPPHeadModule(nn.Module):
+    """LR-ASPP, torchvision's ``LRASPPHead``: ``cbr`` (1x1 conv, BN, ReLU), ``scale`` (global pool, 1x1 conv,
+    sigmoid), ``low_classifier``, ``high_classifier``. forward(low, high) -> (N, classes, *low's size)."""
+
+    def __init__(self, spec: LRASPPHead):
+        super().__init__()
+        self.spec = spec
+        self.cbr = conv_unit(spec.high_channels, spec.inter_channels, 1)
+        self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(spec.high_channels, spec.inter_channels, 1,
+                                                                      bias=False), nn.Sigmoid())
+        self.low_classifier = nn.Conv2d(spec.low_channels, spec.num_classes, 1)
+        self.high_classifier = nn.Conv2d(spec.inter_channels, spec.num_classes, 1)
+
+    def forward(self, low, high):
+        x = self.cbr(high) * self.scale(high)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=self.spec.align_corners)
+        return self.low_classifier(low) + self.high_classifier(x)
+
+
 # the registry: a head spec's type -> its twin's builder (scratch.heads.UNITS's twin)
 HEADS = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
-           FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module}
+           FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module, LRASPPHead: LRASPPHeadModule}

@@ -24,6 +24,20 @@ def relu6(x):
     return F.relu6(x)
 
 
+def hardsigmoid(x):
+    """relu6(x + 3) / 6, F.hardsigmoid's values; written out because F.hardsigmoid's float64 backward
+    multiplies by a float32 1/6 (3e-8 off), and autograd of this form is exact."""
+    return F.relu6(x + 3) / 6
+
+
+def hardswish(x):
+    return F.hardswish(x)
+
+
+def sigmoid(x):
+    return torch.sigmoid(x)
+
+
 def max_pool2d(x, kernel=3, stride=2, padding=1, ceil_mode=False):
     """-> (y, indices), indices flat into each H*W plane, like the scratch cache's ``indices``."""
     return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)

@@ -1,7 +1,8 @@
-"""Dilated backbones from scratch, forward and backward: ResNet (torchvision layout, ``resnet.py``) and
-VGG-16 DeepLab-LargeFOV (``vgg.py``), run through one registry, ``BACKBONES``: a spec's type -> its module's
-functions. A new backbone is its spec (``minideeplab.specs.backbone``), its module here, one entry in
-``BACKBONES`` and its twin (``minideeplab.reference.backbone``).
+"""Dilated backbones from scratch, forward and backward: ResNet (torchvision layout, ``resnet.py``),
+VGG-16 DeepLab-LargeFOV (``vgg.py``) and MobileNetV3-Large (``mobilenet.py``), run through one registry,
+``BACKBONES``: a spec's type -> its module's functions. A new backbone is its spec
+(``minideeplab.specs.backbone``), its module here, one entry in ``BACKBONES`` and its twin
+(``minideeplab.reference.backbone``).
 
 DeepLab keeps the feature maps large by trading the stride of the last stages for dilation: a stage
 that would halve the resolution runs at stride 1 instead, and every later 3x3 conv samples its input
@@ -22,7 +23,7 @@ and every piece is a pair of functions, CS231n style: ``*_forward(x, ...) -> (y,
 * ``init_backbone(spec, rng) -> (params, buffers)``: Kaiming normal convs (as torchvision), BN 1 / 0.
 * ``backbone_forward(spec, params, buffers, x, training) -> (features, cache)``: ``features`` holds
   ``low_level`` (the stride-4 features the DeepLab v3+ decoder uses), ``out`` (the last stage) and any
-  other tap a head reads (ResNet: ``layer3``, the aux head's input).
+  other tap a head reads (ResNet: ``layer3``, the aux head's input; MobileNetV3: ``low``, stride 8).
 * ``backbone_backward(spec, d_features, cache) -> (dx, grads)``.
 * ``backbone_infer(spec, params, buffers, x) -> features``: eval only, and lean: keeps no caches, folds
   each eval batch norm (and ReLU, and a block's residual sum) into one in-place pass after its conv
@@ -40,10 +41,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch import mobilenet_v2, resnet, vgg, xception
+from minideeplab.scratch import mobilenet, mobilenet_v2, resnet, vgg, xception
 from minideeplab.scratch.params import check_subset, init_params
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.checks import check_float_array, names
+from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
@@ -71,6 +73,8 @@ class BackboneUnit(NamedTuple):
 # the registry: a backbone spec's type -> its unit
 BACKBONES = {ResNet: BackboneUnit(resnet.parameter_shapes, resnet.forward, resnet.step_backward, resnet.infer, True),
              VGG: BackboneUnit(vgg.parameter_shapes, vgg.forward, vgg.step_backward, vgg.infer, False),
+             MobileNetV3: BackboneUnit(mobilenet.parameter_shapes, mobilenet.forward, mobilenet.step_backward,
+                                       mobilenet.infer, True),
              Xception: BackboneUnit(xception.parameter_shapes, xception.forward, xception.step_backward, xception.infer,
                                     True),
              MobileNetV2: BackboneUnit(mobilenet_v2.parameter_shapes, mobilenet_v2.forward, mobilenet_v2.step_backward,
@@ -180,8 +184,9 @@ def backbone_backward(spec, d_features, cache):
                          f"got {type(d_features).__name__}")
     unknown = [k for k in d_features if k not in cache.taps]
     if unknown:
+        others = [t for t in cache.taps if t not in ("low_level", "out")]
         raise ValueError(f"{fn}: d_features has unexpected keys {names(unknown)}, expected 'low_level' and/or 'out'"
-                         + (", or 'layer3'" if "layer3" in cache.taps else ""))
+                         + (f", or {names(others)}" if others else ""))
     d = {}
     for key in cache.taps:
         g = d_features.get(key)

@@ -41,6 +41,11 @@ Speed: on 2 cores, 375x500 with 21 labels and 10 iterations takes 0.3-0.7 s, fas
 they wait for each other and the same call takes 2-3 times longer; ``OMP_WAIT_POLICY=PASSIVE`` in the
 environment (set before Python starts) avoids it: measured 1.1 s instead of 2.0 s beside a busy process.
 
+The CRF as a layer (CRF-as-RNN's idea): ``mean_field`` runs the same iterations from logits and keeps each
+iteration's Q; ``mean_field_backward`` takes dLoss/dQ back through them to the logits, the two kernel weights
+and the compatibility matrix. Through the lattice that needs the filter's transpose (``LatticeFilter``):
+splat with the slice weights, blur the directions in reverse order, slice with the splat weights.
+
 ``compat`` is the label compatibility mu as in the paper (a penalty: 0 on the diagonal for Potts), shared by
 both kernels. pydensecrf's matrix ``compat=`` is the same penalty per kernel, symmetrised ((mu + mu^T)/2),
 so ours with a symmetric mu equals pydensecrf's with compat = w_m * mu for kernel m; its scalar ``compat=w``
@@ -56,10 +61,11 @@ import numba
 import numpy as np
 
 from minideeplab.scratch import lattice_fast as fast
+from minideeplab.scratch import window_fast
 
 PROB_FLOOR = 1e-5
 NORMALIZATIONS = ("symmetric", "after")
-METHODS = ("lattice", "exact")
+METHODS = ("lattice", "exact", "window")
 EXACT_MAX_PIXELS = 16_384  # 128 x 128; time grows as N^2 (96 x 96 took 6.6 s per iteration on a busy machine)
 MAX_FEATURE = 1e5  # largest |feature| (position / xy_std, colour / rgb_std) the float32 lattice handles exactly
 # Parameter sets in use. DeepLab v2's from its released prototxts; the README example of pydensecrf.
@@ -192,34 +198,251 @@ def lattice_filter(lattice: Lattice, values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# the local-window CRF (Teichmann and Cipolla's Convolutional CRF), readable version
+
+
+def window_kernel(features: np.ndarray, k: int) -> np.ndarray:
+    """(H, W, d) features -> (k*k, H, W): K[o, y, x] = exp(-|f[y, x] - f[y + dy, x + dx]|^2 / 2) for the offsets
+    o = (dy, dx) of a k x k window (row-major, dy and dx from -(k//2) to k//2); 0 where the window leaves the
+    image. The window's centre (the pixel itself) is 1, as in the full kernel."""
+    H, W, _ = features.shape
+    r = k // 2
+    K = np.zeros((k * k, H, W), features.dtype)
+    for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+        here, there = _window_overlap(H, W, dy, dx)
+        K[(o, *here)] = np.exp(-0.5 * np.sum((features[here] - features[there]) ** 2, axis=-1))
+    return K
+
+
+def window_message_naive(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(H, W, C) values, (k*k, H, W) weights -> (H, W, C): out[y, x] = sum_o weights[o, y, x] * values[y + dy,
+    x + dx], one whole-image pass an offset (an unfold times a per-pixel kernel, as ConvCRF computes it)."""
+    H, W, _ = values.shape
+    r = int(round(np.sqrt(weights.shape[0]))) // 2
+    out = np.zeros_like(values)
+    for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+        here, there = _window_overlap(H, W, dy, dx)
+        out[here] += weights[(o, *here)][..., None] * values[there]
+    return out
+
+
+def _window_overlap(H, W, dy, dx):
+    """(rows, cols) slices of the pixels whose neighbour at (dy, dx) is inside the image, and of those neighbours."""
+    def span(n, d):  # empty when |d| >= n; clamped so that no stop is negative (a negative stop counts from the end)
+        return slice(min(n, max(0, -d)), max(0, n - max(0, d))), slice(min(n, max(0, d)), max(0, n - max(0, -d)))
+
+    (ys, yt), (xs, xt) = span(H, dy), span(W, dx)
+    return (ys, xs), (yt, xt)
+
+
+class WindowFilter:
+    """The normalised kernel truncated to a k x k window, A = after * K_k * before, the local-window CRF's
+    message. K_k is symmetric (the Gaussian is, and so is the window), so A^T = before * K_k * after. Each pixel
+    costs k*k * C multiply-adds against the lattice's O(d C): cheap for small k on a GPU, where ConvCRF was
+    proposed, not on a CPU. Same conventions as the full kernel (self term, normalisation by the window's own
+    sums); ConvCRF itself learns its compatibility and does not normalise. ``f(values)`` -> A @ values, (N, C)
+    pixel-major -> (N, C); ``f(values, out, scale)``; ``f.transposed(values)``. Arithmetic in `dtype`."""
+
+    def __init__(self, features, shape, k, normalization="symmetric", dtype=np.float64, weight=1.0):
+        H, W = shape
+        self.shape, self.k = (H, W), k
+        self.kernel = window_kernel(np.asarray(features, np.float64).reshape(H, W, -1), k).astype(dtype)
+        norm = self.kernel.sum(axis=0, dtype=np.float64).reshape(-1, 1)
+        if normalization == "symmetric":
+            self.before, self.after = 1.0 / np.sqrt(norm), weight / np.sqrt(norm)
+        else:
+            self.before, self.after = np.ones_like(norm), weight / norm
+        self.before, self.after = self.before.astype(dtype), self.after.astype(dtype)
+
+    def _apply(self, values, before, after):
+        H, W = self.shape
+        out = np.zeros((H, W, values.shape[1]), values.dtype)
+        window_fast.window_message(np.ascontiguousarray((before * values).reshape(H, W, -1)), self.kernel, out)
+        return after * out.reshape(H * W, -1)
+
+    def __call__(self, values, out=None, scale=1.0):
+        result = self._apply(values, self.before, self.after)
+        if out is None:
+            return result if scale == 1.0 else scale * result
+        out += scale * result
+        return out
+
+    def transposed(self, values):
+        return self._apply(values, self.after, self.before)
+
+
+# ---------------------------------------------------------------------------------------------
 # dense CRF
 
 
 def dense_crf(probs, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
-              method="lattice", compat=None, normalization="symmetric") -> np.ndarray:
+              method="lattice", compat=None, normalization="symmetric", window=11) -> np.ndarray:
     """Mean-field inference in the fully-connected CRF.
 
     probs: (C, H, W) float probabilities (>= 0, summing to 1 over C at every pixel);
     image: (H, W, 3) uint8 RGB. Defaults: DeepLab v2's ResNet-101 appearance kernel (bi_w 4, bi_xy_std 67,
     bi_rgb_std 3) with the paper's smoothness kernel (pos_w 3, pos_xy_std 3). -> Q, (C, H, W) float32.
-    n_iters=0 returns the normalised (floored) input probabilities.
+    n_iters=0 returns the normalised (floored) input probabilities. method="window": messages only within a
+    `window` x `window` neighbourhood (odd; ConvCRF's default 11), see WindowFilter.
     """
     C, H, W = _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
-                            method, compat, normalization)
+                            method, compat, normalization, window=window)
     N = H * W
-    unary = -np.log(np.maximum(probs.reshape(C, N).T, PROB_FLOOR))  # (N, C), pixel-major
+    logits = np.log(np.maximum(probs.reshape(C, N).T, PROB_FLOOR))  # (N, C), pixel-major; the unary is -logits
     # the lattice works in float32 (as pydensecrf does, see lattice_fast._simplex_vertices), the exact method in float64
     dtype = np.float64 if method == "exact" else np.float32
-    kernels = [(pos_w, pixel_features(image, pos_xy_std, dtype=dtype)),
-               (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std, dtype=dtype))]
-    kernels = [(w, f) for w, f in kernels if w != 0]
+    kernels = [(w, f) for w, f in _kernel_features(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, dtype)
+               if w != 0]
     mu = None if compat is None else np.asarray(compat, np.float64)
-    if method == "exact":
-        q = _exact_mean_field(unary, kernels, n_iters, mu, normalization)
-    else:
-        with _threads_for(N):
-            q = _lattice_mean_field(unary.astype(np.float32), kernels, n_iters, mu, normalization)
+    with _threads_for(N):
+        if method == "exact":
+            q = _exact_mean_field(logits.astype(dtype), kernels, n_iters, mu, normalization)
+        else:  # the weight folded into each kernel's filter
+            filters = [_filter(method, f, (H, W), normalization, dtype, window, weight=w) for w, f in kernels]
+            q = _iterate(logits.astype(dtype), filters, [1.0] * len(filters), n_iters, mu)[0]
     return np.ascontiguousarray(q.T.reshape(C, H, W), dtype=np.float32)
+
+
+def mean_field(logits, image, n_iters=10, pos_w=3.0, pos_xy_std=3.0, bi_w=4.0, bi_xy_std=67.0, bi_rgb_std=3.0,
+               method="lattice", compat=None, normalization="symmetric", window=11):
+    """``dense_crf`` started from logits, keeping what ``mean_field_backward`` needs: the CRF as a layer.
+
+    logits: (C, H, W), or a batch (N, C, H, W) with images (N, H, W, 3); float32 or float64. The unary is
+    -logits, so ``dense_crf(p, image, **kw)`` equals ``mean_field(log(max(p, 1e-5)), image, **kw)[0]``.
+    -> (Q, cache): Q has the logits' shape and dtype. Both kernels are filtered even when a weight is 0, so
+    that both weights get a gradient. float64 logits run the lattice's splat, blur and slice in float64 (the
+    lattice itself, its points and barycentric weights, is built in float32 as for ``dense_crf``).
+    """
+    batch = isinstance(logits, np.ndarray) and logits.ndim == 4
+    pairs = (zip(logits, image) if batch and isinstance(image, np.ndarray) and image.ndim == 4
+             and len(image) == len(logits) else None) if batch else [(logits, image)]
+    if pairs is None:
+        raise ValueError(f"mean_field: a batch of logits {logits.shape} needs images of shape "
+                         f"({len(logits)}, H, W, 3), got {_describe(image)}")
+    out, caches = [], []
+    for lg, im in pairs:
+        q, cache = _mean_field_one(lg, im, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method,
+                                   compat, normalization, window)
+        out.append(q)
+        caches.append(cache)
+    return (np.stack(out), caches) if batch else (out[0], caches[0])
+
+
+def mean_field_backward(dQ, cache) -> dict:
+    """Gradients through ``mean_field``. dQ: dLoss/dQ, Q's shape and dtype; cache: mean_field's.
+
+    -> {"logits": logits' shape and dtype, "pos_w": float, "bi_w": float, "compat": (C, C) or None (Potts)},
+    summed over a batch for the weights and the compatibility. Per iteration t, backwards (z_t the softmax's
+    input, m_t = sum_k w_k A_k Q_{t-1} the message, A_k the normalised kernel):
+
+        dz_t = Q_t * (dQ_t - <dQ_t, Q_t>)      dm_t = dz_t (Potts) or -dz_t mu     dmu -= dz_t^T m_t
+        dQ_{t-1} = sum_k w_k A_k^T dm_t        dw_k += <A_k^T dm_t, Q_{t-1}>
+
+    and dlogits = sum_t dz_t. A_k^T for the lattice: splat with the slice weights, blur in the reverse order
+    of directions, slice with the splat weights (each direction's blur is a symmetric matrix).
+    """
+    batch = isinstance(cache, list)
+    caches = cache if batch else [cache]
+    shape = (len(caches), *caches[0]["shape"]) if batch else caches[0]["shape"]
+    dtype = caches[0]["dtype"]
+    if not isinstance(dQ, np.ndarray) or dQ.shape != shape or dQ.dtype != dtype:
+        raise ValueError(f"mean_field_backward: dQ must be a {np.dtype(dtype).name} array of shape {shape} "
+                         f"(Q's), got {_describe(dQ)}")
+    if not np.all(np.isfinite(dQ)):
+        raise ValueError("mean_field_backward: dQ contains NaN or inf")
+    grads = [_mean_field_backward_one(d, c) for d, c in zip(dQ if batch else [dQ], caches)]
+    total = {"logits": np.stack([g["logits"] for g in grads]) if batch else grads[0]["logits"]}
+    for name in ("pos_w", "bi_w"):
+        total[name] = float(sum(g[name] for g in grads))
+    total["compat"] = None if grads[0]["compat"] is None else sum(g["compat"] for g in grads)
+    return total
+
+
+def _mean_field_one(logits, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method, compat,
+                    normalization, window):
+    C, H, W = _check_inputs(logits, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method,
+                            compat, normalization, fn="mean_field", logits=True, window=window)
+    N, dtype = H * W, logits.dtype.type
+    kernels = _kernel_features(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
+                               np.float32 if method == "lattice" else np.float64)
+    with _threads_for(N):
+        filters = [_filter(method, f, (H, W), normalization, dtype, window) for _, f in kernels]
+        mu = None if compat is None else np.asarray(compat, dtype)
+        weights = [float(w) for w, _ in kernels]
+        q, qs, ms = _iterate(np.ascontiguousarray(logits.reshape(C, N).T, dtype), filters, weights, n_iters, mu,
+                             keep=True)
+    cache = dict(shape=(C, H, W), dtype=np.dtype(dtype), filters=filters, weights=weights, mu=mu, qs=qs, ms=ms)
+    return np.ascontiguousarray(q.T.reshape(C, H, W), dtype), cache
+
+
+def _mean_field_backward_one(dQ, cache):
+    C, H, W = cache["shape"]
+    qs, ms, mu, weights, filters = cache["qs"], cache["ms"], cache["mu"], cache["weights"], cache["filters"]
+    dq = np.ascontiguousarray(dQ.reshape(C, H * W).T)
+    dlogits = np.zeros_like(dq)
+    dw = [0.0] * len(filters)
+    dmu = None if mu is None else np.zeros_like(mu)
+    with _threads_for(H * W):
+        for t in range(len(qs) - 1, 0, -1):
+            dz = _softmax_backward(qs[t], dq)
+            dlogits += dz
+            if mu is None:
+                dm = dz
+            else:
+                dm = -(dz @ mu)
+                dmu -= dz.T @ ms[t - 1]
+            dq = np.zeros_like(dq)
+            for k, filt in enumerate(filters):
+                h = filt.transposed(dm)
+                dq += weights[k] * h
+                dw[k] += float(np.sum(h * qs[t - 1], dtype=np.float64))
+        dlogits += _softmax_backward(qs[0], dq)
+    return {"logits": np.ascontiguousarray(dlogits.T.reshape(C, H, W)), "pos_w": dw[0], "bi_w": dw[1],
+            "compat": dmu}
+
+
+def _filter(method, features, shape, normalization, dtype, window, weight=1.0):
+    """The normalised kernel of `features` as `method` computes it (an object with __call__ and transposed)."""
+    if method == "exact":
+        return ExactFilter(features, normalization, weight)
+    if method == "window":
+        return WindowFilter(features, shape, window, normalization, dtype, weight)
+    return LatticeFilter(features, normalization, dtype, weight)
+
+
+def _softmax_backward(q, dq):
+    return q * (dq - np.sum(dq * q, axis=1, keepdims=True))
+
+
+def _iterate(logits, filters, weights, n_iters, mu, keep=False):
+    """Q_0 = softmax(logits); Q_t = softmax(logits + m_t) with Potts (the reward of the module docstring), or
+    softmax(logits - m_t mu^T) for a compatibility mu; m_t = sum_k weights[k] * filters[k](Q_{t-1}).
+    logits (N, C) pixel-major. -> (Q_T, [Q_0 .. Q_T], [m_1 .. m_T]); the lists only when keep."""
+    float32 = logits.dtype == np.float32
+    N, C = logits.shape
+    unary = -logits
+
+    def softmax(message):  # softmax(message - unary); the fused float32 kernel overwrites `message`
+        if float32:
+            q = np.empty((N, C), np.float32)
+            fast._softmax_update(unary, message, q)
+            return q
+        return _softmax_rows(message - unary)
+
+    q = softmax(np.zeros((N, C), logits.dtype))
+    qs, ms = [q], []
+    for _ in range(n_iters):
+        message = np.zeros((N, C), logits.dtype)
+        for w, filt in zip(weights, filters):
+            filt(q, out=message, scale=w)
+        if keep:
+            ms.append(message.copy())
+        if mu is not None:
+            message = np.ascontiguousarray(-(message @ mu.T.astype(logits.dtype)))
+        q = softmax(message)
+        if keep:
+            qs.append(q)
+    return q, qs, ms
 
 
 @contextmanager
@@ -236,6 +459,12 @@ def _threads_for(n_pixels):
         yield
     finally:
         numba.set_num_threads(saved)
+
+
+def _kernel_features(image, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, dtype):
+    """[(pos_w, smoothness features), (bi_w, appearance features)], the order of mean_field_backward's grads."""
+    return [(pos_w, pixel_features(image, pos_xy_std, dtype=dtype)),
+            (bi_w, pixel_features(image, bi_xy_std, bi_rgb_std, dtype=dtype))]
 
 
 def _softmax_rows(e):
@@ -257,77 +486,112 @@ def _gaussian_rows(fa, fb):
     return np.exp(-0.5 * np.maximum(d2, 0.0))
 
 
-def _exact_mean_field(unary, kernels, n_iters, mu, normalization):
-    N = unary.shape[0]
-    ones = np.ones((N, 1))
-    prepared = []  # (weight, features, scale before, scale after): K~ v = after * (K (before * v))
-    for w, f in kernels:
-        norm = _exact_filter(f, ones)
+class ExactFilter:
+    """The normalised kernel A = after * K * before of (N, d) features, float64, applied a block of rows at a
+    time: ``f(values)`` -> A @ values, (N, C) -> (N, C); ``f(values, out, scale)`` adds scale * A @ values to out;
+    ``f.transposed(values)`` -> A^T @ values = before * K * after * values (K is symmetric)."""
+
+    def __init__(self, features, normalization="symmetric", weight=1.0):
+        self.features = np.asarray(features, np.float64)
+        # up to _EXACT_CACHE_PIXELS the N x N kernel is kept: each product one GEMM
+        self.matrix = _gaussian_rows(self.features, self.features) if len(features) <= _EXACT_CACHE_PIXELS else None
+        norm = self._kernel(np.ones((features.shape[0], 1)))[:, 0]
         if normalization == "symmetric":
-            s = 1.0 / np.sqrt(norm)
-            prepared.append((w, f, s, s))
+            self.before, self.after = 1.0 / np.sqrt(norm)[:, None], weight / np.sqrt(norm)[:, None]
         else:
-            prepared.append((w, f, 1.0, 1.0 / norm))
+            self.before, self.after = np.ones((len(norm), 1)), weight / norm[:, None]
 
-    def message(q):  # sum_m w_m K~_m q, (N, C)
-        return sum(w * after * _exact_filter(f, before * q) for w, f, before, after in prepared)
+    def _kernel(self, values):
+        return _exact_filter(self.features, values) if self.matrix is None else self.matrix @ values
 
-    if N <= _EXACT_CACHE_PIXELS:  # small enough to keep sum_m w_m K~_m as one matrix: each iteration one GEMM
-        combined = np.zeros((N, N))
-        for w, f, before, after in prepared:
-            combined += w * after * _gaussian_rows(f, f) * np.reshape(before, (1, -1))
+    def __call__(self, values, out=None, scale=1.0):
+        result = (scale * self.after) * self._kernel(self.before * values)
+        if out is None:
+            return result
+        out += result
+        return out
 
-        def message(q):  # noqa: F811
-            return combined @ q
-
-    q = _softmax_rows(-unary)
-    for _ in range(n_iters):
-        m = message(q)
-        q = _softmax_rows(-unary + m if mu is None else -unary - m @ mu.T)
-    return q
+    def transposed(self, values):
+        return self.before * self._kernel(self.after * values)
 
 
-def _lattice_mean_field(unary, kernels, n_iters, mu, normalization):
-    N, C = unary.shape
-    prepared = []
-    for w, f in kernels:
-        lat = build_lattice(f)
+def _exact_mean_field(logits, kernels, n_iters, mu, normalization):
+    """dense_crf's exact method. Up to _EXACT_CACHE_PIXELS it keeps sum_m w_m A_m as one matrix: one GEMM
+    an iteration."""
+    filters = [ExactFilter(f, normalization) for _, f in kernels]
+    weights = [w for w, _ in kernels]
+    if filters and filters[0].matrix is not None:
+        combined = sum(w * k.after * k.matrix * k.before.T for w, k in zip(weights, filters))
+
+        def message(values, out, scale=1.0):
+            out += scale * (combined @ values)
+
+        filters, weights = [message], [1.0]
+    return _iterate(logits, filters, weights, n_iters, mu)[0]
+
+
+class LatticeFilter:
+    """The normalised kernel on the permutohedral lattice of (N, d) features, and its transpose:
+
+        A   = after * alpha * P^T B_d .. B_1 B_0 P * before      (P the splat, B_j the blur along direction j,
+        A^T = before * alpha * P^T B_0 B_1 .. B_d P * after       alpha the blur's gain correction)
+
+    Each B_j is a symmetric matrix (m is j-neighbour of n iff n is of m), so the transpose is the same three
+    steps with the scales swapped and the directions blurred in reverse order. ``f(values)`` -> A @ values,
+    (N, C) -> (N, C); ``f(values, out, scale)`` adds scale * A @ values to out; ``f.transposed(values)``.
+    Arithmetic in `dtype` (float32 as pydensecrf, or float64); the lattice itself is built in float32.
+    `weight` is folded into `after` (dense_crf's way: one multiplication fewer an iteration)."""
+
+    def __init__(self, features, normalization="symmetric", dtype=np.float64, weight=1.0):
+        lat = build_lattice(features)
+        N = lat.offsets.shape[0]
         start, pixels, cw = fast.transpose(lat.offsets, lat.weights, lat.n_points)
         alpha = 1.0 / (1.0 + 2.0 ** -lat.dim)
-        # the lattice's own response to ones, to normalise by (never by the exact one)
+        # the lattice's own response to ones, to normalise by (never by the exact one); in float32 as pydensecrf
         norm = fast_filter(np.ones((N, 1), np.float32), start, pixels, cw, lat, lat.weights) * alpha
         norm = norm[:, 0].astype(np.float64) + 1e-20
         if normalization == "symmetric":
-            before, after = 1.0 / np.sqrt(norm), w * alpha / np.sqrt(norm)
+            before, after = 1.0 / np.sqrt(norm), weight * alpha / np.sqrt(norm)
         else:
-            before, after = np.ones(N), w * alpha / norm
-        # fold the per-pixel scales into the splat and slice weights
-        cw = (cw * before[pixels]).astype(np.float32)
-        sw = (lat.weights * after[:, None]).astype(np.float32)
-        buffers = np.empty((2, lat.n_points + 1, C), np.float32)  # splat/blur ping-pong, reused every iteration
-        prepared.append((start, pixels, cw, lat, sw, buffers))
-    q = np.empty((N, C), np.float32)
-    fast._softmax_update(unary, np.zeros((N, C), np.float32), q)
-    message = np.empty((N, C), np.float32)
-    for _ in range(n_iters):
-        message[:] = 0.0
-        for start, pixels, cw, lat, sw, buffers in prepared:
-            fast_filter(q, start, pixels, cw, lat, sw, out=message, buffers=buffers)
-        if mu is not None:
-            message = np.ascontiguousarray(-(message @ mu.T.astype(np.float32)))
-        fast._softmax_update(unary, message, q)
-    return q
+            before, after = np.ones(N), weight * alpha / norm
+        self.lat, self.start, self.pixels = lat, start, pixels
+        # the per-pixel scales folded into the splat (CSR order) and slice weights
+        self.cw, self.sw = (cw * before[pixels]).astype(dtype), (lat.weights * after[:, None]).astype(dtype)
+        self.cw_t, self.sw_t = (cw * after[pixels]).astype(dtype), (lat.weights * before[:, None]).astype(dtype)
+        self.reversed = np.ascontiguousarray(lat.neighbours[::-1])
+        self.buffers = None
+
+    def _buffers(self, values):
+        shape = (2, self.lat.n_points + 1, values.shape[1])
+        if self.buffers is None or self.buffers.shape != shape or self.buffers.dtype != values.dtype:
+            self.buffers = np.empty(shape, values.dtype)  # splat/blur ping-pong, reused every iteration
+        return self.buffers
+
+    def __call__(self, values, out=None, scale=1.0):
+        if scale != 1.0 or out is None:
+            result = fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw,
+                                 buffers=self._buffers(values))
+            if out is None:
+                return result if scale == 1.0 else scale * result
+            out += scale * result
+            return out
+        return fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw, out, self._buffers(values))
+
+    def transposed(self, values):
+        return fast_filter(values, self.start, self.pixels, self.cw_t, self.lat, self.sw_t,
+                           buffers=self._buffers(values), neighbours=self.reversed)
 
 
-def fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None):
-    """slice(blur(splat(values))) with the given splat (cw) and slice (sw) weights, added to `out`."""
+def fast_filter(values, start, pixels, cw, lat, sw, out=None, buffers=None, neighbours=None):
+    """slice(blur(splat(values))) with the given splat (cw) and slice (sw) weights, added to `out`.
+    Computed in values' dtype; `neighbours` replaces lat.neighbours (the reversed order for the transpose)."""
     M1, C = lat.n_points + 1, values.shape[1]
     if buffers is None:
-        buffers = np.empty((2, M1, C), np.float32)
+        buffers = np.empty((2, M1, C), values.dtype)
     fast._splat(values, start, pixels, cw, buffers[0])
-    blurred = fast.blur(buffers[0], buffers[1], lat.neighbours)
+    blurred = fast.blur(buffers[0], buffers[1], lat.neighbours if neighbours is None else neighbours)
     if out is None:
-        out = np.zeros((values.shape[0], C), np.float32)
+        out = np.zeros((values.shape[0], C), values.dtype)
     fast._slice_add(blurred, lat.offsets, sw, out)
     return out
 
@@ -341,31 +605,35 @@ def _check_choice(fn, name, value, choices):
         raise ValueError(f"{fn}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def _describe(a):
+    return f"ndarray of shape {a.shape} and dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+
+
 def _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, method, compat,
-                  normalization):
-    fn = "dense_crf"
-    if not isinstance(probs, np.ndarray) or probs.ndim != 3 or probs.dtype.kind != "f":
-        got = (f"{type(probs).__name__} of shape {probs.shape} and dtype {probs.dtype}"
-               if isinstance(probs, np.ndarray) else type(probs).__name__)
-        raise ValueError(f"{fn}: probs must be a float array of shape (C, H, W), got {got}")
+                  normalization, fn="dense_crf", logits=False, window=11):
+    """dense_crf's checks; with logits=True, mean_field's (float32/float64 logits, any finite values)."""
+    name = "logits" if logits else "probs"
+    kinds = (np.float32, np.float64) if logits else None
+    if (not isinstance(probs, np.ndarray) or probs.ndim != 3 or probs.dtype.kind != "f"
+            or (kinds and probs.dtype not in kinds)):
+        raise ValueError(f"{fn}: {name} must be a {'float32 or float64' if logits else 'float'} array of shape "
+                         f"(C, H, W){' or (N, C, H, W)' if logits else ''}, got {_describe(probs)}")
     C, H, W = probs.shape
     if probs.size == 0:
-        raise ValueError(f"{fn}: probs must have at least one label and one pixel, got shape {probs.shape}")
+        raise ValueError(f"{fn}: {name} must have at least one label and one pixel, got shape {probs.shape}")
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (H, W, 3):
-        got = (f"shape {image.shape} and dtype {image.dtype}" if isinstance(image, np.ndarray)
-               else type(image).__name__)
         raise ValueError(f"{fn}: image must be a uint8 RGB array of shape (H, W, 3) = ({H}, {W}, 3) to match "
-                         f"probs {probs.shape}, got {got}")
+                         f"{name} {probs.shape}, got {_describe(image).removeprefix('ndarray of ')}")
     if not np.all(np.isfinite(probs)):
         bad = np.argwhere(~np.isfinite(probs))[0]
-        raise ValueError(f"{fn}: probs contains NaN or inf (first at label, row, col = {tuple(bad.tolist())})")
-    if probs.min() < 0:
+        raise ValueError(f"{fn}: {name} contains NaN or inf (first at label, row, col = {tuple(bad.tolist())})")
+    if not logits and probs.min() < 0:
         bad = np.unravel_index(np.argmin(probs), probs.shape)
         raise ValueError(f"{fn}: probs must be >= 0, got {probs[bad]:.4g} at label, row, col = "
                          f"{tuple(int(i) for i in bad)}")
     sums = probs.sum(axis=0, dtype=np.float64)
     worst = np.unravel_index(np.argmax(np.abs(sums - 1.0)), sums.shape)
-    if abs(sums[worst] - 1.0) > 1e-3:
+    if not logits and abs(sums[worst] - 1.0) > 1e-3:
         raise ValueError(f"{fn}: probs must sum to 1 over the labels at every pixel, got {sums[worst]:.6g} at "
                          f"row, col = {tuple(int(i) for i in worst)} (pass softmax probabilities, not logits)")
     if isinstance(n_iters, (bool, np.bool_)) or not isinstance(n_iters, (int, np.integer)) or n_iters < 0:
@@ -390,6 +658,9 @@ def _check_inputs(probs, image, n_iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_
         if mu.shape != (C, C) or mu.dtype.kind not in "fiu" or not np.all(np.isfinite(mu)):
             raise ValueError(f"{fn}: compat must be a finite ({C}, {C}) matrix (one row and column per label) "
                              f"or None for Potts, got shape {mu.shape} and dtype {mu.dtype}")
+    if method == "window" and (isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer))
+                               or window < 1 or window % 2 == 0):
+        raise ValueError(f"{fn}: window must be an odd int >= 1 (the side of the square neighbourhood), got {window!r}")
     if method == "exact" and H * W > EXACT_MAX_PIXELS:
         raise ValueError(f"{fn}: method='exact' is O(N^2) and meant for small images; {H}x{W} = {H * W} pixels is "
                          f"more than {EXACT_MAX_PIXELS}. Use method='lattice'.")

@@ -1,5 +1,6 @@
 """The DeepLab family from scratch, forward and backward: v1 (LargeFOV), v2 (ASPP-L), v3 (ASPP) and
-v3+ (ASPP + decoder), each a backbone plus heads, run by one generic forward, backward and infer.
+v3+ (ASPP + decoder), and MobileNetV3's LR-ASPP beside them, each a backbone plus heads, run by one generic
+forward, backward and infer.
 
 A ``DeepLabConfig`` (``minideeplab.specs.deeplab``, re-exported here) names a model with the papers' words
 (``output_stride``, ``atrous_rates``, ``image_pooling``, ``multi_grid`` in the backbone spec, ``low_level``...)
@@ -32,6 +33,12 @@ Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`
         aux_classifier.0.weight 3x3 conv layer3 -> layer3 / 4 (1024 -> 256), no bias   (aux=True only)
         aux_classifier.1.*      BN;   .3 dropout 0.1;   aux_classifier.4.* 1x1 to the classes, with bias
       = ``torchvision.models.segmentation.deeplabv3_resnet50(num_classes=21, aux_loss=...)``'s state_dict
+        on MobileNetV3-Large: backbone.0 .. backbone.16 (``specs.mobilenet``), the same head names, the
+        aux head on features[4] (40 -> 10 channels) = ``deeplabv3_mobilenet_v3_large``'s state_dict
+    lraspp classifier.cbr.0.weight, classifier.cbr.1.*      1x1 conv 960 -> 128 + BN (then ReLU)
+        classifier.scale.1.weight                            1x1 conv 960 -> 128 on the global pool (then sigmoid)
+        classifier.low_classifier.*, classifier.high_classifier.*   1x1 convs with bias to the classes
+      = ``torchvision.models.segmentation.lraspp_mobilenet_v3_large``'s state_dict
     v3plus aspp.*               the ASPP, same names as v3's classifier.0 (smp: decoder.aspp.0.*)
         decoder.low_level.0.weight, decoder.low_level.1.*   1x1 projection of low_level to 48 + BN
         decoder.fuse.{0,1}.0.weight, decoder.fuse.{0,1}.1.* the two 3x3 convs + BN

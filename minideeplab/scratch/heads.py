@@ -6,8 +6,9 @@
     backward(dy, cache) -> (dxs, grads)                     dxs: one gradient per input, grads keyed like params
     infer(spec, params, buffers, xs, prefix) -> y          eval without caches
 
-``xs`` is the tuple of the step's inputs (one array, or the decoder's (aspp, low_level)), NCHW; ``prefix`` the
-step's module name (its parameters' state_dict prefix); ``fn`` names the public function called, for errors.
+``xs`` is the tuple of the step's inputs (one array, or the decoder's (aspp, low_level), LR-ASPP's (low, out)),
+NCHW; ``prefix`` the step's module name (its parameters' state_dict prefix); ``fn`` names the public function
+called, for errors.
 A cache's ``masks`` are the dropout masks it drew, by the twin's module names. The PyTorch twins are in
 ``minideeplab.reference.heads``; ``minideeplab.scratch.deeplab`` composes them with a backbone.
 """
@@ -19,16 +20,18 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from minideeplab.scratch import aspp as _aspp
-from minideeplab.scratch.layers import (concat, concat_backward, dropout_backward, resize_bilinear,
-                                        resize_bilinear_backward, resize_bilinear_infer)
+from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
+from minideeplab.scratch.layers import (concat, concat_backward, dropout_backward, global_avg_pool,
+                                        global_avg_pool_backward, resize_bilinear, resize_bilinear_backward,
+                                        resize_bilinear_infer, sigmoid, sigmoid_backward)
 from minideeplab.scratch.params import conv_unit_shapes, join
 from minideeplab.scratch.units import (conv1x1_backward, conv1x1_forward, conv1x1_infer, conv_unit_backward,
                                        conv_unit_forward, conv_unit_infer, maybe_dropout)
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead
+from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
 
 __all__ = ["Unit", "HeadCache", "HEADS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
-           "CLASSIFIER"]
+           "CLASSIFIER", "LRASPP"]
 
 
 class Unit(NamedTuple):
@@ -284,6 +287,66 @@ def classifier_infer(spec, params, buffers, xs, prefix):
 CLASSIFIER = Unit(classifier_shapes, classifier_forward, classifier_backward, classifier_infer)
 
 
+# ---------------------------------------------------------------------------------------------
+# LR-ASPP (MobileNetV3): (low, high) -> low_classifier(low) + high_classifier(up(cbr(high) * scale(high)))
+
+
+def lraspp_shapes(spec: LRASPPHead, prefix):
+    params, buffers = {}, {}
+    conv_unit_shapes(params, buffers, join(prefix, "cbr"), spec.high_channels, spec.inter_channels, 1)
+    params[f"{join(prefix, 'scale')}.1.weight"] = (spec.inter_channels, spec.high_channels, 1, 1)
+    _conv1x1_shapes(params, join(prefix, "low_classifier"), spec.low_channels, spec.num_classes)
+    _conv1x1_shapes(params, join(prefix, "high_classifier"), spec.inter_channels, spec.num_classes)
+    return params, buffers
+
+
+def _lraspp_gate(params, high, prefix):
+    """scale(high): sigmoid(1x1 conv (no bias) of the global average pool) -> (pooled, its weight, the gate
+    (N, inter, 1, 1))."""
+    pooled, w = global_avg_pool(high), params[f"{join(prefix, 'scale')}.1.weight"]
+    return pooled, w, sigmoid(atrous_conv2d(pooled, w, None, 1, 1, 0))
+
+
+def lraspp_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    low, high = xs
+    f, c_cbr = conv_unit_forward(high, params, buffers, join(prefix, "cbr"), 1, False, training)
+    pooled, w, gate = _lraspp_gate(params, high, prefix)
+    g = f * gate
+    up = resize_bilinear(g, low.shape[2:], spec.align_corners)
+    s_low, c_low = conv1x1_forward(low, params, join(prefix, "low_classifier"))
+    s_high, c_high = conv1x1_forward(up, params, join(prefix, "high_classifier"))
+    parts = {"spec": spec, "scale": join(prefix, "scale"), "cbr": c_cbr, "f": f, "high_shape": high.shape,
+             "pooled": pooled, "w": w, "gate": gate, "g_shape": g.shape, "low_classifier": c_low,
+             "high_classifier": c_high}
+    return s_low + s_high, HeadCache(parts, {})
+
+
+def lraspp_backward(ds, cache):
+    c = cache.parts
+    d_low, grads = conv1x1_backward(ds, c["low_classifier"])
+    d_up, g = conv1x1_backward(ds, c["high_classifier"])
+    grads.update(g)
+    dg = resize_bilinear_backward(d_up, c["g_shape"], c["spec"].align_corners)
+    d_high, g = conv_unit_backward(dg * c["gate"], c["cbr"])  # high through cbr ...
+    grads.update(g)
+    dz = sigmoid_backward((dg * c["f"]).sum(axis=(2, 3), keepdims=True), c["gate"])  # ... and through the gate
+    dpooled, grads[f"{c['scale']}.1.weight"], _ = atrous_conv2d_backward(dz, c["pooled"], c["w"], 1, 1, 0)
+    d_high = d_high + global_avg_pool_backward(dpooled, c["high_shape"])
+    return (d_low, d_high), grads
+
+
+def lraspp_infer(spec, params, buffers, xs, prefix):
+    low, high = xs
+    f = conv_unit_infer(high, params, buffers, join(prefix, "cbr"), 1, False)
+    f *= _lraspp_gate(params, high, prefix)[2]
+    up = resize_bilinear_infer(f, low.shape[2:], spec.align_corners)
+    return conv1x1_infer(up, params, join(prefix, "high_classifier"),
+                         residual=conv1x1_infer(low, params, join(prefix, "low_classifier")))
+
+
+LRASPP = Unit(lraspp_shapes, lraspp_forward, lraspp_backward, lraspp_infer)
+
+
 # the registry: a head spec's type -> its unit (a new head: its spec, its unit here, its twin, one line each)
 HEADS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
-         Decoder: DECODER, Classifier: CLASSIFIER}
+         Decoder: DECODER, Classifier: CLASSIFIER, LRASPPHead: LRASPP}

@@ -5,7 +5,8 @@ forward's inputs again. Arrays are NCHW, float32 or float64, and every output ha
 the input. Each function has a PyTorch twin in ``minideeplab.reference.layers``.
 
 * ``batch_norm2d``: per-channel normalisation; batch statistics when training, running ones in eval.
-* ``relu``, ``relu6``, ``dropout``: elementwise.
+* ``relu``, ``relu6``, ``dropout``: elementwise; ``hardswish``, ``hardsigmoid``, ``sigmoid`` (MobileNetV3, LR-ASPP)
+  too.
 * ``max_pool2d``, ``global_avg_pool``: pooling (ResNet stem 3/2/1, VGG 2/2/0, DeepLab-LargeFOV 3/1/1);
   ``max_pool2d_infer``: the max only, for eval (no argmax, no cache).
 * ``resize_bilinear``: y = Ah @ x @ Aw^T with 1-D interpolation matrices, so the backward is the transpose;
@@ -29,6 +30,7 @@ from minideeplab.specs.checks import (check_flag, check_float_array, check_int, 
 from minideeplab.specs.conv import check_conv2d
 
 __all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "relu_backward", "relu6", "relu6_backward",
+           "hardsigmoid", "hardsigmoid_backward", "hardswish", "hardswish_backward", "sigmoid", "sigmoid_backward",
            "MaxPoolCache", "pool_output_size", "max_pool2d", "max_pool2d_backward", "max_pool2d_infer",
            "global_avg_pool", "global_avg_pool_backward", "bilinear_matrix", "resize_bilinear",
            "resize_bilinear_backward", "resize_bilinear_infer", "concat", "concat_backward", "dropout", "dropout_backward",
@@ -158,6 +160,60 @@ def relu6_backward(dy, y):
     check_float_array(fn, "dy", dy, like=("y", y))
     _same_shape(fn, "dy", dy, y.shape, "the shape of y")
     return np.where((y > 0) & (y < 6), dy, dy.dtype.type(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNetV3's activations: hardswish, hardsigmoid (piecewise-linear stand-ins for swish and the
+# sigmoid, cheap on a phone), and the sigmoid itself (LR-ASPP's channel scale)
+
+
+def hardsigmoid(x):
+    """relu6(x + 3) / 6: 0 below -3, 1 above 3, linear between. Any shape."""
+    check_float_array("hardsigmoid", "x", x)
+    return np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6)
+
+
+def hardsigmoid_backward(dy, x):
+    """dy, x (the forward's input) -> dx = dy / 6 where -3 < x < 3, else 0 (as torch)."""
+    fn = "hardsigmoid_backward"
+    check_float_array(fn, "x", x)
+    check_float_array(fn, "dy", dy, like=("x", x))
+    _same_shape(fn, "dy", dy, x.shape, "the shape of x")
+    return np.where((x > -3) & (x < 3), dy / dy.dtype.type(6), dy.dtype.type(0))
+
+
+def hardswish(x):
+    """x * hardsigmoid(x) = x * relu6(x + 3) / 6. Any shape."""
+    check_float_array("hardswish", "x", x)
+    return x * (np.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6))
+
+
+def hardswish_backward(dy, x):
+    """dy, x (the forward's input) -> dx = dy * (0 for x <= -3, x / 3 + 1/2 for -3 < x < 3, 1 for x >= 3):
+    at the kinks the outer pieces' slopes, as torch."""
+    fn = "hardswish_backward"
+    check_float_array(fn, "x", x)
+    check_float_array(fn, "dy", dy, like=("x", x))
+    _same_shape(fn, "dy", dy, x.shape, "the shape of x")
+    t = x.dtype.type
+    slope = np.where(x <= -3, t(0), np.where(x < 3, x / t(3) + t(0.5), t(1)))
+    return dy * slope
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), without overflow for large |x|. Any shape."""
+    check_float_array("sigmoid", "x", x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def sigmoid_backward(dy, y):
+    """dy, y (the forward's OUTPUT) -> dx = dy * y * (1 - y)."""
+    fn = "sigmoid_backward"
+    check_float_array(fn, "y", y)
+    check_float_array(fn, "dy", dy, like=("y", y))
+    _same_shape(fn, "dy", dy, y.shape, "the shape of y")
+    return dy * y * (1 - y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.conv import ConvGeometry, conv_output_size
 from minideeplab.specs.deeplab import MODELS, DeepLabConfig, make_config
-from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, Step
+from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead, Step
+from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
 __all__ = ["ASPP", "ASPPL", "VGG", "BlockPlan", "ResNet", "VGGLayer", "ConvGeometry", "conv_output_size", "MODELS",
            "DeepLabConfig", "make_config", "Classifier", "DeepLabHead", "Decoder", "FCNHead", "LargeFOVHead", "Step",
-           "Xception", "MobileNetV2"]
+           "LRASPPHead", "MobileNetV3", "Xception", "MobileNetV2"]

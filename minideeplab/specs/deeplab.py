@@ -9,6 +9,10 @@ registry, says how each member is built: the backbone spec it runs (its trunk) a
             (torchvision's ``deeplabv3_resnet50``), optionally FCNHead on layer3 (aux) for training
     v3plus  ResNet -> ASPP -> Decoder (resize to the stride-4 ``low_level`` features, concat with their 1x1
             projection to 48 channels, two 3x3 convs) -> Classifier (1x1) -> bilinear to the input
+    v3 on MobileNetV3-Large: torchvision's ``deeplabv3_mobilenet_v3_large`` (DeepLabHead on the 960-channel
+            features at output stride 16, ASPP rates (12, 24, 36); aux FCNHead on the stride-8 ``low``)
+    lraspp  MobileNetV3-Large -> LRASPPHead (``low`` at stride 8, ``out`` at 16) -> bilinear to the input
+            (torchvision's ``lraspp_mobilenet_v3_large``)
 
 The scratch model (``minideeplab.scratch.deeplab``) and its twin (``minideeplab.reference.deeplab``) run any
 config the same generic way: the backbone's features, then each step in order, then the "scores" resized to
@@ -25,22 +29,29 @@ from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
-                                     Step)
+                                     LRASPPHead, Step)
+from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
-           "MINI_HEAD", "V2_RATES", "V3_RATES", "DECODER_LAYOUTS"]
+           "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS"]
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",  # make_config's names
-             "xception41", "xception65", "xception71", "mobilenet_v2")
-SPECS = (ResNet, VGG, Xception, MobileNetV2)      # the backbone specs a config takes
-V3_SPECS = (ResNet, Xception, MobileNetV2)        # those v3 and v3plus take (v1: VGG; v2: ResNet or VGG)
-DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50"}
-DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16}
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",
+             "mobilenet_v3_large", "xception41", "xception65", "xception71", "mobilenet_v2")  # make_config's names
+SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2)  # the backbone specs a config takes
+# the specs each model takes (v1: VGG; v2: ResNet or VGG)
+MODEL_SPECS = {"v3": (ResNet, MobileNetV3, Xception, MobileNetV2), "v3plus": (ResNet, Xception, MobileNetV2),
+               "lraspp": (MobileNetV3,)}
+DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50",
+                    "lraspp": "mobilenet_v3_large"}
+DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16}
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
+# torchvision's deeplabv3_mobilenet_v3_large keeps DeepLabHead's default rates, the output-stride-8 ones, at
+# output stride 16 (torchvision issue #7956: kept, the released weights were trained so); so do we
+MOBILENET_V3_RATES = (12, 24, 36)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
 MINI_HEAD = {"aspp_channels": 64, "low_level_channels": 12, "decoder_channels": 64}  # the paper's / 4, as the mini
 SCORE_STD = 0.01                                            # DeepLab's init of the class-score convs
@@ -50,7 +61,7 @@ _APPLIES = {
     "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
     "fc_channels": ("v2",), "aux": ("v3",),
     "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus",), "decoder_separable": ("v3plus",),
-    "decoder_layout": ("v3", "v3plus"),
+    "decoder_layout": ("v3", "v3plus"), "inter_channels": ("lraspp",),
 }
 
 
@@ -58,7 +69,15 @@ def _cfg_error(msg):
     return ValueError(f"DeepLabConfig: {msg}")
 
 
+def _one_of(types) -> str:
+    """"A, B or C" of the types' names."""
+    names = [t.__name__ for t in types]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _backbone_name(spec) -> str:
+    if isinstance(spec, MobileNetV3):
+        return "mobilenet_v3_large" + ("" if spec.width_mult == 1 else f" x{spec.width_mult:g}")
     if isinstance(spec, VGG):
         return "vgg16" if spec == VGG() else "vgg (narrow)"
     if isinstance(spec, Xception):
@@ -73,15 +92,18 @@ def _backbone_name(spec) -> str:
 class DeepLabConfig:
     """One member of the family. Built by ``make_config`` / ``build_model``, or directly.
 
-    name: "v1", "v2", "v3" or "v3plus".
-    backbone: a ``ResNet`` or ``VGG`` spec (it carries ``output_stride``, ``multi_grid`` and the dilation
+    name: "v1", "v2", "v3", "v3plus" or "lraspp".
+    backbone: a ``ResNet``, ``VGG``, ``MobileNetV3``, ``Xception`` (``specs.xception``) or ``MobileNetV2``
+      (``specs.mobilenet_v2``) spec (it carries ``output_stride``, ``multi_grid`` and the dilation
       convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
-      v3, v3plus: ResNet, ``Xception`` (``specs.xception``) or ``MobileNetV2`` (``specs.mobilenet_v2``); aux
-      needs a ResNet.
+      v3: ResNet, MobileNetV3, Xception or MobileNetV2. v3plus: ResNet, Xception or MobileNetV2. lraspp:
+      MobileNetV3. aux: ResNet or MobileNetV3.
     num_classes: of the logits (21 for PASCAL VOC).
     atrous_rates: v3/v3plus: the ASPP's 3x3 branches, None -> tied to the output stride: (6, 12, 18) at
       16, (12, 24, 36) at 8, (3, 6, 9) at 32. v2: ASPP-L's branches, None -> (6, 12, 18, 24). v1: the
-      VGG's fc6 rate, (backbone.fc6_rate,) (set it in the VGG spec).
+      VGG's fc6 rate, (backbone.fc6_rate,) (set it in the VGG spec). v3 on MobileNetV3: None ->
+      (12, 24, 36) at output stride 16, as torchvision's ``deeplabv3_mobilenet_v3_large`` (torchvision
+      issue #7956: its DeepLabHead's default rates, kept for the released weights). lraspp: none (None).
     image_pooling: the ASPP's image-level branch (v3, v3plus).
     aspp_separable: depthwise-separable 3x3 ASPP branches (v3, v3plus; smp's v3+ default).
     aspp_channels: of the ASPP branches and its projection, 256 (v3, v3plus). The widths here are the
@@ -94,7 +116,8 @@ class DeepLabConfig:
       fc1_voc12_c0..c3), 1024 for VGG (fc6-fc7-fc8 per rate, fc6/fc7 that wide: DeepLab-v2 VGG-16).
       None or an int asks for that form on either backbone. Resolved on construction.
     aux: torchvision's auxiliary FCN head on layer3 (v3): 3x3 conv to layer3's channels / 4, BN, ReLU,
-      dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training.
+      dropout 0.1, 1x1 to the classes, resized to the input. Computed only when training. On MobileNetV3
+      it reads ``low`` (features[4], stride 8, 40 channels), as torchvision's.
     low_level_channels: the v3+ decoder's projection of the stride-4 features, 48 (mini: 12).
     decoder_channels: of the v3+ decoder's two 3x3 convs, 256 (mini: 64).
     decoder_separable: depthwise-separable 3x3 convs in the v3+ decoder (with decoder_layout="smp": its
@@ -105,12 +128,13 @@ class DeepLabConfig:
       same structure as "paper". Either way H and W must be multiples of the output stride (smp's rule).
     align_corners: of the bilinear resizes (see the module's docstring); False (torchvision) by default,
       True as smp and TF DeepLab.
+    inter_channels: LR-ASPP's ``cbr`` and ``scale`` width, 128 (lraspp; torchvision's).
 
     Derived: ``output_stride``, ``multi_grid``, ``aspp`` (the ASPP / ASPPL spec, None for v1).
     """
 
     name: str
-    backbone: ResNet | VGG
+    backbone: ResNet | VGG | MobileNetV3
     num_classes: int = 21
     atrous_rates: tuple[int, ...] | None = None
     image_pooling: bool = True
@@ -124,6 +148,7 @@ class DeepLabConfig:
     decoder_separable: bool = False
     align_corners: bool = False
     decoder_layout: str = "paper"
+    inter_channels: int = 128
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -131,17 +156,19 @@ class DeepLabConfig:
         if name not in MODELS:
             raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
         if not isinstance(spec, SPECS):
-            raise _cfg_error(f"backbone must be {' or '.join('a ' + t.__name__ for t in SPECS)} spec, "
-                             f"got {type(spec).__name__}")
+            raise _cfg_error(f"backbone must be a {_one_of(SPECS)} spec, got {type(spec).__name__}")
         if name == "v1" and not isinstance(spec, VGG):
             raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
-        if name in ("v3", "v3plus") and not isinstance(spec, V3_SPECS):
-            raise _cfg_error(f"{name} needs a {' or '.join(t.__name__ for t in V3_SPECS)} backbone, got {spec!r}")
+        if name in ("v3", "v3plus") and not isinstance(spec, MODEL_SPECS[name]):
+            raise _cfg_error(f"{name} needs a {_one_of(MODEL_SPECS[name])} backbone, got {spec!r}")
+        if name == "lraspp" and not isinstance(spec, MobileNetV3):
+            raise _cfg_error(f"lraspp (LR-ASPP) needs a MobileNetV3 backbone (its stride-8 'low' features), "
+                             f"got {spec!r}")
         if name == "v2" and not isinstance(spec, (ResNet, VGG)):
             raise _cfg_error(f"v2 needs a ResNet or VGG backbone, got {spec!r}")
-        if self.aux and not isinstance(spec, ResNet):
-            raise _cfg_error(f"aux (torchvision's FCN head on layer3) needs a ResNet backbone, got {spec!r}")
-        for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels"):
+        if self.aux and not isinstance(spec, (ResNet, MobileNetV3)):
+            raise _cfg_error(f"aux (torchvision's FCN head) needs a ResNet or MobileNetV3 backbone, got {spec!r}")
+        for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels", "inter_channels"):
             set_(self, f, check_int("DeepLabConfig", f, getattr(self, f)))
         for f in ("image_pooling", "aspp_separable", "aux", "decoder_separable", "align_corners"):
             set_(self, f, check_flag("DeepLabConfig", f, getattr(self, f)))
@@ -149,6 +176,8 @@ class DeepLabConfig:
             raise _cfg_error(f"decoder_layout must be one of {', '.join(map(repr, DECODER_LAYOUTS))}, "
                              f"got {self.decoder_layout!r}")
         set_(self, "dropout", check_real("DeepLabConfig", "dropout", self.dropout, 0, 1, hi_open=True))
+        if name == "lraspp" and self.dropout not in (0.0, 0.5):
+            raise _cfg_error(f"dropout={self.dropout!r}: lraspp (LR-ASPP) has no dropout")
         defaults = {f.name: f.default for f in fields(self)}
         for f, models in _APPLIES.items():
             if getattr(self, f) != defaults[f] and name not in models:
@@ -180,6 +209,11 @@ class DeepLabConfig:
                 raise _cfg_error(f"v1's one atrous rate is its VGG's fc6_rate ({spec.fc6_rate}), got atrous_rates="
                                  f"{rates!r}: set it with VGG(fc6_rate=...)")
             rates = (spec.fc6_rate,)
+        elif name == "lraspp":
+            if rates is not None:
+                raise _cfg_error(f"atrous_rates={rates!r}: lraspp (LR-ASPP) has no atrous convolution")
+        elif rates is None and isinstance(spec, MobileNetV3):
+            rates = MOBILENET_V3_RATES
         elif rates is None:
             rates = V2_RATES if name == "v2" else V3_RATES[spec.output_stride]
         set_(self, "atrous_rates", rates)
@@ -207,8 +241,12 @@ class DeepLabConfig:
 
     @property
     def aux_channels(self) -> tuple[int, int]:
-        """(layer3's channels, the aux head's width = a quarter of them), as torchvision's FCNHead."""
-        c = self.backbone.widths[2] * self.backbone.expansion
+        """(layer3's channels (MobileNetV3: low's), the aux head's width = a quarter of them), as
+        torchvision's FCNHead."""
+        if isinstance(self.backbone, MobileNetV3):
+            c = self.backbone.low_channels
+        else:
+            c = self.backbone.widths[2] * self.backbone.expansion
         return c, c // 4
 
     @cached_property
@@ -258,9 +296,16 @@ def _v2(c: DeepLabConfig):
 def _v3(c: DeepLabConfig):
     steps = (Step("classifier", DeepLabHead(c.aspp, c.num_classes), ("out",), "scores"),)
     if c.aux:
-        steps += (Step("aux_classifier", FCNHead(c.aux_channels[0], c.num_classes, AUX_DROPOUT), ("layer3",), "aux",
+        tap = "low" if isinstance(c.backbone, MobileNetV3) else "layer3"
+        steps += (Step("aux_classifier", FCNHead(c.aux_channels[0], c.num_classes, AUX_DROPOUT), (tap,), "aux",
                        training_only=True),)
     return c.backbone, steps
+
+
+def _lraspp(c: DeepLabConfig):
+    b = c.backbone
+    head = LRASPPHead(b.low_channels, b.out_channels, c.num_classes, c.inter_channels, c.align_corners)
+    return b, (Step("classifier", head, ("low", "out"), "scores"),)
 
 
 def _v3plus(c: DeepLabConfig):
@@ -271,7 +316,7 @@ def _v3plus(c: DeepLabConfig):
                         Step("classifier", Classifier(c.decoder_channels, c.num_classes), ("decoder",), "scores"))
 
 
-MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus}
+MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +334,7 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         return backbone
     backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
     if backbone not in BACKBONES:
-        raise ValueError(f"{fn}: backbone must be {' or '.join('a ' + t.__name__ for t in SPECS)} spec or one of "
+        raise ValueError(f"{fn}: backbone must be a {_one_of(SPECS)} spec or one of "
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
     if output_stride is not None:
         os_ = output_stride
@@ -301,7 +346,14 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         if multi_grid is not None:
             raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
         return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
-    if backbone.startswith(("xception", "mobilenet")):
+    if backbone == "mobilenet_v3_large":
+        if multi_grid is not None or dilation_convention != "torchvision":
+            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to MobileNetV3")
+        try:
+            return MobileNetV3(output_stride=os_)
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e}") from None
+    if backbone.startswith("xception") or backbone == "mobilenet_v2":
         if multi_grid is not None or dilation_convention != "torchvision":
             raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
         try:
@@ -320,13 +372,15 @@ _OPTIONS = tuple(f.name for f in fields(DeepLabConfig) if f.name not in ("name",
 
 def make_config(name, backbone=None, output_stride=None, num_classes=21, *, multi_grid=None,
                 dilation_convention="torchvision", _fn="make_config", **options) -> DeepLabConfig:
-    """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus"}.
+    """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus", "lraspp"}.
 
-    backbone: a ResNet, VGG or Xception spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
-      "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4), "xception41",
-      "xception65", "xception71" (aligned Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus). None: the paper's,
-      "vgg16" for v1, "resnet101" for v2, "resnet50" for v3 and v3plus.
-    output_stride: None: 8 for v1, v2 and any VGG, 16 for v3 and v3plus (VGG: 8 only).
+    backbone: a ResNet, VGG, MobileNetV3, Xception or MobileNetV2 spec, or a name: "vgg16", "resnet18",
+      "resnet34", "resnet50", "resnet101", "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's
+      widths / 4), "mobilenet_v3_large" (v3, lraspp), "xception41", "xception65", "xception71" (aligned
+      Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus). None: the paper's, "vgg16" for v1,
+      "resnet101" for v2, "resnet50" for v3 and v3plus, "mobilenet_v3_large" for lraspp.
+    output_stride: None: 8 for v1, v2 and any VGG, 16 for v3, v3plus and lraspp (VGG: 8 only; MobileNetV3:
+      16 or 32).
     multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
     options: the other DeepLabConfig fields (atrous_rates, image_pooling, aspp_separable, dropout, aux,
       decoder_separable, align_corners, ...). v1 with backbone "vgg16" takes atrous_rates=(r,) as fc6's rate.
@@ -359,12 +413,13 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
 # ---------------------------------------------------------------------------------------------
 # initialisation
 
-_SCORE_LAYER = re.compile(r"(aux_)?classifier(\.4|\.fc8|\.branches\.\d+(\.fc8)?)?")
+_SCORE_LAYER = re.compile(r"(aux_)?classifier(\.4|\.fc8|\.branches\.\d+(\.fc8)?|\.(low|high)_classifier)?")
 
 
 def is_score_layer(name) -> bool:
     """Whether the conv module ``name`` (a model's, e.g. "classifier.4"; no ".weight") outputs class
     scores: v1 classifier.fc8, v2 classifier.branches.{i} (ResNet form) or classifier.branches.{i}.fc8,
-    v3 classifier.4 and aux_classifier.4, v3plus classifier."""
+    v3 classifier.4 and aux_classifier.4, v3plus classifier, lraspp classifier.low_classifier and
+    classifier.high_classifier."""
     return _SCORE_LAYER.fullmatch(name) is not None
 

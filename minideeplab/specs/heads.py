@@ -10,6 +10,8 @@
     Decoder       v3+: the ASPP output upsampled to the stride-4 features, concatenated with their 1x1
                   projection, fused by 3x3 convs
     Classifier    a 1x1 conv with bias to the classes (v3+'s last layer)
+    LRASPPHead    LR-ASPP on MobileNetV3: the stride-16 features gated by their global pool, upsampled to
+                  the stride-8 ones; class scores of both, summed (torchvision's ``LRASPPHead``)
 
 A model wires them in ``Step``s (``specs.deeplab``): each step names its module (the state_dict prefix of
 its parameters), the features it reads and the one it writes.
@@ -23,7 +25,7 @@ from typing import NamedTuple
 from minideeplab.specs.aspp import ASPP
 from minideeplab.specs.checks import check_flag, check_int, check_real
 
-__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "Step", "DECODER_LAYOUTS"]
+__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "Step", "DECODER_LAYOUTS"]
 
 DECODER_LAYOUTS = ("paper", "smp")
 
@@ -128,6 +130,32 @@ class Classifier:
     def __post_init__(self):
         object.__setattr__(self, "in_channels", check_int("Classifier", "in_channels", self.in_channels))
         object.__setattr__(self, "num_classes", check_int("Classifier", "num_classes", self.num_classes))
+
+
+@dataclass(frozen=True)
+class LRASPPHead:
+    """LR-ASPP (Lite R-ASPP, "Searching for MobileNetV3"), torchvision's ``LRASPPHead``, on two features:
+    ``low`` (stride 8, ``low_channels``) and ``high`` (the backbone's out, ``high_channels``).
+
+        cbr              1x1 conv (no bias) to ``inter_channels``, BN, ReLU         (.0 conv, .1 BN)
+        scale            global average pool, 1x1 conv (no bias) to ``inter_channels``, sigmoid   (.1 conv)
+        x = cbr(high) * scale(high), resized (bilinear) to ``low``'s size
+        low_classifier(low) + high_classifier(x)   both 1x1 convs with bias to the classes
+
+    The paper pools with a 49 x 49 window and stride (16, 20); torchvision (and this) pools globally.
+    align_corners: of the resize (the model's choice, passed down). Output: (N, classes, H/8, W/8)."""
+
+    low_channels: int
+    high_channels: int
+    num_classes: int
+    inter_channels: int = 128
+    align_corners: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for f in ("low_channels", "high_channels", "num_classes", "inter_channels"):
+            set_(self, f, check_int("LRASPPHead", f, getattr(self, f)))
+        set_(self, "align_corners", check_flag("LRASPPHead", "align_corners", self.align_corners))
 
 
 class Step(NamedTuple):
