@@ -53,6 +53,34 @@ def nontrivial_module(module, seed=0):
     return module.eval()
 
 
+def backbone_matches_autograd(spec, params, buffers, x, training, seed=1):
+    """Run the scratch backbone of ``spec`` (forward, then backward with random feature gradients) and its
+    twin with autograd on float64 ``x``; assert features equal to 1e-12, dx and every parameter's gradient
+    to 1e-10 (``grads_match``), and the running statistics updated alike. -> (features, BackboneCache)."""
+    import torch
+
+    from minideeplab.reference import backbone as ref
+    from minideeplab.scratch import backbone as sb
+
+    module = ref.params_to_torch(ref.build_backbone(spec), params, {k: v.copy() for k, v in buffers.items()})
+    module.train(training)
+    feats, cache = sb.backbone_forward(spec, params, buffers, x, training)
+    xt = torch.from_numpy(x).requires_grad_()
+    ft = module(xt)
+    for k in feats:
+        assert rel(feats[k], ft[k].detach().numpy()) < 1e-12, k
+    rng = np.random.default_rng(seed)
+    d = {k: rng.standard_normal(v.shape) for k, v in feats.items()}
+    sum((ft[k] * torch.from_numpy(d[k])).sum() for k in ft).backward()
+    dx, grads = sb.backbone_backward(spec, d, cache)
+    assert rel(dx, xt.grad.numpy()) < 1e-10
+    grads_match(grads, module, 1e-10)
+    state = module.state_dict()
+    for k, v in buffers.items():
+        assert np.allclose(v, state[k].numpy(), rtol=1e-12, atol=1e-12), k
+    return feats, cache
+
+
 def grads_match(grads, module, tol):
     """Every parameter's gradient (``grads``, keyed by name) within ``tol`` of the autograd one in
     ``module``, relative to its largest |value| or, for one that is zero up to rounding (a BN bias right
