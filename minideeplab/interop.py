@@ -4,8 +4,11 @@
     from_torchvision(module)   torchvision ``deeplabv3_resnet50`` / ``deeplabv3_resnet101`` /
                                ``deeplabv3_mobilenet_v3_large`` (aux head or not) or ``lraspp_mobilenet_v3_large``,
                                or its state_dict -> scratch DeepLab v3 / lraspp
-    from_smp(module)           smp ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder -> scratch DeepLab
-                               v3plus / v3 with ``decoder_layout="smp"``
+    from_smp(module)           smp ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder, ``mobilenet_v2`` or
+                               timm's aligned Xception (``tu-xception41/65/71``) -> scratch DeepLab v3plus /
+                               v3 with ``decoder_layout="smp"``
+    xception_from_timm(module) timm's ``xception41/65/71`` (or its state_dict) -> (Xception spec, params,
+                               buffers) of the scratch backbone
     to_reference(model)        scratch DeepLab -> ``minideeplab.reference.deeplab.DeepLabModule``
     from_reference(module)     and back
     torchvision_config(m), smp_config(m)    the DeepLabConfig a model maps to, read from the model
@@ -35,14 +38,20 @@ back in the module's mode (train or eval), in the dtype of its weights (float32 
 ``reference.deeplab.to_scratch``. torchvision and smp are needed only to build their models: nothing here
 imports them at module level.
 
+smp's ``tu-xception*`` encoders hand the decoder timm's stride-4 tap, the ReLU after TF DeepLab's (see
+``minideeplab.specs.xception``): the scratch Xception they load into has ``low_level_tap="smp"``, that one.
+
 Not supported (a ValueError says so): torchvision's FCN models, a MobileNetV3 of another width, smp encoders
-other than its ResNets, smp encoder_depth other than 5, in_channels other than 3, an activation or
-a classification (aux_params) head, or an ``upsampling`` other than smp's default.
+other than its ResNets, ``mobilenet_v2`` and ``tu-xception41/65/71``, smp encoder_depth other than 5,
+in_channels other than 3, an activation or a classification (aux_params) head, or an ``upsampling`` other
+than smp's default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import re
 
 import numpy as np
 from torch import nn
@@ -52,10 +61,12 @@ from minideeplab.scratch import vit
 from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
 from minideeplab.specs.deeplab import DeepLabConfig
 from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.vit import ViT
+from minideeplab.specs.xception import XCEPTION_DEPTHS, Xception
 
 __all__ = ["SOURCES", "torchvision_config", "smp_config", "key_map", "load_state_dict", "from_torchvision",
-           "from_smp", "to_reference", "from_reference", "timm_vit_spec", "from_timm"]
+           "from_smp", "to_reference", "from_reference", "xception_from_timm", "timm_vit_spec", "from_timm"]
 
 SOURCES = ("torchvision", "smp", "minideeplab")
 _SHOW = 5  # keys named per kind in a mismatch message
@@ -112,10 +123,19 @@ def key_map(config, source="minideeplab") -> dict[str, str]:
                          f"got {config.name} with decoder_layout {config.decoder_layout!r}")
     table = sorted(_PREFIXES[("smp", config.name)].items(), key=lambda kv: -len(kv[0]))
     out = {}
+    encoder = _SMP_ENCODER_KEYS.get(type(config.trunk), lambda k: k)
     for k in ours:
         ours_prefix, theirs = next((p, t) for p, t in table if k.startswith(p))
-        out[k] = theirs + k[len(ours_prefix):]
+        rest = k[len(ours_prefix):]
+        out[k] = theirs + (encoder(rest) if ours_prefix == "backbone." else rest)
     return out
+
+
+# our backbone name -> the one below smp's "encoder." (ResNet: the same)
+_SMP_ENCODER_KEYS = {
+    # timm's feature wrapper flattens the top sequentials: stem.0 -> model.stem_0, blocks.3 -> model.blocks_3
+    Xception: lambda k: "model." + re.sub(r"^(stem|blocks)\.(\d+)\.", r"\1_\2.", k),
+}
 
 
 def _listing(keys, describe=repr):
@@ -127,11 +147,13 @@ def _listing(keys, describe=repr):
 def _check_fit(fn, config, state, source, kmap):
     """ValueError naming the missing, unexpected and mis-shaped keys (the source's names), if any."""
     params, buffers = scratch.model_parameter_shapes(config)
-    _check_keys(fn, config.describe(), {kmap[k]: shape for k, shape in (params | buffers).items()}, state, source)
+    expected = {kmap[k]: shape for k, shape in (params | buffers).items()}
+    _check_keys(fn, config.describe(), state, source, expected)
 
 
-def _check_keys(fn, what, expected, state, source):
-    """ValueError naming the keys of ``state`` missing from, unexpected by or mis-shaped for ``expected``."""
+def _check_keys(fn, what, state, source, expected):
+    """ValueError naming the keys of ``state`` that are missing, unexpected or mis-shaped against
+    ``expected`` (name -> shape), if any."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [k for k in expected if k in state and _shape(state[k]) != expected[k]]
@@ -218,10 +240,11 @@ def _output_stride(backbone) -> int:
     return os_
 
 
-def _check_dilation(fn, backbone, spec, what):
-    """Every conv of the module strides and dilates as ``spec``'s conv_table says."""
+def _check_dilation(fn, backbone, spec, what, rename=None):
+    """Every conv of the module strides and dilates as ``spec``'s conv_table says (``rename``: our conv
+    name -> the module's)."""
     for name, (stride, dilation) in spec.conv_table().items():
-        conv = backbone.get_submodule(name)
+        conv = backbone.get_submodule(rename(name) if rename else name)
         if (conv.stride[0], conv.dilation[0]) != (stride, dilation):
             raise ValueError(f"{fn}: {what}{name} has stride {conv.stride[0]} and dilation {conv.dilation[0]}, but "
                              f"{spec!r} expects stride {stride} and dilation {dilation}: an unsupported dilation "
@@ -362,13 +385,17 @@ def smp_config(module) -> DeepLabConfig:
     if kind not in ("DeepLabV3Plus", "DeepLabV3") or not where.startswith("segmentation_models_pytorch."):
         raise ValueError(f"{fn}: module must be smp's DeepLabV3Plus or DeepLabV3, got {where}.{kind}")
     enc = module.encoder
-    if type(enc).__name__ != "ResNetEncoder":
-        raise ValueError(f"{fn}: only smp's ResNet encoders (resnet18/34/50/101/152) are supported, got "
-                         f"{type(enc).__name__}")
+    kind_enc = type(enc).__name__
+    timm_name = getattr(enc, "name", None) if kind_enc == "TimmUniversalEncoder" else None
+    if kind_enc not in ("ResNetEncoder", "MobileNetV2Encoder") and timm_name not in _SMP_XCEPTIONS:
+        raise ValueError(f"{fn}: only smp's ResNet encoders (resnet18/34/50/101/152), mobilenet_v2 and "
+                         f"tu-xception41/65/71 are supported, got {kind_enc}" + (f" {timm_name!r}" if timm_name else ""))
     if getattr(enc, "_depth", 5) != 5:
         raise ValueError(f"{fn}: encoder_depth must be 5 (smp's default), got {enc._depth}")
-    if enc.conv1.in_channels != 3:
-        raise ValueError(f"{fn}: in_channels must be 3 (RGB), got {enc.conv1.in_channels}")
+    first = enc.features[0][0] if kind_enc == "MobileNetV2Encoder" else getattr(enc, "conv1", None)
+    in_channels = enc._in_channels if timm_name else first.in_channels
+    if in_channels != 3:
+        raise ValueError(f"{fn}: in_channels must be 3 (RGB), got {in_channels}")
     if getattr(module, "classification_head", None) is not None:
         raise ValueError(f"{fn}: the classification head (aux_params) is not supported; build the model with "
                          f"aux_params=None")
@@ -379,11 +406,16 @@ def smp_config(module) -> DeepLabConfig:
                          f"{type(act).__name__}")
     if head[0].kernel_size != (1, 1):
         raise ValueError(f"{fn}: the segmentation head's conv must be 1x1, got {head[0].kernel_size}")
-    state = module.state_dict()
-    depth = _resnet_depth(fn, state, "encoder.")
     output_stride = int(enc.output_stride)
-    spec = ResNet(depth, output_stride, "smp")
-    _check_dilation(fn, enc, spec, "encoder.")
+    if timm_name:
+        spec = Xception(_SMP_XCEPTIONS[timm_name], output_stride, low_level_tap="smp")
+        _check_dilation(fn, enc, spec, "encoder.", _SMP_ENCODER_KEYS[Xception])
+    elif kind_enc == "MobileNetV2Encoder":
+        spec = MobileNetV2(output_stride)
+        _check_dilation(fn, enc, spec, "encoder.")
+    else:
+        spec = ResNet(_resnet_depth(fn, module.state_dict(), "encoder."), output_stride, "smp")
+        _check_dilation(fn, enc, spec, "encoder.")
     name = "v3plus" if kind == "DeepLabV3Plus" else "v3"
     aspp = module.decoder.aspp[0] if name == "v3plus" else module.decoder.aspp
     separable = not isinstance(aspp.convs[1][0], nn.Conv2d)  # smp's SeparableConv2d: depthwise, pointwise
@@ -414,6 +446,59 @@ def from_smp(module, *, rng=None) -> scratch.DeepLab:
     except ValueError as e:
         raise ValueError(f"{fn}: {str(e).removeprefix('smp_config: ')}") from None
     return _load(fn, config, module.state_dict(), "smp", module, rng)
+
+
+_SMP_XCEPTIONS = {f"xception{d}": d for d in XCEPTION_DEPTHS}  # smp's "tu-" encoders: timm's names
+
+
+# ---------------------------------------------------------------------------------------------
+# timm's aligned Xception
+
+
+_TIMM_BLOCKS = {3 + 8 + 2: 41, 3 + 16 + 2: 65, 5 + 16 + 2: 71}  # blocks -> depth
+
+
+def xception_from_timm(module, output_stride=None) -> tuple[Xception, dict, dict]:
+    """(spec, params, buffers) of the scratch aligned Xception holding copies of a timm ``xception41/65/71``'s
+    weights (an nn.Module from ``timm.create_model``, or its state_dict); the classifier ``head.fc`` is left
+    out. The depth comes from the number of blocks; output_stride from the module's strides (every conv's
+    stride and dilation checked against the spec's), or, for a state_dict, the argument (None: 16, DeepLab
+    v3+'s); the low-level tap timm's ("smp"). Weights float32 or float64. A state_dict that does not fit is a ValueError naming its missing,
+    unexpected and mis-shaped keys. Run it with ``minideeplab.scratch.backbone.backbone_forward`` / ``_infer``."""
+    from minideeplab.scratch.backbone import parameter_shapes
+
+    fn = "xception_from_timm"
+    state, mod = _state(fn, module)
+    if mod is not None and not (type(mod).__name__ == "XceptionAligned" and type(mod).__module__.startswith("timm.")):
+        raise ValueError(f"{fn}: module must be timm's XceptionAligned (timm.create_model('xception65')) or its "
+                         f"state_dict, got {type(mod).__module__}.{type(mod).__name__}")
+    if output_stride is not None and output_stride not in (8, 16, 32):
+        raise ValueError(f"{fn}: output_stride must be None, 8, 16 or 32, got {output_stride!r}")
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    n = max(blocks) + 1 if blocks else 0
+    if n not in _TIMM_BLOCKS:
+        raise ValueError(f"{fn}: the state_dict has {n} blocks (blocks.*), which is no aligned Xception (41: 13, "
+                         f"65: 21, 71: 23 blocks)")
+    if mod is not None:
+        stride = 2 * np.prod([m.stride[0] for name, m in mod.blocks.named_modules()
+                              if isinstance(m, nn.Conv2d) and name.endswith("conv3.conv_dw")])
+        if output_stride is not None and output_stride != stride:
+            raise ValueError(f"{fn}: output_stride={output_stride!r}, but the module's output stride is {stride} "
+                             f"(timm.create_model(..., output_stride={output_stride}))")
+        output_stride = int(stride)
+    spec = Xception(_TIMM_BLOCKS[n], 16 if output_stride is None else output_stride, low_level_tap="smp")
+    if mod is not None:
+        _check_dilation(fn, mod, spec, "")
+    shapes, buffer_shapes = parameter_shapes(spec)
+    _check_keys(fn, repr(spec), state, "timm", shapes | buffer_shapes)
+    params = {k: _to_numpy(state[k]) for k in shapes}
+    buffers = {k: _to_numpy(state[k]) for k in buffer_shapes}
+    floats = sorted({str(a.dtype) for a in params.values()} | {str(a.dtype) for k, a in buffers.items()
+                                                               if not k.endswith("num_batches_tracked")})
+    if len(floats) != 1 or floats[0] not in ("float32", "float64"):
+        raise ValueError(f"{fn}: the weights must be all float32 or all float64, got {', '.join(floats)}")
+    return spec, params, buffers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,5 +564,5 @@ def from_timm(module):
     spec = timm_vit_spec(module)
     state = {k: v for k, v in module.state_dict().items() if not k.startswith(("head.", "fc_norm."))}
     params, _ = vit.parameter_shapes(spec)
-    _check_keys("from_timm", repr(spec), params, state, "timm")
+    _check_keys("from_timm", repr(spec), state, "timm", params)
     return vit.ViTModel(spec, {k: _to_numpy(state[k]).astype(np.float32) for k in params})

@@ -17,17 +17,22 @@ def nontrivial_model(name, dtype=np.float64, seed=0, **kw):
     from minideeplab import scratch
 
     m = scratch.build_model(name, rng=np.random.default_rng(seed), dtype=np.float64, **kw)
-    rng = np.random.default_rng(seed + 100)
-    for k, v in m.params.items():
-        if v.ndim == 1:
-            bn = k.endswith(".weight") and k[:-7] + ".running_mean" in m.buffers
-            m.params[k] = rng.uniform(0.5, 1.5, v.shape) if bn else 0.1 * rng.standard_normal(v.shape)
-    for k, v in m.buffers.items():
-        if k.endswith("running_mean"):
-            m.buffers[k] = 0.1 * rng.standard_normal(v.shape)
-        elif k.endswith("running_var"):
-            m.buffers[k] = rng.uniform(0.5, 2, v.shape)
+    nontrivial_params(m.params, m.buffers, np.random.default_rng(seed + 100))
     return cast_model(m, dtype)
+
+
+def nontrivial_params(params, buffers, rng):
+    """In place: BN gammas U(0.5, 1.5), BN betas and biases N(0, 0.1), running means N(0, 0.1), running
+    variances U(0.5, 2)."""
+    for k, v in params.items():
+        if v.ndim == 1:
+            bn = k.endswith(".weight") and k[:-7] + ".running_mean" in buffers
+            params[k] = rng.uniform(0.5, 1.5, v.shape) if bn else 0.1 * rng.standard_normal(v.shape)
+    for k, v in buffers.items():
+        if k.endswith("running_mean"):
+            buffers[k] = 0.1 * rng.standard_normal(v.shape)
+        elif k.endswith("running_var"):
+            buffers[k] = rng.uniform(0.5, 2, v.shape)
 
 
 def nontrivial_module(module, seed=0):
@@ -46,6 +51,44 @@ def nontrivial_module(module, seed=0):
             elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
     return module.eval()
+
+
+def backbone_matches_autograd(spec, params, buffers, x, training, seed=1):
+    """Run the scratch backbone of ``spec`` (forward, then backward with random feature gradients) and its
+    twin with autograd on float64 ``x``; assert features equal to 1e-12, dx and every parameter's gradient
+    to 1e-10 (``grads_match``), and the running statistics updated alike. -> (features, BackboneCache)."""
+    import torch
+
+    from minideeplab.reference import backbone as ref
+    from minideeplab.scratch import backbone as sb
+
+    module = ref.params_to_torch(ref.build_backbone(spec), params, {k: v.copy() for k, v in buffers.items()})
+    module.train(training)
+    feats, cache = sb.backbone_forward(spec, params, buffers, x, training)
+    xt = torch.from_numpy(x).requires_grad_()
+    ft = module(xt)
+    for k in feats:
+        assert rel(feats[k], ft[k].detach().numpy()) < 1e-12, k
+    rng = np.random.default_rng(seed)
+    d = {k: rng.standard_normal(v.shape) for k, v in feats.items()}
+    sum((ft[k] * torch.from_numpy(d[k])).sum() for k in ft).backward()
+    dx, grads = sb.backbone_backward(spec, d, cache)
+    assert rel(dx, xt.grad.numpy()) < 1e-10
+    grads_match(grads, module, 1e-10)
+    state = module.state_dict()
+    for k, v in buffers.items():
+        assert np.allclose(v, state[k].numpy(), rtol=1e-12, atol=1e-12), k
+    return feats, cache
+
+
+def grads_match(grads, module, tol):
+    """Every parameter's gradient (``grads``, keyed by name) within ``tol`` of the autograd one in
+    ``module``, relative to its largest |value| or, for one that is zero up to rounding (a BN bias right
+    before a training BN: the batch mean takes it out), to a thousandth of the module's largest gradient."""
+    floor = 1e-3 * max(p.grad.abs().max().item() for p in module.parameters())
+    for name, p in module.named_parameters():
+        expected = p.grad.numpy()
+        assert np.abs(grads[name] - expected).max() <= tol * max(np.abs(expected).max(), floor), name
 
 
 def cast_model(m, dtype):

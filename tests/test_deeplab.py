@@ -464,8 +464,8 @@ def _without(d, key):
 
 BAD = [
     ("make_config", lambda: scratch.make_config("v4"), "name must be one of 'v1', 'v2', 'v3', 'v3plus', 'lraspp', got 'v4'"),
-    ("make_config", lambda: scratch.make_config("v3", "resnet42"), "backbone must be a ResNet, VGG or .*spec or one of .* got 'resnet42'"),
-    ("make_config", lambda: scratch.make_config("v3", "vgg16"), "v3 needs a ResNet or MobileNetV3 backbone, got VGG"),
+    ("make_config", lambda: scratch.make_config("v3", "resnet42"), "backbone must be a ResNet, VGG, .*spec or one of .* got 'resnet42'"),
+    ("make_config", lambda: scratch.make_config("v3", "vgg16"), "v3 needs a ResNet, MobileNetV3.* backbone, got VGG"),
     ("make_config", lambda: scratch.make_config("v1", "resnet50"), r"v1 \(DeepLab-LargeFOV\) needs a VGG backbone"),
     ("make_config", lambda: scratch.make_config("v1", output_stride=16), "VGG-16 LargeFOV has output stride 8, got output_stride=16"),
     ("make_config", lambda: scratch.make_config("v3", output_stride=4), "ResNet: output_stride must be 8, 16 or 32, got 4"),
@@ -486,7 +486,7 @@ BAD = [
     ("make_config", lambda: scratch.make_config("v3", num_classes=0), "num_classes must be an int >= 1, got 0"),
     ("make_config", lambda: scratch.make_config("v3", atrous_rates=[]), r"atrous_rates must be None or a non-empty tuple"),
     ("make_config", lambda: scratch.make_config("v1", VGG(), atrous_rates=(6,)), r"v1's one atrous rate is its VGG's fc6_rate \(12\)"),
-    ("DeepLabConfig", lambda: scratch.DeepLabConfig("v3", "resnet50"), "backbone must be a ResNet, VGG or .*spec, got str"),
+    ("DeepLabConfig", lambda: scratch.DeepLabConfig("v3", "resnet50"), "backbone must be a ResNet, VGG, .*spec, got str"),
     ("build_model", lambda: scratch.build_model("v3", "mini", rng=1), "rng must be a numpy.random.Generator or None, got int"),
     ("build_model", lambda: scratch.build_model("v3", "mini", dtype=np.float16), "dtype must be float32 or float64, got float16"),
     ("DeepLab", lambda: scratch.DeepLab(_M.config, _without(_M.params, "classifier.4.bias"), _M.buffers),

@@ -18,7 +18,7 @@ from minideeplab.reference import deeplab as ref
 from minideeplab.scratch import deeplab as scratch
 from minideeplab.scratch.backbone import ResNet
 
-from helpers import nontrivial_model, nontrivial_module as _nontrivial, rel
+from helpers import nontrivial_model, nontrivial_module, rel
 
 F32, F64 = np.float32, np.float64
 TOL = 1e-4  # of the largest |logit|, float32
@@ -49,7 +49,7 @@ TORCHVISION = [
 @pytest.mark.parametrize("fid, ctor, depth, aux, classes, shape", TORCHVISION, ids=[t[0] for t in TORCHVISION])
 def test_from_torchvision(fid, ctor, depth, aux, classes, shape):
     torch.manual_seed(len(fid))
-    tv = _nontrivial(ctor(weights=None, weights_backbone=None, num_classes=classes, aux_loss=aux))
+    tv = nontrivial_module(ctor(weights=None, weights_backbone=None, num_classes=classes, aux_loss=aux))
     model = interop.from_torchvision(tv)
     c = model.config
     assert c.name == "v3" and c.backbone == ResNet(depth, 8, "torchvision") and c.num_classes == classes
@@ -96,7 +96,7 @@ SMP = [
 
 def _smp(cls, encoder, os_, classes=5, seed=0, **kw):
     torch.manual_seed(seed)
-    return _nontrivial(cls(encoder_name=encoder, encoder_weights=None, encoder_output_stride=os_, classes=classes,
+    return nontrivial_module(cls(encoder_name=encoder, encoder_weights=None, encoder_output_stride=os_, classes=classes,
                            **kw), seed)
 
 
@@ -340,8 +340,8 @@ BAD = [
      "module must be smp's DeepLabV3Plus or DeepLabV3, got torchvision.*DeepLabV3"),
     ("from_smp", lambda: interop.from_smp(torch.nn.Conv2d(1, 1, 1)),
      "module must be smp's DeepLabV3Plus or DeepLabV3, got torch.nn.modules.conv.Conv2d"),
-    ("from_smp", lambda: interop.from_smp(smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None)),
-     "only smp's ResNet encoders .* got MobileNetV2Encoder"),
+    ("from_smp", lambda: interop.from_smp(smp.DeepLabV3Plus("tu-resnet18", encoder_weights=None)),
+     "only smp's ResNet encoders .* got TimmUniversalEncoder 'resnet18'"),
     ("from_smp", lambda: interop.from_smp(smp.DeepLabV3Plus("resnet18", encoder_weights=None, activation="sigmoid")),
      "activation must be None .* got Sigmoid"),
     ("from_smp", lambda: interop.from_smp(smp.DeepLabV3Plus("resnet18", encoder_weights=None,

@@ -267,7 +267,7 @@ BAD = [
     (lambda: MobileNetV3(width_mult=True), r"MobileNetV3: width_mult must be a number .*got True"),
     (lambda: MobileNetV3(output_stride=8), r"MobileNetV3: output_stride must be 16 .* or 32, got 8"),
     (lambda: make_config("lraspp", "resnet50"), r"make_config: lraspp \(LR-ASPP\) needs a MobileNetV3 backbone"),
-    (lambda: make_config("v3plus", "mobilenet_v3_large"), r"make_config: v3plus needs a ResNet backbone"),
+    (lambda: make_config("v3plus", "mobilenet_v3_large"), r"make_config: v3plus needs a ResNet, .*backbone, got MobileNetV3"),
     (lambda: make_config("lraspp", atrous_rates=(1, 2)), r"atrous_rates=\(1, 2\): lraspp .* has no atrous"),
     (lambda: make_config("lraspp", dropout=0.3), r"dropout=0\.3: lraspp \(LR-ASPP\) has no dropout"),
     (lambda: make_config("v3", "mobilenet_v3_large", inter_channels=64),

@@ -11,6 +11,8 @@ Cases (batch 1, float32, eval):
                                            rates (12, 24, 36), no aux) and the scratch v3 with its weights, 513x513
     torchvision-lraspp-mobilenet_v3_large  torchvision's ``lraspp_mobilenet_v3_large`` and the scratch lraspp,
                                            513x513
+    v3plus-xception65-os16       scratch DeepLab v3+ on aligned Xception-65 in smp's layout (what ``from_smp``
+                                 makes of ``DeepLabV3Plus("tu-xception65")``) against its twin, 512x512
 
 ``--quick``: a v3+ on the "mini" ResNet and a torchvision DeepLabV3 on ResNet-18 (output stride 32: torchvision's
 BasicBlock cannot dilate), 65x65, one repeat.
@@ -54,6 +56,10 @@ CASES = {
                                               size=513),
     "torchvision-lraspp-mobilenet_v3_large": dict(kind="torchvision", model=("lraspp", "mobilenet_v3_large", 16),
                                                   options={}, size=513),
+    # smp's DeepLabV3Plus(tu-xception65) as interop.smp_config reads it; smp takes multiples of 16 only
+    "v3plus-xception65-os16": dict(kind="minideeplab", model=("v3plus", "xception65", 16), size=512,
+                                   options=dict(decoder_layout="smp", aspp_separable=True, decoder_separable=True,
+                                                align_corners=True, atrous_rates=(12, 24, 36))),
 }
 QUICK_CASES = {
     "quick-v3plus-mini": dict(kind="minideeplab", model=("v3plus", "mini", 16), options={}, size=65),
@@ -192,7 +198,9 @@ def run_side(side, case_name, threads, repeat, weights, input_path, output_path)
                 with torch.inference_mode():
                     return module(torch.from_numpy(inp))["out"].numpy()
 
-        s = min(WARMUP_SIZE, x.shape[-1])
+        s, config = min(WARMUP_SIZE, x.shape[-1]), _config(case)
+        if config.decoder_layout == "smp":  # smp's rule: H and W multiples of the output stride
+            s = max(s - s % config.output_stride, config.output_stride)
         forward(np.ascontiguousarray(x[..., :s, :s]))  # numba compiles, oneDNN sets up, on a small input
         gc.collect()
         loaded = _rss_mb()

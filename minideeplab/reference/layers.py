@@ -20,6 +20,10 @@ def relu(x):
     return F.relu(x)
 
 
+def relu6(x):
+    return F.relu6(x)
+
+
 def hardsigmoid(x):
     """relu6(x + 3) / 6, F.hardsigmoid's values; written out because F.hardsigmoid's float64 backward
     multiplies by a float32 1/6 (3e-8 off), and autograd of this form is exact."""

@@ -41,11 +41,13 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch import mobilenet, resnet, vgg
+from minideeplab.scratch import mobilenet, mobilenet_v2, resnet, vgg, xception
 from minideeplab.scratch.params import check_subset, init_params
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.checks import check_float_array, names
 from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.xception import Xception
 
 __all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "BackboneUnit", "BACKBONES", "parameter_shapes", "init_backbone",
            "check_params", "check_image", "BackboneCache", "backbone_forward", "backbone_backward", "backbone_infer"]
@@ -72,7 +74,11 @@ class BackboneUnit(NamedTuple):
 BACKBONES = {ResNet: BackboneUnit(resnet.parameter_shapes, resnet.forward, resnet.step_backward, resnet.infer, True),
              VGG: BackboneUnit(vgg.parameter_shapes, vgg.forward, vgg.step_backward, vgg.infer, False),
              MobileNetV3: BackboneUnit(mobilenet.parameter_shapes, mobilenet.forward, mobilenet.step_backward,
-                                       mobilenet.infer, True)}
+                                       mobilenet.infer, True),
+             Xception: BackboneUnit(xception.parameter_shapes, xception.forward, xception.step_backward, xception.infer,
+                                    True),
+             MobileNetV2: BackboneUnit(mobilenet_v2.parameter_shapes, mobilenet_v2.forward, mobilenet_v2.step_backward,
+                                       mobilenet_v2.infer, True)}
 
 
 def check_backbone_spec(fn, spec):

@@ -5,7 +5,8 @@ forward's inputs again. Arrays are NCHW, float32 or float64, and every output ha
 the input. Each function has a PyTorch twin in ``minideeplab.reference.layers``.
 
 * ``batch_norm2d``: per-channel normalisation; batch statistics when training, running ones in eval.
-* ``relu``, ``dropout``: elementwise; ``hardswish``, ``hardsigmoid``, ``sigmoid`` (MobileNetV3, LR-ASPP) too.
+* ``relu``, ``relu6``, ``dropout``: elementwise; ``hardswish``, ``hardsigmoid``, ``sigmoid`` (MobileNetV3, LR-ASPP)
+  too.
 * ``max_pool2d``, ``global_avg_pool``: pooling (ResNet stem 3/2/1, VGG 2/2/0, DeepLab-LargeFOV 3/1/1);
   ``max_pool2d_infer``: the max only, for eval (no argmax, no cache).
 * ``resize_bilinear``: y = Ah @ x @ Aw^T with 1-D interpolation matrices, so the backward is the transpose;
@@ -28,7 +29,7 @@ from minideeplab.specs.checks import (check_flag, check_float_array, check_int, 
                                       is_int)
 from minideeplab.specs.conv import check_conv2d
 
-__all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "relu_backward",
+__all__ = ["BatchNormCache", "batch_norm2d", "batch_norm2d_backward", "relu", "relu_backward", "relu6", "relu6_backward",
            "hardsigmoid", "hardsigmoid_backward", "hardswish", "hardswish_backward", "sigmoid", "sigmoid_backward",
            "MaxPoolCache", "pool_output_size", "max_pool2d", "max_pool2d_backward", "max_pool2d_infer",
            "global_avg_pool", "global_avg_pool_backward", "bilinear_matrix", "resize_bilinear",
@@ -143,6 +144,22 @@ def relu_backward(dy, x):
     check_float_array(fn, "dy", dy, like=("x", x))
     _same_shape(fn, "dy", dy, x.shape, "the shape of x")
     return np.where(x > 0, dy, dy.dtype.type(0))
+
+
+def relu6(x):
+    """min(max(x, 0), 6), any shape (MobileNetV2)."""
+    check_float_array("relu6", "x", x)
+    return np.clip(x, x.dtype.type(0), x.dtype.type(6))
+
+
+def relu6_backward(dy, y):
+    """dy, y (the forward's input or output), same shape -> dx = dy where 0 < y < 6, else 0 (torch's
+    hardtanh: 0 at both ends)."""
+    fn = "relu6_backward"
+    check_float_array(fn, "y", y)
+    check_float_array(fn, "dy", dy, like=("y", y))
+    _same_shape(fn, "dy", dy, y.shape, "the shape of y")
+    return np.where((y > 0) & (y < 6), dy, dy.dtype.type(0))
 
 
 # ---------------------------------------------------------------------------------------------

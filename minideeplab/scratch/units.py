@@ -37,27 +37,30 @@ class ConvBNCache(NamedTuple):
     stride: int
     dilation: int
     bn_cache: BatchNormCache
+    groups: int = 1
 
 
-def conv_bn_forward(x, params, buffers, conv, bn, stride, dilation, training):
+def conv_bn_forward(x, params, buffers, conv, bn, stride, dilation, training, eps=BN_EPS, groups=1):
     """Conv (no bias, "same" padding dilation * (k - 1) / 2) then batch norm.
     x (N, C, H, W) -> (y (N, Cout, ceil(H / stride), ceil(W / stride)), ConvBNCache).
     ``conv``, ``bn``: the names, e.g. "layer1.0.conv1", "layer1.0.bn1". Training updates the BN's
-    running statistics in ``buffers`` in place and counts the batch in num_batches_tracked, as torch."""
+    running statistics in ``buffers`` in place and counts the batch in num_batches_tracked, as torch.
+    eps: the BN's (torch's 1e-5; TF's and so Xception's 1e-3); groups: the conv's (x's channels: depthwise)."""
     w = params[f"{conv}.weight"]
-    h = atrous_conv2d(x, w, None, rate=dilation, stride=stride, padding="same")
+    h = atrous_conv2d(x, w, None, rate=dilation, stride=stride, padding="same", groups=groups)
     y, bn_cache = batch_norm2d(h, params[f"{bn}.weight"], params[f"{bn}.bias"],
-                               buffers[f"{bn}.running_mean"], buffers[f"{bn}.running_var"], training)
+                               buffers[f"{bn}.running_mean"], buffers[f"{bn}.running_var"], training, eps=eps)
     if training:
         buffers[f"{bn}.num_batches_tracked"] += 1
-    return y, ConvBNCache(conv, bn, x, w, stride, dilation, bn_cache)
+    return y, ConvBNCache(conv, bn, x, w, stride, dilation, bn_cache, groups)
 
 
 def conv_bn_backward(dy, cache):
     """dy (N, Cout, Ho, Wo) -> (dx, {conv.weight, bn.weight, bn.bias})."""
     c = cache
     dh, dgamma, dbeta = batch_norm2d_backward(dy, c.bn_cache)
-    dx, dw, _ = atrous_conv2d_backward(dh, c.x, c.weight, rate=c.dilation, stride=c.stride, padding="same")
+    dx, dw, _ = atrous_conv2d_backward(dh, c.x, c.weight, rate=c.dilation, stride=c.stride, padding="same",
+                                       groups=c.groups)
     return dx, {f"{c.conv}.weight": dw, f"{c.bn}.weight": dgamma, f"{c.bn}.bias": dbeta}
 
 
@@ -85,13 +88,14 @@ def bn_scale_shift(params, buffers, bn, eps=BN_EPS):
     return scale, params[f"{bn}.bias"] - buffers[f"{bn}.running_mean"] * scale
 
 
-def conv_bn_infer(x, params, buffers, conv, bn, stride, dilation, relu=True, residual=None):
-    """Eval ``conv_bn_forward`` (+ residual, + ReLU) without a cache: act(bn(conv(x)) + residual)."""
+def conv_bn_infer(x, params, buffers, conv, bn, stride, dilation, relu=True, residual=None, eps=BN_EPS, groups=1):
+    """Eval ``conv_bn_forward`` (+ residual, + ReLU) without a cache: act(bn(conv(x)) + residual).
+    groups: of the conv (x's channels: depthwise)."""
     check_channels("conv_bn_infer", x, params[f"{conv}.weight"],
                    {f"{bn}.{k}": params[f"{bn}.{k}"] for k in ("weight", "bias")}
                    | {f"{bn}.{k}": buffers[f"{bn}.{k}"] for k in ("running_mean", "running_var")})
-    scale, shift = bn_scale_shift(params, buffers, bn)
-    return conv2d_fused(x, params[f"{conv}.weight"], scale, shift, dilation, stride, "same",
+    scale, shift = bn_scale_shift(params, buffers, bn, eps)
+    return conv2d_fused(x, params[f"{conv}.weight"], scale, shift, dilation, stride, "same", groups,
                         residual=residual, relu=relu)
 
 

@@ -9,7 +9,9 @@ from minideeplab.specs.conv import ConvGeometry, conv_output_size
 from minideeplab.specs.deeplab import MODELS, DeepLabConfig, make_config
 from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead, Step
 from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.xception import Xception
 
 __all__ = ["ASPP", "ASPPL", "VGG", "BlockPlan", "ResNet", "VGGLayer", "ConvGeometry", "conv_output_size", "MODELS",
            "DeepLabConfig", "make_config", "Classifier", "DeepLabHead", "Decoder", "FCNHead", "LargeFOVHead", "Step",
-           "LRASPPHead", "MobileNetV3"]
+           "LRASPPHead", "MobileNetV3", "Xception", "MobileNetV2"]

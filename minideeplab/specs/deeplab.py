@@ -31,13 +31,19 @@ from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
                                      LRASPPHead, Step)
 from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
            "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS"]
 
 
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",
-             "mobilenet_v3_large")  # make_config's names
+             "mobilenet_v3_large", "xception41", "xception65", "xception71", "mobilenet_v2")  # make_config's names
+SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2)  # the backbone specs a config takes
+# the specs each model takes (v1: VGG; v2: ResNet or VGG)
+MODEL_SPECS = {"v3": (ResNet, MobileNetV3, Xception, MobileNetV2), "v3plus": (ResNet, Xception, MobileNetV2),
+               "lraspp": (MobileNetV3,)}
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50",
                     "lraspp": "mobilenet_v3_large"}
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16}
@@ -63,11 +69,22 @@ def _cfg_error(msg):
     return ValueError(f"DeepLabConfig: {msg}")
 
 
+def _one_of(types) -> str:
+    """"A, B or C" of the types' names."""
+    names = [t.__name__ for t in types]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _backbone_name(spec) -> str:
     if isinstance(spec, MobileNetV3):
         return "mobilenet_v3_large" + ("" if spec.width_mult == 1 else f" x{spec.width_mult:g}")
     if isinstance(spec, VGG):
         return "vgg16" if spec == VGG() else "vgg (narrow)"
+    if isinstance(spec, Xception):
+        full = spec == Xception(spec.depth, spec.output_stride, low_level_tap=spec.low_level_tap)
+        return f"xception{spec.depth}" + ("" if full else " (reduced)")
+    if isinstance(spec, MobileNetV2):
+        return "mobilenet_v2"
     return "mini" if spec.depth == "mini" else f"resnet{spec.depth}"
 
 
@@ -76,9 +93,11 @@ class DeepLabConfig:
     """One member of the family. Built by ``make_config`` / ``build_model``, or directly.
 
     name: "v1", "v2", "v3", "v3plus" or "lraspp".
-    backbone: a ``ResNet``, ``VGG`` or ``MobileNetV3`` spec (it carries ``output_stride``, ``multi_grid``
-      and the dilation convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces
-      LargeFOV's). v3: ResNet or MobileNetV3. v3plus: ResNet. lraspp: MobileNetV3.
+    backbone: a ``ResNet``, ``VGG``, ``MobileNetV3``, ``Xception`` (``specs.xception``) or ``MobileNetV2``
+      (``specs.mobilenet_v2``) spec (it carries ``output_stride``, ``multi_grid`` and the dilation
+      convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
+      v3: ResNet, MobileNetV3, Xception or MobileNetV2. v3plus: ResNet, Xception or MobileNetV2. lraspp:
+      MobileNetV3. aux: ResNet or MobileNetV3.
     num_classes: of the logits (21 for PASCAL VOC).
     atrous_rates: v3/v3plus: the ASPP's 3x3 branches, None -> tied to the output stride: (6, 12, 18) at
       16, (12, 24, 36) at 8, (3, 6, 9) at 32. v2: ASPP-L's branches, None -> (6, 12, 18, 24). v1: the
@@ -136,17 +155,19 @@ class DeepLabConfig:
         name, spec = self.name, self.backbone
         if name not in MODELS:
             raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
-        if not isinstance(spec, (ResNet, VGG, MobileNetV3)):
-            raise _cfg_error(f"backbone must be a ResNet, VGG or MobileNetV3 spec, got {type(spec).__name__}")
+        if not isinstance(spec, SPECS):
+            raise _cfg_error(f"backbone must be a {_one_of(SPECS)} spec, got {type(spec).__name__}")
         if name == "v1" and not isinstance(spec, VGG):
             raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
-        if name == "v3plus" and not isinstance(spec, ResNet):
-            raise _cfg_error(f"{name} needs a ResNet backbone, got {spec!r}")
-        if name == "v3" and not isinstance(spec, (ResNet, MobileNetV3)):
-            raise _cfg_error(f"v3 needs a ResNet or MobileNetV3 backbone, got {spec!r}")
+        if name in ("v3", "v3plus") and not isinstance(spec, MODEL_SPECS[name]):
+            raise _cfg_error(f"{name} needs a {_one_of(MODEL_SPECS[name])} backbone, got {spec!r}")
         if name == "lraspp" and not isinstance(spec, MobileNetV3):
             raise _cfg_error(f"lraspp (LR-ASPP) needs a MobileNetV3 backbone (its stride-8 'low' features), "
                              f"got {spec!r}")
+        if name == "v2" and not isinstance(spec, (ResNet, VGG)):
+            raise _cfg_error(f"v2 needs a ResNet or VGG backbone, got {spec!r}")
+        if self.aux and not isinstance(spec, (ResNet, MobileNetV3)):
+            raise _cfg_error(f"aux (torchvision's FCN head) needs a ResNet or MobileNetV3 backbone, got {spec!r}")
         for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels", "inter_channels"):
             set_(self, f, check_int("DeepLabConfig", f, getattr(self, f)))
         for f in ("image_pooling", "aspp_separable", "aux", "decoder_separable", "align_corners"):
@@ -303,7 +324,7 @@ MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp}
 
 
 def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate):
-    if isinstance(backbone, (ResNet, VGG, MobileNetV3)):
+    if isinstance(backbone, SPECS):
         if output_stride is not None and output_stride != backbone.output_stride:
             raise ValueError(f"{fn}: output_stride={output_stride!r} but the backbone spec {backbone!r} has "
                              f"output stride {backbone.output_stride}")
@@ -313,7 +334,7 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
         return backbone
     backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
     if backbone not in BACKBONES:
-        raise ValueError(f"{fn}: backbone must be a ResNet, VGG or MobileNetV3 spec or one of "
+        raise ValueError(f"{fn}: backbone must be a {_one_of(SPECS)} spec or one of "
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
     if output_stride is not None:
         os_ = output_stride
@@ -332,6 +353,13 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
             return MobileNetV3(output_stride=os_)
         except ValueError as e:
             raise ValueError(f"{fn}: {e}") from None
+    if backbone.startswith("xception") or backbone == "mobilenet_v2":
+        if multi_grid is not None or dilation_convention != "torchvision":
+            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+        try:
+            return MobileNetV2(os_) if backbone == "mobilenet_v2" else Xception(int(backbone[len("xception"):]), os_)
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e}") from None
     depth = "mini" if backbone == "mini" else int(backbone[len("resnet"):])
     try:
         return ResNet(depth, os_, dilation_convention, multi_grid)
@@ -346,10 +374,11 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
                 dilation_convention="torchvision", _fn="make_config", **options) -> DeepLabConfig:
     """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus", "lraspp"}.
 
-    backbone: a ResNet, VGG or MobileNetV3 spec, or a name: "vgg16", "resnet18", "resnet34", "resnet50",
-      "resnet101", "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's widths / 4),
-      "mobilenet_v3_large" (v3, lraspp). None: the paper's, "vgg16" for v1, "resnet101" for v2, "resnet50"
-      for v3 and v3plus, "mobilenet_v3_large" for lraspp.
+    backbone: a ResNet, VGG, MobileNetV3, Xception or MobileNetV2 spec, or a name: "vgg16", "resnet18",
+      "resnet34", "resnet50", "resnet101", "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's
+      widths / 4), "mobilenet_v3_large" (v3, lraspp), "xception41", "xception65", "xception71" (aligned
+      Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus). None: the paper's, "vgg16" for v1,
+      "resnet101" for v2, "resnet50" for v3 and v3plus, "mobilenet_v3_large" for lraspp.
     output_stride: None: 8 for v1, v2 and any VGG, 16 for v3, v3plus and lraspp (VGG: 8 only; MobileNetV3:
       16 or 32).
     multi_grid, dilation_convention: for a ResNet named by a string (see ``ResNet``), e.g. (1, 2, 4).
