@@ -112,6 +112,20 @@ class ResNet:
         set_(self, "stages", _resnet_stages(block, blocks, widths, stem, self.output_stride,
                                             self.dilation_convention, mg))
 
+    # what a model asks of its backbone besides its features (see specs.deeplab): the aux head's input
+    aux_tap = "layer3"
+    default_aspp_rates = None  # None: tied to the output stride
+
+    @property
+    def label(self) -> str:
+        """The backbone's name in messages and make_config: "resnet50", "mini"."""
+        return "mini" if self.depth == "mini" else f"resnet{self.depth}"
+
+    @property
+    def aux_channels(self) -> int:
+        """Channels of the aux head's input, layer3."""
+        return self.widths[2] * self.expansion
+
     @property
     def low_level_channels(self) -> int:
         return self.widths[0] * self.expansion
@@ -237,6 +251,13 @@ class VGG:
     def __repr__(self):
         return (f"VGG(widths={self.widths!r}, fc_channels={self.fc_channels!r}, fc6_rate={self.fc6_rate!r}"
                 f"{'' if self.fc else ', fc=False'})")
+
+    aux_tap = None
+    default_aspp_rates = None
+
+    @property
+    def label(self) -> str:
+        return "vgg16" if self == VGG() else "vgg (narrow)"
 
     @property
     def low_level_channels(self) -> int:

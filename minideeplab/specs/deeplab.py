@@ -30,16 +30,14 @@ from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
                                      LRASPPHead, Step)
-from minideeplab.specs.mobilenet import MobileNetV3
+from minideeplab.specs.mobilenet import MOBILENET_V3_RATES, MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
-           "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS"]
+           "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS", "NAMED_BACKBONES"]
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mini",
-             "mobilenet_v3_large", "xception41", "xception65", "xception71", "mobilenet_v2")  # make_config's names
 SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2)  # the backbone specs a config takes
 # the specs each model takes (v1: VGG; v2: ResNet or VGG)
 MODEL_SPECS = {"v3": (ResNet, MobileNetV3, Xception, MobileNetV2), "v3plus": (ResNet, Xception, MobileNetV2),
@@ -49,9 +47,6 @@ DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus"
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16}
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
-# torchvision's deeplabv3_mobilenet_v3_large keeps DeepLabHead's default rates, the output-stride-8 ones, at
-# output stride 16 (torchvision issue #7956: kept, the released weights were trained so); so do we
-MOBILENET_V3_RATES = (12, 24, 36)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
 MINI_HEAD = {"aspp_channels": 64, "low_level_channels": 12, "decoder_channels": 64}  # the paper's / 4, as the mini
 SCORE_STD = 0.01                                            # DeepLab's init of the class-score convs
@@ -73,19 +68,6 @@ def _one_of(types) -> str:
     """"A, B or C" of the types' names."""
     names = [t.__name__ for t in types]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-def _backbone_name(spec) -> str:
-    if isinstance(spec, MobileNetV3):
-        return "mobilenet_v3_large" + ("" if spec.width_mult == 1 else f" x{spec.width_mult:g}")
-    if isinstance(spec, VGG):
-        return "vgg16" if spec == VGG() else "vgg (narrow)"
-    if isinstance(spec, Xception):
-        full = spec == Xception(spec.depth, spec.output_stride, low_level_tap=spec.low_level_tap)
-        return f"xception{spec.depth}" + ("" if full else " (reduced)")
-    if isinstance(spec, MobileNetV2):
-        return "mobilenet_v2"
-    return "mini" if spec.depth == "mini" else f"resnet{spec.depth}"
 
 
 @dataclass(frozen=True)
@@ -166,8 +148,9 @@ class DeepLabConfig:
                              f"got {spec!r}")
         if name == "v2" and not isinstance(spec, (ResNet, VGG)):
             raise _cfg_error(f"v2 needs a ResNet or VGG backbone, got {spec!r}")
-        if self.aux and not isinstance(spec, (ResNet, MobileNetV3)):
-            raise _cfg_error(f"aux (torchvision's FCN head) needs a ResNet or MobileNetV3 backbone, got {spec!r}")
+        if self.aux and spec.aux_tap is None:
+            raise _cfg_error(f"aux (torchvision's FCN head) needs a {_one_of(t for t in SPECS if t.aux_tap)} "
+                             f"backbone, got {spec!r}")
         for f in ("num_classes", "aspp_channels", "low_level_channels", "decoder_channels", "inter_channels"):
             set_(self, f, check_int("DeepLabConfig", f, getattr(self, f)))
         for f in ("image_pooling", "aspp_separable", "aux", "decoder_separable", "align_corners"):
@@ -212,8 +195,8 @@ class DeepLabConfig:
         elif name == "lraspp":
             if rates is not None:
                 raise _cfg_error(f"atrous_rates={rates!r}: lraspp (LR-ASPP) has no atrous convolution")
-        elif rates is None and isinstance(spec, MobileNetV3):
-            rates = MOBILENET_V3_RATES
+        elif rates is None and spec.default_aspp_rates is not None:
+            rates = spec.default_aspp_rates
         elif rates is None:
             rates = V2_RATES if name == "v2" else V3_RATES[spec.output_stride]
         set_(self, "atrous_rates", rates)
@@ -243,10 +226,7 @@ class DeepLabConfig:
     def aux_channels(self) -> tuple[int, int]:
         """(layer3's channels (MobileNetV3: low's), the aux head's width = a quarter of them), as
         torchvision's FCNHead."""
-        if isinstance(self.backbone, MobileNetV3):
-            c = self.backbone.low_channels
-        else:
-            c = self.backbone.widths[2] * self.backbone.expansion
+        c = self.backbone.aux_channels
         return c, c // 4
 
     @cached_property
@@ -276,7 +256,7 @@ class DeepLabConfig:
         return next((s.spec for s in self.steps if isinstance(s.spec, Decoder)), None)
 
     def describe(self) -> str:
-        return f"DeepLab {self.name} ({_backbone_name(self.backbone)}, output stride {self.output_stride})"
+        return f"DeepLab {self.name} ({self.backbone.label}, output stride {self.output_stride})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +276,8 @@ def _v2(c: DeepLabConfig):
 def _v3(c: DeepLabConfig):
     steps = (Step("classifier", DeepLabHead(c.aspp, c.num_classes), ("out",), "scores"),)
     if c.aux:
-        tap = "low" if isinstance(c.backbone, MobileNetV3) else "layer3"
-        steps += (Step("aux_classifier", FCNHead(c.aux_channels[0], c.num_classes, AUX_DROPOUT), (tap,), "aux",
-                       training_only=True),)
+        head = FCNHead(c.aux_channels[0], c.num_classes, AUX_DROPOUT)
+        steps += (Step("aux_classifier", head, (c.backbone.aux_tap,), "aux", training_only=True),)
     return c.backbone, steps
 
 
@@ -323,6 +302,37 @@ MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp}
 # building a config
 
 
+def _vgg(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+    if os_ is not None and os_ != 8:
+        raise ValueError(f"{fn}: VGG-16 LargeFOV has output stride 8, got output_stride={os_!r}")
+    if multi_grid is not None:
+        raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
+    return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
+
+
+def _resnet(depth):
+    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+        return ResNet(depth, os_, dilation_convention, multi_grid)
+    return make
+
+
+def _plain(make_spec):
+    """A backbone built from its output stride alone (multi_grid and dilation_convention are a ResNet's)."""
+    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+        if multi_grid is not None or dilation_convention != "torchvision":
+            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+        return make_spec(os_)
+    return make
+
+
+# make_config's backbone names -> fn(fn, name, output_stride, multi_grid, dilation_convention, fc6_rate) -> spec
+NAMED_BACKBONES = {"vgg16": _vgg, **{f"resnet{d}": _resnet(d) for d in (18, 34, 50, 101, 152)},
+                   "mini": _resnet("mini"), "mobilenet_v3_large": _plain(lambda os_: MobileNetV3(output_stride=os_)),
+                   **{f"xception{d}": _plain(lambda os_, d=d: Xception(d, os_)) for d in (41, 65, 71)},
+                   "mobilenet_v2": _plain(MobileNetV2)}
+BACKBONES = tuple(NAMED_BACKBONES)
+
+
 def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate):
     if isinstance(backbone, SPECS):
         if output_stride is not None and output_stride != backbone.output_stride:
@@ -333,38 +343,14 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
                              f"(ResNet(depth, output_stride, dilation_convention, multi_grid)), not beside it")
         return backbone
     backbone = DEFAULT_BACKBONE[name] if backbone is None else backbone
-    if backbone not in BACKBONES:
+    if backbone not in NAMED_BACKBONES:
         raise ValueError(f"{fn}: backbone must be a {_one_of(SPECS)} spec or one of "
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
-    if output_stride is not None:
-        os_ = output_stride
-    else:
-        os_ = 8 if backbone == "vgg16" else DEFAULT_OUTPUT_STRIDE[name]
-    if backbone == "vgg16":
-        if os_ != 8:
-            raise ValueError(f"{fn}: VGG-16 LargeFOV has output stride 8, got output_stride={os_!r}")
-        if multi_grid is not None:
-            raise ValueError(f"{fn}: multi_grid applies to a ResNet's layer4, not to VGG-16")
-        return VGG(fc6_rate=fc6_rate) if fc6_rate is not None else VGG()
-    if backbone == "mobilenet_v3_large":
-        if multi_grid is not None or dilation_convention != "torchvision":
-            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to MobileNetV3")
-        try:
-            return MobileNetV3(output_stride=os_)
-        except ValueError as e:
-            raise ValueError(f"{fn}: {e}") from None
-    if backbone.startswith("xception") or backbone == "mobilenet_v2":
-        if multi_grid is not None or dilation_convention != "torchvision":
-            raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
-        try:
-            return MobileNetV2(os_) if backbone == "mobilenet_v2" else Xception(int(backbone[len("xception"):]), os_)
-        except ValueError as e:
-            raise ValueError(f"{fn}: {e}") from None
-    depth = "mini" if backbone == "mini" else int(backbone[len("resnet"):])
+    os_ = output_stride if output_stride is not None or backbone == "vgg16" else DEFAULT_OUTPUT_STRIDE[name]
     try:
-        return ResNet(depth, os_, dilation_convention, multi_grid)
+        return NAMED_BACKBONES[backbone](fn, backbone, os_, multi_grid, dilation_convention, fc6_rate)
     except ValueError as e:
-        raise ValueError(f"{fn}: {e}") from None
+        raise ValueError(f"{fn}: {str(e).removeprefix(f'{fn}: ')}") from None
 
 
 _OPTIONS = tuple(f.name for f in fields(DeepLabConfig) if f.name not in ("name", "backbone", "num_classes"))

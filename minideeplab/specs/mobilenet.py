@@ -26,9 +26,10 @@ from typing import NamedTuple
 
 from minideeplab.specs.checks import is_int
 
-__all__ = ["MOBILENET_V3_LARGE", "MOBILENET_BN_EPS", "MOBILENET_BN_MOMENTUM", "make_divisible", "InvertedResidualPlan",
+__all__ = ["MOBILENET_V3_RATES", "MOBILENET_V3_LARGE", "MOBILENET_BN_EPS", "MOBILENET_BN_MOMENTUM", "make_divisible", "InvertedResidualPlan",
            "MobileNetV3"]
 
+MOBILENET_V3_RATES = (12, 24, 36)  # the ASPP rates of torchvision's DeepLabV3 on it (see MobileNetV3)
 MOBILENET_BN_EPS = 0.001
 MOBILENET_BN_MOMENTUM = 0.01
 
@@ -108,6 +109,19 @@ class MobileNetV3:
 
     low_level_index = 3
     low_index = 4
+
+    # the aux head reads "low"; torchvision's deeplabv3_mobilenet_v3_large keeps DeepLabHead's default rates, the
+    # output-stride-8 ones, at output stride 16 (torchvision issue #7956: kept, the released weights were trained so)
+    aux_tap = "low"
+    default_aspp_rates = MOBILENET_V3_RATES
+
+    @property
+    def label(self) -> str:
+        return "mobilenet_v3_large" + ("" if self.width_mult == 1 else f" x{self.width_mult:g}")
+
+    @property
+    def aux_channels(self) -> int:
+        return self.low_channels
 
     def __post_init__(self):
         w = self.width_mult

@@ -57,6 +57,10 @@ class MobileNetV2:
     blocks: tuple[InvertedResidualPlan, ...] = field(init=False, repr=False)
     last_dilation: int = field(init=False, repr=False)
 
+    aux_tap = None
+    default_aspp_rates = None
+    label = "mobilenet_v2"
+
     def __post_init__(self):
         if not is_int(self.output_stride) or self.output_stride not in (8, 16, 32):
             raise ValueError(f"MobileNetV2: output_stride must be 8, 16 or 32, got {self.output_stride!r}")

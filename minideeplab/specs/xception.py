@@ -87,6 +87,14 @@ class Xception:
     blocks: tuple[XceptionBlock, ...] = field(init=False, repr=False)
     low_level_block: int = field(init=False, repr=False)
 
+    aux_tap = None
+    default_aspp_rates = None
+
+    @property
+    def label(self) -> str:
+        full = self == Xception(self.depth, self.output_stride, low_level_tap=self.low_level_tap)
+        return f"xception{self.depth}" + ("" if full else " (reduced)")
+
     def __post_init__(self):
         if not is_int(self.depth) or self.depth not in XCEPTION_DEPTHS:
             raise _spec_error(f"depth must be 41, 65 or 71, got {self.depth!r}")
