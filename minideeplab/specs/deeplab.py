@@ -39,9 +39,11 @@ __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_laye
 
 
 SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2)  # the backbone specs a config takes
-# the specs each model takes (v1: VGG; v2: ResNet or VGG)
-MODEL_SPECS = {"v3": (ResNet, MobileNetV3, Xception, MobileNetV2), "v3plus": (ResNet, Xception, MobileNetV2),
-               "lraspp": (MobileNetV3,)}
+# the specs each model takes, and what its message says of the model
+MODEL_SPECS = {"v1": (VGG,), "v2": (ResNet, VGG), "v3": (ResNet, MobileNetV3, Xception, MobileNetV2),
+               "v3plus": (ResNet, Xception, MobileNetV2), "lraspp": (MobileNetV3,)}
+_MODEL_TITLES = {"v1": "v1 (DeepLab-LargeFOV)", "lraspp": "lraspp (LR-ASPP)"}
+_MODEL_WHY = {"lraspp": " (its stride-8 'low' features)"}
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50",
                     "lraspp": "mobilenet_v3_large"}
 DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16}
@@ -139,15 +141,9 @@ class DeepLabConfig:
             raise _cfg_error(f"name must be one of {', '.join(map(repr, MODELS))}, got {name!r}")
         if not isinstance(spec, SPECS):
             raise _cfg_error(f"backbone must be a {_one_of(SPECS)} spec, got {type(spec).__name__}")
-        if name == "v1" and not isinstance(spec, VGG):
-            raise _cfg_error(f"v1 (DeepLab-LargeFOV) needs a VGG backbone, got {spec!r}")
-        if name in ("v3", "v3plus") and not isinstance(spec, MODEL_SPECS[name]):
-            raise _cfg_error(f"{name} needs a {_one_of(MODEL_SPECS[name])} backbone, got {spec!r}")
-        if name == "lraspp" and not isinstance(spec, MobileNetV3):
-            raise _cfg_error(f"lraspp (LR-ASPP) needs a MobileNetV3 backbone (its stride-8 'low' features), "
-                             f"got {spec!r}")
-        if name == "v2" and not isinstance(spec, (ResNet, VGG)):
-            raise _cfg_error(f"v2 needs a ResNet or VGG backbone, got {spec!r}")
+        if not isinstance(spec, MODEL_SPECS[name]):
+            raise _cfg_error(f"{_MODEL_TITLES.get(name, name)} needs a {_one_of(MODEL_SPECS[name])} backbone"
+                             f"{_MODEL_WHY.get(name, '')}, got {spec!r}")
         if self.aux and spec.aux_tap is None:
             raise _cfg_error(f"aux (torchvision's FCN head) needs a {_one_of(t for t in SPECS if t.aux_tap)} "
                              f"backbone, got {spec!r}")
