@@ -79,7 +79,8 @@ def conv_student(x, weight, bias=None, rate=1, stride=1, padding="same", groups=
         g = o // co
         for i in range(kh):
             for j in range(kw):
-                patch = xp[:, g * cg:(g + 1) * cg, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
+                chans = slice(None) if mistake == "no_groups" else slice(g * cg, (g + 1) * cg)
+                patch = xp[:, chans, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
                            j * rate:j * rate + stride * (Wo - 1) + 1:stride]
                 out[:, o] += np.einsum("nchw,c->nhw", patch, weight[o, :, i, j])
     if bias is not None and mistake != "bias":
@@ -295,3 +296,23 @@ def test_output_size_failure_names_the_first_wrong_case():
     with pytest.raises(ExerciseWrong) as info:
         checks.exercise_2_1(lambda *a: out_size_student(*a, mistake="pad"))
     assert "first wrong case: conv_output_size(size=" in str(info.value)
+
+
+def test_a_crash_names_the_case_and_keeps_the_students_traceback():
+    def no_groups(x, weight, bias=None, rate=1, stride=1, padding="same", groups=1):
+        return conv_student(x, weight, bias, rate, stride, padding, groups, mistake="no_groups")
+
+    with pytest.raises(ExerciseWrong) as info:
+        checks.exercise_2_2(no_groups)
+    msg = str(info.value)
+    assert msg.startswith("Exercise 2.2: no_groups(x=array (2, 4, 8, 8) float32, weight=array (6, 2, 3, 3) float32, "
+                          "bias=array (6,) float32, rate=2, stride=1, padding='same', groups=2) raised ")
+    cause = info.value.student_error
+    assert cause is info.value.__cause__
+    assert cause.__traceback__.tb_frame.f_code.co_name == "no_groups"  # starts in the student's code
+    assert "\n  at line " in msg and "of conv_student: out[:, o] += np.einsum(" in msg
+
+
+def test_a_function_that_is_not_callable_is_named():
+    with pytest.raises(ExerciseWrong, match="Exercise 2.1: expected the function conv_output_size, got 3"):
+        checks.exercise_2_1(3)

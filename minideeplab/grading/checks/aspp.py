@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import first_bad
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_4_1", "exercise_4_2", "exercise_4_3"]
 
@@ -69,6 +69,7 @@ _TAP_HINTS = {
 }
 
 
+@exercise_check("4.1")
 def exercise_4_1(valid_taps):
     """valid_taps(height, width, rate) -> (height, width) counts, against torch's conv of ones with ones."""
     worst = 0.0
@@ -198,6 +199,7 @@ def _pool_case(shape, cout, dtype, seed):
     return pool, x, arrays
 
 
+@exercise_check("4.2")
 def exercise_4_2(image_pooling):
     """image_pooling(x, weight, gamma, beta, running_mean, running_var) against reference.aspp.ASPPPooling (eval)."""
     import torch
@@ -304,6 +306,7 @@ def _copy(d):
     return {k: np.array(v, copy=True) for k, v in d.items()}
 
 
+@exercise_check("4.3")
 def exercise_4_3(aspp):
     """aspp(x, params, buffers, atrous_rates) in eval mode against reference.aspp.ASPPModule (torchvision's layout)."""
     import torch

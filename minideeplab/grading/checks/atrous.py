@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 from minideeplab.specs.conv import resolve_padding  # the one padding rule, shared with the reference
 
 __all__ = ["exercise_2_1", "exercise_2_2", "exercise_2_3"]
@@ -20,6 +20,7 @@ def _torch_output_size(size, kernel, rate, stride, padding):
     return F.conv2d(x, torch.zeros(1, 1, kernel, 1), stride=stride, padding=(p, 0), dilation=(rate, 1)).shape[2]
 
 
+@exercise_check("2.1")
 def exercise_2_1(conv_output_size):
     """conv_output_size(size, kernel, rate, stride, padding) against the output shape of torch's conv2d."""
     cases = []
@@ -99,6 +100,7 @@ def _tol(dtype, expected):
     return rtol, rtol * max(scale, 1e-12)
 
 
+@exercise_check("2.2")
 def exercise_2_2(atrous_conv2d_naive):
     """atrous_conv2d_naive(x, weight, bias, rate, stride, padding, groups) against torch F.conv2d."""
     from minideeplab.reference.atrous import atrous_conv2d as ref
@@ -136,6 +138,7 @@ def exercise_2_2(atrous_conv2d_naive):
                   worst, "1e-5 float32, 1e-10 float64")
 
 
+@exercise_check("2.3")
 def exercise_2_3(atrous_conv2d_backward_naive):
     """(dx, dweight, dbias) of atrous_conv2d_backward_naive against torch autograd."""
     import torch

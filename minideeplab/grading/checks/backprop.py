@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_6_1", "exercise_6_2", "exercise_6_3"]
 
@@ -98,6 +98,7 @@ _FD_HINTS = {
 }
 
 
+@exercise_check("6.1")
 def exercise_6_1(numerical_gradient):
     """numerical_gradient(f, x) (default h) against torch autograd on four smooth functions."""
     import torch
@@ -204,6 +205,7 @@ _BN_HINTS_DX = {
 }
 
 
+@exercise_check("6.2")
 def exercise_6_2(batch_norm_backward):
     """(dx, dgamma, dbeta) of batch_norm_backward(dy, x, gamma, eps) against torch autograd of F.batch_norm
     in training mode."""
@@ -308,6 +310,7 @@ def _as_loss(exercise, call, loss):
     return float(loss)
 
 
+@exercise_check("6.3")
 def exercise_6_3(softmax_cross_entropy):
     """(loss, dlogits) of softmax_cross_entropy(logits, target, ignore_index) against
     F.cross_entropy(ignore_index=..., reduction="mean") and its autograd gradient."""

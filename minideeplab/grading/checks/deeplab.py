@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_5_1", "exercise_5_2"]
 
@@ -160,6 +160,7 @@ def _distinct(known, expected, rtol, atol):
             if v.shape != expected.shape or not np.allclose(v, expected, rtol=rtol, atol=atol)}
 
 
+@exercise_check("5.1")
 @_one_torch_thread()
 def exercise_5_1(decoder):
     """decoder(low_level, aspp_out, params, align_corners) against the reference twin's decoder modules,
@@ -282,6 +283,7 @@ def _model_variants(s, size, ac):
     }
 
 
+@exercise_check("5.2")
 @_one_torch_thread()
 def exercise_5_2(deeplabv3plus):
     """deeplabv3plus(x, backbone, aspp, decoder, align_corners) with the reference twin's pieces, against the

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseNotDone, ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_7_1", "exercise_7_2", "exercise_7_3"]
 
@@ -146,20 +146,29 @@ _CM_HINTS = {
 }
 
 
-def _raised(exercise, call, e, has_ignored, ignore):
-    """ExerciseWrong for an exception the student's function raised, with the likely cause."""
-    text = f"{type(e).__name__}: {e}"
+def _raised(wrong, has_ignored, ignore):
+    """``wrong`` (the ExerciseWrong for an exception the student's function raised) with the likely cause."""
+    e = wrong.student_error
     hint = ""
     if "reshape" in str(e):
         hint = ("np.bincount returns max(index) + 1 bins, fewer when the last classes never occur and more when "
                 f"an ignored label ({ignore}) is counted: leave out the ignored pixels first and pass "
                 "minlength=num_classes**2.")
+    elif has_ignored and "negative" in str(e):
+        hint = (f"np.bincount cannot count a negative index: the pixels labelled {ignore} (ignore_index) are still "
+                "in, and label * num_classes + pred is negative there. Leave them out first, keep = label != "
+                "ignore_index, with the ignore_index argument (not a hard-coded 255).")
     elif has_ignored and isinstance(e, IndexError):
         hint = (f"an index was out of range: the pixels labelled {ignore} (ignore_index) must be left out before "
                 f"they index the matrix (there is no row {ignore}).")
-    raise ExerciseWrong(f"Exercise {exercise}: {call} raised {text}" + (f"\n  Hint: {hint}" if hint else "")) from e
+    if not hint:
+        raise wrong
+    hinted = ExerciseWrong(f"{wrong}\n  Hint: {hint}")
+    hinted.student_error = e
+    raise hinted from e
 
 
+@exercise_check("7.1")
 def exercise_7_1(confusion_matrix):
     """confusion_matrix(pred, label, num_classes, ignore_index) against torch.bincount of label * C + pred over
     the pixels not ignored."""
@@ -171,10 +180,10 @@ def exercise_7_1(confusion_matrix):
         args = (pred.copy(), label.copy())
         try:
             got = confusion_matrix(*args, C, ignore_index=ignore)
-        except (ExerciseNotDone, ExerciseWrong):
-            raise
-        except Exception as e:  # noqa: BLE001  the likely cause, then the student's own traceback
-            _raised("7.1", call, e, bool((label == ignore).any()), ignore)
+        except ExerciseWrong as w:  # the student's function raised: the likely cause, then its own traceback
+            if getattr(w, "student_error", None) is None:
+                raise
+            _raised(w, bool((label == ignore).any()), ignore)
         _unchanged("7.1", call, {"pred": pred, "label": label}, dict(zip(("pred", "label"), args)))
         expected = _torch_confusion(pred, label, C, ignore)
         known = _distinct({_CM_HINTS[k]: v for k, v in _cm_variants(pred, label, C, ignore).items()}, expected)
@@ -268,6 +277,7 @@ def _as_float(exercise, call, v, what):
     return float(v)
 
 
+@exercise_check("7.2")
 def exercise_7_2(iou_scores):
     """iou_scores(cm) -> (IoU per class, mIoU) against torch: diag / (col sum + row sum - diag), torch.nanmean."""
     worst = 0.0
@@ -445,6 +455,7 @@ _TRIMAP_HINTS = {
 }
 
 
+@exercise_check("7.3")
 def exercise_7_3(trimap_accuracy):
     """trimap_accuracy(pred, label, width, ignore_index) against torch: the accuracy inside the band of pixels
     within Euclidean distance `width` of the label's boundaries (a disc dilation by convolution)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad, offsets_mask
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_1_1", "exercise_1_2", "exercise_1_3"]
 
@@ -27,6 +27,7 @@ def _measured(layers):
     return measure_receptive_field(layers)
 
 
+@exercise_check("1.1")
 def exercise_1_1(effective_kernel_size):
     """effective_kernel_size(kernel, rate) against the field of one conv measured by torch autograd."""
     cases = [(k, r) for k in (1, 2, 3, 5, 7) for r in (1, 2, 3, 6, 12)]
@@ -49,7 +50,7 @@ def exercise_1_1(effective_kernel_size):
         i = first_bad(got, expected)
         raise ExerciseWrong(f"{e}\n  first wrong case: effective_kernel_size(kernel={cases[i][0]}, "
                             f"rate={cases[i][1]}) returned {got[i]:g}, the measured field is "
-                            f"{expected[i]:g} pixels wide") from None
+                            f"{expected[i]:g} pixel{'' if expected[i] == 1 else 's'} wide") from None
     passed("1.1", f"{len(cases)} (kernel, rate) pairs equal the width of the field measured "
                   "with torch autograd", worst, "exact")
 
@@ -96,6 +97,7 @@ def _rf_triple(got, call):
     return np.array([as_number(v, "1.2", call) for v in vals], dtype=float)
 
 
+@exercise_check("1.2")
 def exercise_1_2(receptive_field):
     """receptive_field(layers) -> RF(size, jump, start) against torch gradient measurements."""
     worst = 0.0
@@ -130,6 +132,7 @@ _FOOTPRINT_HINTS = {
 }
 
 
+@exercise_check("1.3")
 def exercise_1_3(footprint):
     """footprint(layers) -> bool mask over the field, against the non-zero input gradient of torch."""
     cases = [[(3, 1, 2, 2)], [(3, 1, 2, 2)] * 3, [(3, 1, 1, 1), (3, 1, 2, 2), (3, 1, 5, 5)],
