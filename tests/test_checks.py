@@ -39,9 +39,12 @@ def rf_student(layers, mistake=None):
 def footprint_student(layers, mistake=None):
     offsets, jump = [0], 1
     for k, s, r, _ in layers:
+        if mistake == "jump_first":
+            jump *= s
         step = r if mistake == "no_jump" else r * jump
         offsets = sorted({o + step * t for o in offsets for t in range(k)})
-        jump *= s
+        if mistake != "jump_first":
+            jump *= s
     mask = np.zeros(offsets[-1] - offsets[0] + 1, dtype=bool)
     mask[np.array(offsets) - offsets[0]] = True
     return np.ones_like(mask) if mistake == "dense" else mask
@@ -117,6 +120,48 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
         dw = backward_student(dout[-1:], x[-1:], weight, rate, stride, padding, groups)[1]
     db = dout.sum(axis=(2, 3)) if mistake == "db_batch" else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
+
+
+def backward_pixels_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1, mistake=None):
+    """The notebook's loops over output pixels, one optional mistake."""
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    ph, pw = (rate * (kh - 1) // 2, rate * (kw - 1) // 2) if padding == "same" else (0, 0) if padding == "valid" \
+        else (padding, padding)
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxpad, dweight = np.zeros_like(xpad), np.zeros_like(weight)
+    Og = Cout // groups
+    for g in range(groups):
+        ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        for y in range(dout.shape[2]):
+            for x_ in range(dout.shape[3]):
+                rows = slice(y * stride, y * stride + rate * (kh - 1) + 1, rate)
+                cols = slice(x_ * stride, x_ * stride + rate * (kw - 1) + 1, rate)
+                share = np.tensordot(dout[:, co, y, x_], weight[co], axes=(1, 0))
+                if mistake == "assign":
+                    dxpad[:, ci, rows, cols] = share
+                else:
+                    dxpad[:, ci, rows, cols] += share
+                dweight[co] += np.tensordot(dout[:, co, y, x_], xpad[:, ci, rows, cols], axes=(0, 0))
+    return dxpad[:, :, ph:ph + H, pw:pw + W], dweight, dout.sum(axis=(0, 2, 3))
+
+
+def backward_taps_assign(dout, x, weight, rate=1, stride=1, padding="same", groups=1):
+    """dx by one strided block per kernel tap, written with `=` (the last tap wins where blocks overlap)."""
+    _, dweight, dbias = backward_student(dout, x, weight, rate, stride, padding, groups)
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    ph, pw = (rate * (kh - 1) // 2, rate * (kw - 1) // 2) if padding == "same" else (0, 0) if padding == "valid" \
+        else (padding, padding)
+    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), x.dtype)
+    Ho, Wo, Og = dout.shape[2], dout.shape[3], Cout // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                dxpad[:, g * Cg:(g + 1) * Cg, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
+                      j * rate:j * rate + stride * (Wo - 1) + 1:stride] = np.einsum(
+                    "nohw,oc->nchw", dout[:, g * Og:(g + 1) * Og], weight[g * Og:(g + 1) * Og, :, i, j])
+    return dxpad[:, :, ph:ph + H, pw:pw + W], dweight, dbias
 
 
 def kernel_student(image, xy_std, rgb_std, mistake=None):
@@ -204,6 +249,7 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_1_2", lambda L: rfm.receptive_field(L).first, "expected RF(size, jump, start)"),
     ("exercise_1_3", lambda L: footprint_student(L, "dense"), "leave holes"),
     ("exercise_1_3", lambda L: footprint_student(L, "no_jump"), "rate * jump"),
+    ("exercise_1_3", lambda L: footprint_student(L, "jump_first"), "multiply jump by the stride after placing"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="pad"), "p = rate*(kernel-1)//2"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="plus1"), "off by one"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="ceil"), "round down"),
@@ -218,6 +264,9 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="db_batch"), "sum over the batch"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="dw_last"), "matches sample -1"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="crop_ph"), "values differ"),
+    ("exercise_2_3", lambda *a, **k: backward_pixels_student(*a, **k, mistake="assign"),
+     "written with `=` where the windows overlap (pixels loop)"),
+    ("exercise_2_3", backward_taps_assign, "written with `=` where the windows overlap (taps loop)"),
     ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="one_pad"), "shape"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
     ("exercise_8_1", lambda *a: kernel_student(*a, mistake="uint8"), "wraps around to 246"),

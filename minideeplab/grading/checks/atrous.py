@@ -138,6 +138,33 @@ def exercise_2_2(atrous_conv2d_naive):
                   worst, "1e-5 float32, 1e-10 float64")
 
 
+def _dx_assigned(dout, x, w, rate=1, stride=1, padding="same", groups=1, loop="pixels"):
+    """dx of a backward pass that writes ``dxpad[window] = ...`` instead of ``+=``: where windows overlap, only the
+    last one written counts. loop: "pixels" (groups, then output rows and columns, the notebook's loops) or
+    "taps" (groups, then kernel taps, each a strided block of all output pixels)."""
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = w.shape
+    ph, pw = resolve_padding(padding, kh, rate), resolve_padding(padding, kw, rate)
+    Ho, Wo = dout.shape[2:]
+    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    Og = Cout // groups
+    for g in range(groups):
+        ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        if loop == "pixels":
+            for y in range(Ho):
+                for x_ in range(Wo):
+                    rows = slice(y * stride, y * stride + rate * (kh - 1) + 1, rate)
+                    cols = slice(x_ * stride, x_ * stride + rate * (kw - 1) + 1, rate)
+                    dxpad[:, ci, rows, cols] = np.tensordot(dout[:, co, y, x_], w[co], axes=(1, 0))
+        else:
+            for i in range(kh):
+                for j in range(kw):
+                    rows = slice(i * rate, i * rate + stride * (Ho - 1) + 1, stride)
+                    cols = slice(j * rate, j * rate + stride * (Wo - 1) + 1, stride)
+                    dxpad[:, ci, rows, cols] = np.einsum("nohw,oc->nchw", dout[:, co], w[co, :, i, j])
+    return dxpad[:, :, ph:ph + H, pw:pw + W]
+
+
 @exercise_check("2.3")
 def exercise_2_3(atrous_conv2d_backward_naive):
     """(dx, dweight, dbias) of atrous_conv2d_backward_naive against torch autograd."""
@@ -172,6 +199,10 @@ def exercise_2_3(atrous_conv2d_backward_naive):
             "so the gradient sends dout back to the same tap with the same weight.":
                 ref_backward(dout, x, wflip, **kw)[0],
         }
+        for loop in ("pixels", "taps"):
+            known_dx[f"dx was written with `=` where the windows overlap ({loop} loop): each input pixel kept only "
+                     "the share of the last window that read it. Overlapping windows must accumulate, "
+                     "dxpad[...] += ..."] = _dx_assigned(dout, x, w, **kw, loop=loop)
         known_dw = {
             "dweight is flipped: tap (i, j) of the kernel saw xpad[y*stride + i*rate, x*stride + j*rate].":
                 dw[:, :, ::-1, ::-1],

@@ -117,9 +117,12 @@ def exercise_1_2(receptive_field):
 def _footprint_variant(layers, mistake):
     offsets, jump = {0}, 1
     for k, s, r, _ in layers:
-        step = {"no_jump": r, "jump_rate": r * jump}.get(mistake, r * jump)
+        if mistake == "jump_first":
+            jump *= s
+        step = r if mistake == "no_jump" else r * jump
         offsets = {o + step * t for o in offsets for t in range(k)}
-        jump *= s * r if mistake == "jump_rate" else s
+        if mistake != "jump_first":
+            jump *= s * r if mistake == "jump_rate" else s
     mask = offsets_mask(offsets)
     return np.ones_like(mask) if mistake == "dense" else mask
 
@@ -129,6 +132,9 @@ _FOOTPRINT_HINTS = {
              "layers add the tap offsets of each layer (a set of sums), they do not fill the span.",
     "no_jump": "the taps of a layer after a stride are rate * jump input pixels apart, not rate.",
     "jump_rate": "the jump is the product of the strides only, not of strides and rates.",
+    "jump_first": "the jump was multiplied by the layer's stride before its taps were placed: a layer's taps "
+                  "are rate * jump apart with the jump of its INPUT (the product of the strides of the layers "
+                  "before it); multiply jump by the stride after placing the taps.",
 }
 
 
