@@ -360,12 +360,18 @@ def _trimap_cases():
     return cases
 
 
-def _edges(label, both_sides=True, skip=None):
+def _edges(label, both_sides=True, skip=None, wrap=False):
     """(H, W) bool: pixels whose label differs from a 4-neighbour's (both_sides=False: from the right or lower
-    neighbour only); skip: a label value whose differences do not count."""
+    neighbour only); skip: a label value whose differences do not count; wrap: the last row's neighbour is the
+    first row (and so for columns), as np.roll makes it."""
     import torch
 
     lab = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    if wrap:
+        down, right = lab != torch.roll(lab, -1, 0), lab != torch.roll(lab, -1, 1)
+        if not both_sides:
+            return down | right
+        return down | right | (lab != torch.roll(lab, 1, 0)) | (lab != torch.roll(lab, 1, 1))
     dy, dx = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]
     if skip is not None:
         dy &= (lab[1:] != skip) & (lab[:-1] != skip)
@@ -424,6 +430,8 @@ def _trimap_variants(pred, label, width, ignore):
         "minus_one": _dilate(_edges(label), width - 1) & keep,
         "half": _dilate(_edges(label), width / 2) & keep,
         "one_side": _dilate(_edges(label, both_sides=False), width) & keep,
+        "roll": _dilate(_edges(label, wrap=True), width) & keep,
+        "roll_one_side": _dilate(_edges(label, both_sides=False, wrap=True), width) & keep,
         "whole_image": keep,
     }
     return {k: _band_accuracy(pred, label, b.numpy()) for k, b in bands.items()}
@@ -450,6 +458,12 @@ _TRIMAP_HINTS = {
             "not width / 2.",
     "one_side": "only one pixel of each differing pair was marked: a pixel is on the boundary when its label "
                 "differs from any of its 4 neighbours, so both sides of a border are marked.",
+    "roll": "np.roll wraps around: it compares the first row with the last (and the first column with the last), "
+            "so pixels on the image's edge count as boundary where the opposite edge has another class. Compare "
+            "neighbours inside the image only, e.g. label[1:] != label[:-1] marks both rows of each pair.",
+    "roll_one_side": "np.roll wraps around (the first row is compared with the last, the first column with the "
+                     "last), and only one pixel of each differing pair was marked: compare neighbours inside the "
+                     "image only (label[1:] != label[:-1], ...) and mark both sides of a border.",
     "whole_image": "this is the pixel accuracy of the whole image: score only the pixels in the band around the "
                    "label's boundaries.",
 }
