@@ -27,6 +27,7 @@ def rf_student(layers, mistake=None):
     size, jump, start = 1, 1, 0.0
     for k, s, r, p in layers:
         k_eff = r * (k - 1) + 1
+        p = {"no_pad": 0, "pad_sign": -p}.get(mistake, p)
         if mistake == "jump_first":
             jump *= s
         size += (k_eff - 1) * (1 if mistake == "no_jump" else jump)
@@ -79,7 +80,7 @@ def conv_student(x, weight, bias=None, rate=1, stride=1, padding="same", groups=
     out = np.zeros((N, Cout, Ho, Wo), dtype=x.dtype)
     co = Cout // groups
     for o in range(Cout):
-        g = o // co
+        g = o % groups if mistake == "group_mod" else o // co
         for i in range(kh):
             for j in range(kw):
                 chans = slice(None) if mistake == "no_groups" else slice(g * cg, (g + 1) * cg)
@@ -109,7 +110,8 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
             for j in range(kw):
                 rows = slice(i * rate, i * rate + stride * (Ho - 1) + 1, stride)
                 cols = slice(j * rate, j * rate + stride * (Wo - 1) + 1, stride)
-                dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
+                chans = slice(None) if mistake == "no_groups" else slice(g * cg, (g + 1) * cg)
+                dxp[:, chans, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
                 dw[o, :, i, j] += np.einsum("nhw,nchw->c", dout[:, o], xp[:, g * cg:(g + 1) * cg, rows, cols])
     dx = dxp if mistake == "no_crop" else dxp[:, :, ph:ph + H, pw:pw + W]
     if mistake == "crop_ph":  # cropped with the row padding on both axes
@@ -246,6 +248,8 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_1_2", lambda L: rf_student(L, "jump_rate"), "product of the strides"),
     ("exercise_1_2", lambda L: rf_student(L, "jump_first"), "update size and start first"),
     ("exercise_1_2", lambda L: rf_student(L, "start_no_jump"), "times the current jump"),
+    ("exercise_1_2", lambda L: rf_student(L, "no_pad"), "start ignores the padding"),
+    ("exercise_1_2", lambda L: rf_student(L, "pad_sign"), "the padding moves start the wrong way"),
     ("exercise_1_2", lambda L: rfm.receptive_field(L).first, "expected RF(size, jump, start)"),
     ("exercise_1_3", lambda L: footprint_student(L, "dense"), "leave holes"),
     ("exercise_1_3", lambda L: footprint_student(L, "no_jump"), "rate * jump"),
@@ -268,6 +272,10 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
      "written with `=` where the windows overlap (pixels loop)"),
     ("exercise_2_3", backward_taps_assign, "written with `=` where the windows overlap (taps loop)"),
     ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="one_pad"), "shape"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="no_groups"),
+     "this case has groups=2: each group of C/groups = 2 input channels"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="group_mod"), "group o % groups"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="no_groups"), "this case has groups=2"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
     ("exercise_8_1", lambda *a: kernel_student(*a, mistake="uint8"), "wraps around to 246"),
     ("exercise_8_1", lambda *a: kernel_student(*a, mistake="half"), "factor 1/2 is missing"),

@@ -197,6 +197,14 @@ def student_function(fn, exercise: str, name: str):
     return call
 
 
+def crash_hint(wrong: ExerciseWrong, hint: str) -> ExerciseWrong:
+    """``wrong`` (a crash of the student's function, from `student_function`) with a hint on its likely cause;
+    raise it ``from wrong.student_error``."""
+    hinted = ExerciseWrong(f"{wrong}\n  Hint: {hint}")
+    hinted.student_error = wrong.student_error
+    return hinted
+
+
 def exercise_check(exercise: str):
     """Decorator of a check ``exercise_N_K(student_fn)``: the student's function goes through
     `student_function`, named by the check's parameter unless it has a name of its own."""

@@ -273,13 +273,15 @@ def _ce_variant(logits, target, ignore, mistake):
         t = np.where(t < 0, C - 1, t)
     t = np.where(counted, t, 0)
     onehot = np.moveaxis(np.eye(C)[t], -1, 1)
-    logp = z - z.max(axis=1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    axis = -1 if mistake == "last_axis" else 1
+    logp = z - z.max(axis=axis, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(axis=axis, keepdims=True))
     nll = -(onehot * logp).sum(axis=1)
     count = {"all": N * H * W, "sum": 1}.get(mistake, counted.sum())
     with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 when every pixel is ignored, as torch
         loss = nll[counted].sum() / count
-        d = (np.exp(logp) - onehot) / count * (counted[:, None] if mistake != "unmasked" else 1)
+        d = (np.exp(logp) - (0 if mistake == "no_onehot" else onehot)) / count \
+            * (counted[:, None] if mistake != "unmasked" else 1)
     return loss, -d if mistake == "sign" else d
 
 
@@ -291,6 +293,10 @@ _CE_HINTS = {
             "the right class's logit lowers the loss).",
     "hardcoded": "the pixels labelled ignore_index=-1 were counted (as the last class): use the ignore_index "
                  "argument, not 255.",
+    "last_axis": "the softmax ran over the last axis (the columns): the classes are axis 1 of (N, C, H, W), so take "
+                 "the max, exp and sum over axis=1 (keepdims=True).",
+    "no_onehot": "the gradient is softmax - onehot: subtract 1 at each counted pixel's true class, then divide by "
+                 "the number of counted pixels.",
 }
 
 

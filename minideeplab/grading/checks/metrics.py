@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, crash_hint, exercise_check, passed
 
 __all__ = ["exercise_7_1", "exercise_7_2", "exercise_7_3"]
 
@@ -163,9 +163,7 @@ def _raised(wrong, has_ignored, ignore):
                 f"they index the matrix (there is no row {ignore}).")
     if not hint:
         raise wrong
-    hinted = ExerciseWrong(f"{wrong}\n  Hint: {hint}")
-    hinted.student_error = e
-    raise hinted from e
+    raise crash_hint(wrong, hint) from e
 
 
 @exercise_check("7.1")

@@ -62,7 +62,8 @@ def _rf_variant(layers, mistake=None):
         k_eff = k if mistake == "no_rate" else r * (k - 1) + 1
         j_used = jump * s if mistake == "jump_first" else jump
         size += (k_eff - 1) * (1 if mistake == "no_jump" else j_used)
-        start += ((k_eff - 1) / 2 - p) * (1 if mistake == "start_no_jump" else j_used)
+        pad = {"no_pad": 0, "pad_sign": -p}.get(mistake, p)
+        start += ((k_eff - 1) / 2 - pad) * (1 if mistake == "start_no_jump" else j_used)
         jump *= s * r if mistake == "jump_rate" else s
     if mistake == "left_edge":
         start -= (size - 1) / 2
@@ -79,6 +80,10 @@ _RF_HINTS = {
                   "input, so update size and start first, then jump *= stride.",
     "start_no_jump": "start moves by ((k_eff - 1)/2 - padding) pixels of the layer's input, i.e. that many "
                      "times the current jump in input pixels.",
+    "no_pad": "start ignores the padding: padding shifts the layer's first window left by `padding` input pixels, "
+              "so start += ((k_eff - 1)/2 - padding) * jump.",
+    "pad_sign": "the padding moves start the wrong way: padding shifts the first window LEFT, so subtract it, "
+                "start += ((k_eff - 1)/2 - padding) * jump.",
     "left_edge": "start is the centre of output pixel 0's field, not its left edge: the left edge is "
                  "start - (size - 1)/2.",
 }
