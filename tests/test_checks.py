@@ -373,3 +373,11 @@ def test_a_crash_names_the_case_and_keeps_the_students_traceback():
 def test_a_function_that_is_not_callable_is_named():
     with pytest.raises(ExerciseWrong, match="Exercise 2.1: expected the function conv_output_size, got 3"):
         checks.exercise_2_1(3)
+
+
+def test_every_check_names_a_crash():
+    """Every check goes through exercise_check, so a crash in the student's function names its case: also the
+    checks of notebooks added later."""
+    for name in (n for n in dir(checks) if n.startswith("exercise_")):
+        assert getattr(getattr(checks, name), "exercise", None) == name.removeprefix("exercise_").replace("_", "."), \
+            f"{name} is not decorated with @exercise_check"
