@@ -24,10 +24,12 @@ def _render(exc) -> list[str]:
     lines = [f"{type(exc).__name__}: {exc}"]
     error = getattr(exc, "student_error", None)
     if error is not None and error.__traceback__ is not None:
-        from IPython import get_ipython  # only ever called by IPython
+        from IPython import get_ipython  # called by IPython's showtraceback
 
+        shell = get_ipython()
         lines += ["", "The traceback of your function:"]
-        lines += get_ipython().InteractiveTB.structured_traceback(type(error), error, error.__traceback__)
+        lines += (shell.InteractiveTB.structured_traceback(type(error), error, error.__traceback__) if shell else
+                  "".join(traceback.format_exception(error)).rstrip("\n").split("\n"))
     return lines
 
 
@@ -167,7 +169,8 @@ def _student_line(tb) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    return f"\n  at line {f.lineno} of {f.name}: {(f.line or '').strip()}"
+    line = (f.line or "").strip()
+    return f"\n  at line {f.lineno} of {f.name}" + (f": {line}" if line else "")
 
 
 def student_function(fn, exercise: str, name: str):
