@@ -327,7 +327,8 @@ def _name(fn, default="aspp_v3"):
 
 @exercise_check("4.3")
 def exercise_4_3(aspp_v3):
-    """aspp_v3(x, params, buffers, atrous_rates) in eval mode against reference.aspp.ASPPModule (torchvision's layout)."""
+    """aspp_v3(x, params, buffers, atrous_rates) in eval mode against reference.aspp.ASPPModule (torchvision's
+    layout)."""
     import torch
 
     worst = 0.0
