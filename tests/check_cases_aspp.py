@@ -44,6 +44,10 @@ def pooling_student(x, weight, gamma, beta, running_mean, running_var, mistake=N
     """Plain NumPy, the 1x1 conv before the mean (they commute), one optional mistake."""
     if mistake == "max":  # max pooling of x, then the conv
         h = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x.max(axis=(2, 3), keepdims=True))
+    elif mistake in ("batch_mean", "batch_mean_one"):  # x.mean(axis=(0, 2, 3)): one vector for the batch
+        h = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x.mean(axis=(0, 2, 3), keepdims=True))
+        if mistake == "batch_mean":
+            h = np.repeat(h, x.shape[0], axis=0)
     else:
         h = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x).mean(axis=(2, 3), keepdims=True)
     if mistake == "batch_stats":
@@ -71,7 +75,7 @@ def aspp_student(x, params, buffers, atrous_rates, mistake=None):
     """Built from the package's layers, as the notebook suggests, one optional mistake."""
     N, C, H, W = x.shape
 
-    def unit(h, conv, bn, rate=1):
+    def unit(h, conv, bn, rate=1, relu=True):
         h = atrous_conv2d(h, params[f"{conv}.weight"], None, rate=rate)
         if mistake != "no_bn":
             stats = [buffers[f"{bn}.running_mean"], buffers[f"{bn}.running_var"]]
@@ -79,13 +83,15 @@ def aspp_student(x, params, buffers, atrous_rates, mistake=None):
                 stats = [s.copy() for s in stats]
             training = mistake in ("batch_stats", "in_place")
             h = layers.batch_norm2d(h, params[f"{bn}.weight"], params[f"{bn}.bias"], *stats, training)[0]
-        return layers.relu(h)
+        return layers.relu(h) if relu else h
 
     outs = [unit(x, "convs.0.0", "convs.0.1")]
     for i, rate in enumerate(atrous_rates, start=1):
         outs.append(unit(x, f"convs.{i}.0", f"convs.{i}.1", i if mistake == "rate_index" else rate))
     p = len(atrous_rates) + 1
     pooled = np.max(x, axis=(2, 3), keepdims=True) if mistake == "max" else layers.global_avg_pool(x)
+    if mistake == "batch_mean":
+        pooled = np.repeat(x.mean(axis=(0, 2, 3), keepdims=True), N, axis=0)
     g = np.broadcast_to(unit(pooled, f"convs.{p}.1", f"convs.{p}.2"), outs[0].shape)
     outs = [g] + outs if mistake == "pool_first" else outs + [g]
     h = layers.concat(outs)
@@ -93,7 +99,7 @@ def aspp_student(x, params, buffers, atrous_rates, mistake=None):
         return h
     if mistake == "project_conv_only":
         return atrous_conv2d(h, params["project.0.weight"], None, rate=1)
-    y = unit(h, "project.0", "project.1")
+    y = unit(h, "project.0", "project.1", relu=mistake != "no_relu_project")
     return y / 0.5 if mistake == "dropout_eval" else y
 
 
@@ -128,6 +134,8 @@ WRONG = [  # (check, wrong function, text expected in the message)
     ("exercise_4_2", _m(pooling_student, "var_not_std"), "not by the variance"),
     ("exercise_4_2", _m(pooling_student, "max"), "global average pooling"),
     ("exercise_4_2", _m(pooling_student, "float64"), "dtype float64, expected float32"),
+    ("exercise_4_2", _m(pooling_student, "batch_mean"), "every image gets the same vector"),
+    ("exercise_4_2", _m(pooling_student, "batch_mean_one"), "leaving one sample"),
     ("exercise_4_3", _m(aspp_student, "no_bn"), "batch norms are missing"),
     ("exercise_4_3", _m(aspp_student, "batch_stats"), "batch's statistics"),
     ("exercise_4_3", _m(aspp_student, "in_place"), "changed `buffers` in place"),
@@ -137,4 +145,7 @@ WRONG = [  # (check, wrong function, text expected in the message)
     ("exercise_4_3", _m(aspp_student, "project_conv_only"), "stops after its 1x1 conv"),
     ("exercise_4_3", _m(aspp_student, "dropout_eval"), "identity in eval mode"),
     ("exercise_4_3", _m(aspp_student, "max"), "global average pooling"),
+    ("exercise_4_3", _m(aspp_student, "no_relu_project"), "the ReLU after the projection is missing"),
+    ("exercise_4_3", _m(aspp_student, "batch_mean"), "image pooling averaged over the batch too"),
+    ("exercise_4_3", _m(aspp_student, "no_relu_project"), "Exercise 4.3: aspp_v3(x (2, 12, 9, 11)"),
 ]

@@ -90,15 +90,19 @@ def ce_student(logits, target, ignore_index=255, mistake=None):
     keep = t != (255 if mistake == "hardcoded" else ignore_index)
     t = np.where(keep, t, 0)  # with "hardcoded", a label -1 stays and indexes the last class
     onehot = np.eye(C, dtype=logits.dtype)[t].transpose(0, 3, 1, 2)
-    z = logits if mistake == "no_max" else logits - logits.max(axis=1, keepdims=True)
+    axis = -1 if mistake == "last_axis" else 1  # "last_axis": the softmax over the columns, numpy's habit
+    z = logits if mistake == "no_max" else logits - logits.max(axis=axis, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore"):  # "no_max" overflows, as it should
         e = np.exp(z)
-        p = e / e.sum(axis=1, keepdims=True)
-        nll = np.log(e.sum(axis=1)) - (z * onehot).sum(axis=1)  # -log softmax[label], without log(0)
+        p = e / e.sum(axis=axis, keepdims=True)
+        if axis == -1:
+            nll = -(np.log(p) * onehot).sum(axis=1)
+        else:
+            nll = np.log(e.sum(axis=1)) - (z * onehot).sum(axis=1)  # -log softmax[label], without log(0)
     count = {"all": N * H * W, "sum": 1}.get(mistake, keep.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = (nll * keep).sum() / count if mistake != "zero_loss" or keep.any() else 0.0
-        d = (p - onehot) / count
+        d = (p - (0 if mistake == "no_onehot" else onehot)) / count
     if mistake == "sign":
         d = -d
     if mistake != "unmasked":
@@ -138,6 +142,8 @@ WRONG = [
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="all"), "NOT ignored"),
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="unmasked"), "not 0 at"),
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="sign"), "wrong sign"),
+    ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="last_axis"), "the softmax ran over the last axis"),
+    ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="no_onehot"), "subtract 1 at each counted"),
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="sum"), "their mean"),
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="hardcoded"), "use the ignore_index"),
     ("exercise_6_3", lambda *a, **k: ce_student(*a, **k, mistake="no_max"), "np.exp overflows"),

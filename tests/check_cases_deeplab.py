@@ -48,6 +48,8 @@ def decoder_student(low_level, aspp_out, params, align_corners=False, mistake=No
 
     p = unit(low_level, "decoder.low_level", norm=mistake != "no_bn_low", act=mistake != "no_relu_low")
     (H, W), (h, w) = low_level.shape[2:], aspp_out.shape[2:]
+    if mistake == "scale4":  # resized by a factor 4 instead of to low_level's size
+        H, W = 4 * h, 4 * w
     if mistake == "nearest":
         up = aspp_out[:, :, (np.arange(H) * h // H)][:, :, :, (np.arange(W) * w // W)]
     else:
@@ -105,6 +107,7 @@ STUDENT_STYLE = {"exercise_5_1": decoder_student, "exercise_5_2": model_student}
 WRONG = [  # (check, wrong function, text expected in the message)
     ("exercise_5_1", _d("align"), "wrong align_corners"),
     ("exercise_5_1", _d("nearest"), "nearest neighbour"),
+    ("exercise_5_1", _d("scale4"), "resize the ASPP output to low_level's size, low_level.shape[2:] = (17, 13)"),
     ("exercise_5_1", _d("no_bn_low"), "has no batch norm"),
     ("exercise_5_1", _d("no_relu_low"), "ReLU after the 12-channel projection"),
     ("exercise_5_1", _d("order"), "decoder.fuse.0's weight (64, 76, 3, 3)"),

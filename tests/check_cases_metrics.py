@@ -23,7 +23,7 @@ def cm_student(pred, label, num_classes, ignore_index=255, mistake=None):
     t, p = label.ravel(), pred.ravel()
     if mistake != "uint8":
         t, p = t.astype(np.int64), p.astype(np.int64)
-    keep = t != ignore_index
+    keep = t != (255 if mistake == "hardcoded" else ignore_index)
     if mistake == "no_ignore":
         keep = np.ones(t.shape, bool)
     index = t[keep] * num_classes + p[keep]
@@ -82,6 +82,13 @@ def trimap_student(pred, label, width, ignore_index=255, mistake=None):
     """The distance-transform way, as a student writes it, one optional mistake."""
     source = pred if mistake == "pred_band" else label
     lab = source.astype(np.int64)
+    if mistake in ("roll", "roll_one_side"):  # neighbours by np.roll: the edges of the image wrap around
+        edge = (lab != np.roll(lab, -1, 0)) | (lab != np.roll(lab, -1, 1))
+        if mistake == "roll":
+            edge |= (lab != np.roll(lab, 1, 0)) | (lab != np.roll(lab, 1, 1))
+        band = distance_transform_edt(~edge) <= width
+        band &= label != ignore_index
+        return float(np.mean(pred[band] == label[band])) if band.any() else float("nan")
     edge = np.zeros(lab.shape, bool)
     dy, dx = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]
     if mistake == "ignore_no_edge":
@@ -130,6 +137,8 @@ WRONG = [
     ("exercise_7_1", lambda *a, **k: cm_student(*a, **k, mistake="transposed"), "the matrix is transposed"),
     ("exercise_7_1", lambda *a, **k: cm_student(*a, **k, mistake="uint8"), "label * num_classes overflowed"),
     ("exercise_7_1", lambda *a, **k: cm_loop_student(*a, **k, mistake="hardcoded"), "not a hard-coded 255"),
+    ("exercise_7_1", lambda *a, **k: cm_student(*a, **k, mistake="hardcoded"),
+     "np.bincount cannot count a negative index: the pixels labelled -1 (ignore_index) are still in"),
     ("exercise_7_1", lambda *a, **k: cm_student(*a, **k, mistake="no_ignore"),
      "more when an ignored label (255) is counted"),
     ("exercise_7_1", lambda *a, **k: cm_student(*a, **k, mistake="no_minlength"), "fewer when the last classes"),
@@ -152,6 +161,9 @@ WRONG = [
     ("exercise_7_3", lambda *a, **k: trimap_student(*a, **k, mistake="plus_one"), "one pixel too wide"),
     ("exercise_7_3", lambda *a, **k: trimap_student(*a, **k, mistake="half"), "not width / 2"),
     ("exercise_7_3", lambda *a, **k: trimap_student(*a, **k, mistake="one_side"), "both sides of a border"),
+    ("exercise_7_3", lambda *a, **k: trimap_student(*a, **k, mistake="roll"), "np.roll wraps around: it compares"),
+    ("exercise_7_3", lambda *a, **k: trimap_student(*a, **k, mistake="roll_one_side"),
+     "and only one pixel of each differing pair"),
     ("exercise_7_3", lambda p, t, w, ignore_index=255: float(np.mean(p[t != ignore_index] == t[t != ignore_index])),
      "pixel accuracy of the whole image"),
     ("exercise_7_3", lambda p, t, w, ignore_index=255: 0.0 if np.all(t == t.flat[0]) else

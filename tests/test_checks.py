@@ -27,6 +27,7 @@ def rf_student(layers, mistake=None):
     size, jump, start = 1, 1, 0.0
     for k, s, r, p in layers:
         k_eff = r * (k - 1) + 1
+        p = {"no_pad": 0, "pad_sign": -p}.get(mistake, p)
         if mistake == "jump_first":
             jump *= s
         size += (k_eff - 1) * (1 if mistake == "no_jump" else jump)
@@ -39,9 +40,12 @@ def rf_student(layers, mistake=None):
 def footprint_student(layers, mistake=None):
     offsets, jump = [0], 1
     for k, s, r, _ in layers:
+        if mistake == "jump_first":
+            jump *= s
         step = r if mistake == "no_jump" else r * jump
         offsets = sorted({o + step * t for o in offsets for t in range(k)})
-        jump *= s
+        if mistake != "jump_first":
+            jump *= s
     mask = np.zeros(offsets[-1] - offsets[0] + 1, dtype=bool)
     mask[np.array(offsets) - offsets[0]] = True
     return np.ones_like(mask) if mistake == "dense" else mask
@@ -76,10 +80,11 @@ def conv_student(x, weight, bias=None, rate=1, stride=1, padding="same", groups=
     out = np.zeros((N, Cout, Ho, Wo), dtype=x.dtype)
     co = Cout // groups
     for o in range(Cout):
-        g = o // co
+        g = o % groups if mistake == "group_mod" else o // co
         for i in range(kh):
             for j in range(kw):
-                patch = xp[:, g * cg:(g + 1) * cg, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
+                chans = slice(None) if mistake == "no_groups" else slice(g * cg, (g + 1) * cg)
+                patch = xp[:, chans, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
                            j * rate:j * rate + stride * (Wo - 1) + 1:stride]
                 out[:, o] += np.einsum("nchw,c->nhw", patch, weight[o, :, i, j])
     if bias is not None and mistake != "bias":
@@ -105,7 +110,8 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
             for j in range(kw):
                 rows = slice(i * rate, i * rate + stride * (Ho - 1) + 1, stride)
                 cols = slice(j * rate, j * rate + stride * (Wo - 1) + 1, stride)
-                dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
+                chans = slice(None) if mistake == "no_groups" else slice(g * cg, (g + 1) * cg)
+                dxp[:, chans, rows, cols] += np.einsum("nhw,c->nchw", dout[:, o], weight[o, :, i, j])
                 dw[o, :, i, j] += np.einsum("nhw,nchw->c", dout[:, o], xp[:, g * cg:(g + 1) * cg, rows, cols])
     dx = dxp if mistake == "no_crop" else dxp[:, :, ph:ph + H, pw:pw + W]
     if mistake == "crop_ph":  # cropped with the row padding on both axes
@@ -116,6 +122,48 @@ def backward_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1
         dw = backward_student(dout[-1:], x[-1:], weight, rate, stride, padding, groups)[1]
     db = dout.sum(axis=(2, 3)) if mistake == "db_batch" else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
+
+
+def backward_pixels_student(dout, x, weight, rate=1, stride=1, padding="same", groups=1, mistake=None):
+    """The notebook's loops over output pixels, one optional mistake."""
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    ph, pw = (rate * (kh - 1) // 2, rate * (kw - 1) // 2) if padding == "same" else (0, 0) if padding == "valid" \
+        else (padding, padding)
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxpad, dweight = np.zeros_like(xpad), np.zeros_like(weight)
+    Og = Cout // groups
+    for g in range(groups):
+        ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        for y in range(dout.shape[2]):
+            for x_ in range(dout.shape[3]):
+                rows = slice(y * stride, y * stride + rate * (kh - 1) + 1, rate)
+                cols = slice(x_ * stride, x_ * stride + rate * (kw - 1) + 1, rate)
+                share = np.tensordot(dout[:, co, y, x_], weight[co], axes=(1, 0))
+                if mistake == "assign":
+                    dxpad[:, ci, rows, cols] = share
+                else:
+                    dxpad[:, ci, rows, cols] += share
+                dweight[co] += np.tensordot(dout[:, co, y, x_], xpad[:, ci, rows, cols], axes=(0, 0))
+    return dxpad[:, :, ph:ph + H, pw:pw + W], dweight, dout.sum(axis=(0, 2, 3))
+
+
+def backward_taps_assign(dout, x, weight, rate=1, stride=1, padding="same", groups=1):
+    """dx by one strided block per kernel tap, written with `=` (the last tap wins where blocks overlap)."""
+    _, dweight, dbias = backward_student(dout, x, weight, rate, stride, padding, groups)
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    ph, pw = (rate * (kh - 1) // 2, rate * (kw - 1) // 2) if padding == "same" else (0, 0) if padding == "valid" \
+        else (padding, padding)
+    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), x.dtype)
+    Ho, Wo, Og = dout.shape[2], dout.shape[3], Cout // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                dxpad[:, g * Cg:(g + 1) * Cg, i * rate:i * rate + stride * (Ho - 1) + 1:stride,
+                      j * rate:j * rate + stride * (Wo - 1) + 1:stride] = np.einsum(
+                    "nohw,oc->nchw", dout[:, g * Og:(g + 1) * Og], weight[g * Og:(g + 1) * Og, :, i, j])
+    return dxpad[:, :, ph:ph + H, pw:pw + W], dweight, dbias
 
 
 def kernel_student(image, xy_std, rgb_std, mistake=None):
@@ -200,9 +248,12 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_1_2", lambda L: rf_student(L, "jump_rate"), "product of the strides"),
     ("exercise_1_2", lambda L: rf_student(L, "jump_first"), "update size and start first"),
     ("exercise_1_2", lambda L: rf_student(L, "start_no_jump"), "times the current jump"),
+    ("exercise_1_2", lambda L: rf_student(L, "no_pad"), "start ignores the padding"),
+    ("exercise_1_2", lambda L: rf_student(L, "pad_sign"), "the padding moves start the wrong way"),
     ("exercise_1_2", lambda L: rfm.receptive_field(L).first, "expected RF(size, jump, start)"),
     ("exercise_1_3", lambda L: footprint_student(L, "dense"), "leave holes"),
     ("exercise_1_3", lambda L: footprint_student(L, "no_jump"), "rate * jump"),
+    ("exercise_1_3", lambda L: footprint_student(L, "jump_first"), "multiply jump by the stride after placing"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="pad"), "p = rate*(kernel-1)//2"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="plus1"), "off by one"),
     ("exercise_2_1", lambda *a: out_size_student(*a, mistake="ceil"), "round down"),
@@ -217,7 +268,14 @@ WRONG = [  # (check, wrong function, text expected in the message or None)
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="db_batch"), "sum over the batch"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="dw_last"), "matches sample -1"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="crop_ph"), "values differ"),
+    ("exercise_2_3", lambda *a, **k: backward_pixels_student(*a, **k, mistake="assign"),
+     "written with `=` where the windows overlap (pixels loop)"),
+    ("exercise_2_3", backward_taps_assign, "written with `=` where the windows overlap (taps loop)"),
     ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="one_pad"), "shape"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="no_groups"),
+     "this case has groups=2: each group of C/groups = 2 input channels"),
+    ("exercise_2_2", lambda *a, **k: conv_student(*a, **k, mistake="group_mod"), "group o % groups"),
+    ("exercise_2_3", lambda *a, **k: backward_student(*a, **k, mistake="no_groups"), "this case has groups=2"),
     ("exercise_2_3", lambda *a, **k: backward_student(*a, **k)[:2], "expected a tuple (dx, dweight, dbias)"),
     ("exercise_8_1", lambda *a: kernel_student(*a, mistake="uint8"), "wraps around to 246"),
     ("exercise_8_1", lambda *a: kernel_student(*a, mistake="half"), "factor 1/2 is missing"),
@@ -295,3 +353,31 @@ def test_output_size_failure_names_the_first_wrong_case():
     with pytest.raises(ExerciseWrong) as info:
         checks.exercise_2_1(lambda *a: out_size_student(*a, mistake="pad"))
     assert "first wrong case: conv_output_size(size=" in str(info.value)
+
+
+def test_a_crash_names_the_case_and_keeps_the_students_traceback():
+    def no_groups(x, weight, bias=None, rate=1, stride=1, padding="same", groups=1):
+        return conv_student(x, weight, bias, rate, stride, padding, groups, mistake="no_groups")
+
+    with pytest.raises(ExerciseWrong) as info:
+        checks.exercise_2_2(no_groups)
+    msg = str(info.value)
+    assert msg.startswith("Exercise 2.2: no_groups(x=array (2, 4, 8, 8) float32, weight=array (6, 2, 3, 3) float32, "
+                          "bias=array (6,) float32, rate=2, stride=1, padding='same', groups=2) raised ")
+    cause = info.value.student_error
+    assert cause is info.value.__cause__
+    assert cause.__traceback__.tb_frame.f_code.co_name == "no_groups"  # starts in the student's code
+    assert "\n  at line " in msg and "of conv_student: out[:, o] += np.einsum(" in msg
+
+
+def test_a_function_that_is_not_callable_is_named():
+    with pytest.raises(ExerciseWrong, match="Exercise 2.1: expected the function conv_output_size, got 3"):
+        checks.exercise_2_1(3)
+
+
+def test_every_check_names_a_crash():
+    """Every check goes through exercise_check, so a crash in the student's function names its case: also the
+    checks of notebooks added later."""
+    for name in (n for n in dir(checks) if n.startswith("exercise_")):
+        assert getattr(getattr(checks, name), "exercise", None) == name.removeprefix("exercise_").replace("_", "."), \
+            f"{name} is not decorated with @exercise_check"

@@ -301,3 +301,28 @@ def test_ablation_figures_build():
     front_line = fig.axes[0].lines[0]
     assert list(front_line.get_xdata()) == pytest.approx([0.1, 0.3]) and list(front_line.get_ydata()) == [30.0, 50.0]
     plt.close("all")
+
+
+def test_ablation_figures_tell_the_rows_apart(tmp_path):
+    """The shipped table: the six v3 rows differ in colour, line style and marker in the trimap figure, and no two
+    names overlap in the cost plot (three rows at 0.156 G and two at 0.553 G sit within a point of each other)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from minideeplab import ablate
+    from minideeplab.data import data_path
+    from minideeplab.viz.ablation import _line_styles, plot_cost_front, plot_trimap
+
+    rows = [r for r in ablate.read_csv(data_path("ablation", "ablation.csv")) if r["crf"] is None]
+    assert plot_trimap(rows, tmp_path / "trimap.png").exists()
+    looks = _line_styles([r["name"] for r in rows])
+    v3 = [look for r, look in zip(rows, looks) if r["name"].split("-")[0] == "v3"]
+    assert len(v3) == 6 and all(len({look[j] for look in v3}) == 6 for j in (0, 2))  # colours, markers
+
+    front = ablate.pareto_front(np.array([r["mult_adds"] for r in rows], float), np.array([r["miou"] for r in rows]))
+    fig = plot_cost_front(rows, front, scale=1e-9)
+    FigureCanvasAgg(fig).draw()
+    assert len(fig.axes[0].texts) == len(rows)
+    overlaps = [(a.get_text(), b.get_text()) for i, a in enumerate(fig.axes[0].texts)
+                for b in fig.axes[0].texts[i + 1:] if a.get_window_extent().overlaps(b.get_window_extent())]
+    assert not overlaps
+    plt.close("all")

@@ -8,7 +8,29 @@ the answer matches a known mistake.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+import re
+import sysconfig
+import traceback
+
 import numpy as np
+
+
+def _render(exc) -> list[str]:
+    """What IPython shows for an exercise exception: its message, not the checker's frames; when the student's
+    function raised, the message (the case) and then the student's traceback, from the student's code on."""
+    lines = [f"{type(exc).__name__}: {exc}"]
+    error = getattr(exc, "student_error", None)
+    if error is not None and error.__traceback__ is not None:
+        from IPython import get_ipython  # called by IPython's showtraceback
+
+        shell = get_ipython()
+        lines += ["", "The traceback of your function:"]
+        lines += (shell.InteractiveTB.structured_traceback(type(error), error, error.__traceback__) if shell else
+                  "".join(traceback.format_exception(error)).rstrip("\n").split("\n"))
+    return lines
 
 
 class ExerciseNotDone(NotImplementedError):
@@ -17,12 +39,18 @@ class ExerciseNotDone(NotImplementedError):
     The message starts with the exercise id, e.g. ``"Exercise 2.1: implement ..."``.
     """
 
+    _render_traceback_ = _render  # IPython's hook: the message only
+
 
 class ExerciseWrong(AssertionError):
     """Raised by a check when the answer disagrees with the reference.
 
-    The first line names the exercise and what differs; later lines give the details.
+    The first line names the exercise and what differs; later lines give the details. ``student_error``:
+    the exception the student's function raised, when that is what went wrong.
     """
+
+    student_error: BaseException | None = None
+    _render_traceback_ = _render
 
 
 def _fmt_index(idx) -> str:
@@ -93,6 +121,107 @@ def _hint(got, known_mistakes, rtol, atol) -> str:
         except Exception:  # a hint must never mask the real report
             continue
     return ""
+
+
+# ---------------------------------------------------------------- calling the student's function
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_NOT_STUDENT = tuple(os.path.realpath(p) + os.sep for p in {
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})  # python, site-packages, minideeplab
+
+
+def _short(v) -> str:
+    """A value as a case names it: arrays by shape and dtype, long containers by their length."""
+    if isinstance(v, np.ndarray):
+        return f"array {v.shape} {v.dtype}"
+    if isinstance(v, dict) and len(v) > 4:
+        return f"dict of {len(v)} entries"
+    if callable(v) and hasattr(v, "__name__"):
+        return v.__name__
+    text = repr(v)
+    if len(text) > 100:
+        return f"{type(v).__name__} of {len(v)}" if hasattr(v, "__len__") else text[:97] + "..."
+    return text
+
+
+def describe_call(name: str, fn, args, kwargs) -> str:
+    """``name(x=array (2, 3) float64, rate=2)``: the call with the student's own parameter names."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError):  # a call that does not fit the signature says so when it is made
+        return f"{name}({', '.join([*map(_short, args), *(f'{k}={_short(v)}' for k, v in kwargs.items())])})"
+    parts = []
+    for key, v in bound.arguments.items():
+        kind = bound.signature.parameters[key].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            parts += map(_short, v)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            parts += [f"{k}={_short(a)}" for k, a in v.items()]
+        else:
+            parts.append(f"{key}={_short(v)}")
+    return f"{name}({', '.join(parts)})"
+
+
+def _student_line(tb) -> str:
+    """'line N of fn: source' of the innermost frame of the student's own code (not numpy's, not python's)."""
+    frames = [f for f in traceback.extract_tb(tb) if not os.path.realpath(f.filename).startswith(_NOT_STUDENT)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    line = (f.line or "").strip()
+    return f"\n  at line {f.lineno} of {f.name}" + (f": {line}" if line else "")
+
+
+def student_function(fn, exercise: str, name: str):
+    """``fn`` wrapped so that an exception it raises becomes ExerciseWrong naming the call (its arguments) and
+    the line that raised, with the exception as its cause; its traceback starts in the student's code.
+    ExerciseNotDone (an unfinished stub) and ExerciseWrong pass through."""
+    if not callable(fn):
+        raise ExerciseWrong(f"Exercise {exercise}: expected the function {name}, got {_short(fn)} "
+                            f"({type(fn).__name__})")
+    own = getattr(fn, "__name__", "")
+    label = own if _IDENTIFIER.fullmatch(own or "") else name
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        __tracebackhide__ = True  # noqa: F841  pytest and IPython leave this frame out
+        try:
+            return fn(*args, **kwargs)
+        except (ExerciseNotDone, ExerciseWrong):
+            raise
+        except Exception as e:
+            e = e.with_traceback(e.__traceback__.tb_next)  # from the student's first frame on
+            wrong = ExerciseWrong(f"Exercise {exercise}: {describe_call(label, fn, args, kwargs)} raised "
+                                  f"{type(e).__name__}: {e}{_student_line(e.__traceback__)}")
+            wrong.student_error = e
+            raise wrong from e
+
+    return call
+
+
+def crash_hint(wrong: ExerciseWrong, hint: str) -> ExerciseWrong:
+    """``wrong`` (a crash of the student's function, from `student_function`) with a hint on its likely cause;
+    raise it ``from wrong.student_error``."""
+    hinted = ExerciseWrong(f"{wrong}\n  Hint: {hint}")
+    hinted.student_error = wrong.student_error
+    return hinted
+
+
+def exercise_check(exercise: str):
+    """Decorator of a check ``exercise_N_K(student_fn)``: the student's function goes through
+    `student_function`, named by the check's parameter unless it has a name of its own."""
+    def wrap(check):
+        name = next(iter(inspect.signature(check).parameters))
+
+        @functools.wraps(check)
+        def run(fn):
+            __tracebackhide__ = True  # noqa: F841
+            return check(student_function(fn, exercise, name))
+
+        run.exercise = exercise
+        return run
+    return wrap
 
 
 def passed(exercise: str, what: str, worst: float, tolerance: str) -> str:

@@ -48,8 +48,6 @@ def plot_cost_front(rows, front, cost_key="mult_adds", cost_label=None, scale=1.
     ax.scatter(cost[front], miou[front], color="C0", s=28, label="on the front")
     order = np.flatnonzero(front)[np.argsort(cost[front])]
     ax.plot(cost[order], miou[order], color="C0", lw=1)
-    for r, c, m in zip(rows, cost, miou):
-        ax.annotate(r["name"], (c, m), xytext=(3, 3), textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))   # 0.01, 0.02, 0.05, 0.1, ...
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -58,7 +56,30 @@ def plot_cost_front(rows, front, cost_key="mult_adds", cost_label=None, scale=1.
     ax.set_ylabel("mIoU (%), val")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    fig.canvas.draw()  # the final layout, so that the labels can be spaced in points
+    lift = _label_lifts(ax, [r["name"] for r in rows], cost, miou, fontsize=7)
+    for r, c, m, dy in zip(rows, cost, miou, lift):
+        ax.annotate(r["name"], (c, m), xytext=(3, 3 + dy), textcoords="offset points", fontsize=7, va="bottom")
     return fig
+
+
+def _label_lifts(ax, names, x, y, fontsize):
+    """Points to lift each point's label by so that no two labels overlap: rows of nearly the same cost and score
+    (the v3 variants) would otherwise print their names on top of each other. Labels are placed from the
+    lowest up; one that overlaps a placed label moves above it."""
+    to_points = 72.0 / ax.figure.dpi
+    px = ax.transData.transform(np.column_stack([x, y])) * to_points     # points from the figure's corner
+    height, placed, lift = 1.5 * fontsize, [], np.zeros(len(names))   # a line, descenders included
+    for i in np.argsort(px[:, 1], kind="stable"):
+        left, right = px[i, 0] + 3, px[i, 0] + 3 + 0.6 * fontsize * len(names[i])
+        bottom = px[i, 1] + 3
+        for other_left, other_right, other_bottom in sorted(placed, key=lambda b: b[2]):
+            if left < other_right and other_left < right and bottom < other_bottom + height \
+                    and other_bottom < bottom + height:
+                bottom = other_bottom + height
+        placed.append((left, right, bottom))
+        lift[i] = bottom - (px[i, 1] + 3)
+    return lift
 
 
 FAMILIES = ("shallow", "fcn", "v1", "v2", "v3", "v3plus")  # the row names' first part: one colour each
@@ -67,6 +88,27 @@ FAMILIES = ("shallow", "fcn", "v1", "v2", "v3", "v3plus")  # the row names' firs
 def _label_colour(name):
     base = name.split("-")[0]
     return matplotlib.colormaps["tab10"](FAMILIES.index(base) if base in FAMILIES else 9)
+
+
+def _line_styles(names):
+    """(colour, line style, marker) per row: the family's colour, from lighter to darker along the family's rows
+    (v3 has six), each row of a family with its own marker (and line style, in turn)."""
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v", "P", "X", "*"]
+    counts = {}
+    for name in names:
+        counts[name.split("-")[0]] = counts.get(name.split("-")[0], 0) + 1
+    seen, out = {}, []
+    for name in names:
+        base = name.split("-")[0]
+        k = seen[base] = seen.get(base, -1) + 1
+        t = k / max(counts[base] - 1, 1) if counts[base] > 1 else 0.5   # 0 .. 1 within the family
+        base_rgb = _label_colour(name)[:3]
+        if t < 0.5:  # lighter: mixed with white, up to 40 %
+            colour = tuple(c + (1 - c) * 0.8 * (0.5 - t) for c in base_rgb)
+        else:        # darker: mixed with black, up to 50 %
+            colour = tuple(c * (1 - (t - 0.5)) for c in base_rgb)
+        out.append((colour, styles[k % len(styles)], markers[k % len(markers)]))
+    return out
 
 
 def plot_miou(rows, path) -> Path:
@@ -96,13 +138,8 @@ def plot_trimap(rows, path) -> Path:
     widths = [float(k[len("trimap_"):]) for k in keys]
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    styles = ["-", "--", ":", "-."]
-    seen = {}
-    for r in rows:
-        base = r["name"].split("-")[0]
-        seen[base] = seen.get(base, -1) + 1
-        ax.plot(widths, [100 * r[k] for k in keys], styles[seen[base] % 4], marker="o", ms=3,
-                color=_label_colour(r["name"]), label=r["name"])
+    for r, (colour, style, marker) in zip(rows, _line_styles([r["name"] for r in rows])):
+        ax.plot(widths, [100 * r[k] for k in keys], style, marker=marker, ms=5, color=colour, label=r["name"])
     ax.set_xscale("log", base=2)
     ax.set_xticks(widths, [f"{w:g}" for w in widths])
     ax.set_xlabel("band width around the object boundaries (pixels)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_9_1", "exercise_9_2"]
 
@@ -120,6 +120,7 @@ _BOOTSTRAP_HINTS = {
 }
 
 
+@exercise_check("9.1")
 def exercise_9_1(bootstrap_miou_difference):
     """bootstrap_miou_difference(cms_a, cms_b, samples) -> (B,) the mIoU of a minus that of b, each from the
     confusion matrices of one sample of images summed, against torch."""
@@ -210,6 +211,7 @@ _FRONT_HINTS = {
 }
 
 
+@exercise_check("9.2")
 def exercise_9_2(pareto_front):
     """pareto_front(cost, score) -> (n,) bool: the rows no other row dominates (costs no more and scores no less,
     strictly better in one), against torch's pairwise comparison."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import first_bad
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_4_1", "exercise_4_2", "exercise_4_3"]
 
@@ -69,6 +69,7 @@ _TAP_HINTS = {
 }
 
 
+@exercise_check("4.1")
 def exercise_4_1(valid_taps):
     """valid_taps(height, width, rate) -> (height, width) counts, against torch's conv of ones with ones."""
     worst = 0.0
@@ -147,6 +148,10 @@ def _act(h, mistake):
 
 
 def _pooled(x, mistake):
+    if mistake == "batch_mean":  # one vector for the whole batch, handed to every sample
+        return x.mean(dim=(0, 2, 3), keepdim=True).expand(x.shape[0], -1, -1, -1)
+    if mistake == "batch_mean_one":  # ... and left with a batch of one
+        return x.mean(dim=(0, 2, 3), keepdim=True)
     return x.amax(dim=(2, 3), keepdim=True) if mistake == "max" else x.mean(dim=(2, 3), keepdim=True)
 
 
@@ -178,6 +183,10 @@ _POOL_HINTS = {
     "no_eps": "the batch norm's eps is missing: divide by sqrt(running_var + 1e-5).",
     "var_not_std": "divide by the standard deviation sqrt(running_var + 1e-5), not by the variance.",
     "max": "image pooling averages over (H, W) (global average pooling); this is the maximum.",
+    "batch_mean": "the mean was taken over the batch too (axis=(0, 2, 3)): every image gets the same vector. "
+                  "Image pooling averages each image over its own pixels, x.mean(axis=(2, 3), keepdims=True).",
+    "batch_mean_one": "the mean was taken over the batch too (axis=(0, 2, 3)), leaving one sample: average each "
+                      "image over its own pixels, x.mean(axis=(2, 3), keepdims=True), shape (N, C, 1, 1).",
 }
 
 
@@ -198,6 +207,7 @@ def _pool_case(shape, cout, dtype, seed):
     return pool, x, arrays
 
 
+@exercise_check("4.2")
 def exercise_4_2(image_pooling):
     """image_pooling(x, weight, gamma, beta, running_mean, running_var) against reference.aspp.ASPPPooling (eval)."""
     import torch
@@ -252,6 +262,10 @@ _ASPP_HINTS = {
     "dropout_eval": "dropout is the identity in eval mode: no mask and no 1 / (1 - p) scaling.",
     "max": "image pooling averages over (H, W) (global average pooling), not the maximum.",
     "no_eps": "the batch norms' eps is missing: divide by sqrt(running_var + 1e-5).",
+    "no_relu_project": "the ReLU after the projection is missing: project.0 (1x1 conv) -> project.1 (BN) -> ReLU, "
+                       "like every other unit.",
+    "batch_mean": "image pooling averaged over the batch too (axis=(0, 2, 3)): each image is averaged over its own "
+                  "pixels, mean over axes (2, 3) only.",
 }
 
 
@@ -278,7 +292,8 @@ def _aspp_variant(module, x, mistake):
     h = F.conv2d(h, module.project[0].weight)
     if mistake == "project_conv_only":
         return h
-    h = _act(_bn(h, module.project[1], mistake), mistake)
+    h = _bn(h, module.project[1], mistake)
+    h = h if mistake == "no_relu_project" else _act(h, mistake)
     return h / (1 - spec.dropout) if mistake == "dropout_eval" else h
 
 
@@ -304,17 +319,25 @@ def _copy(d):
     return {k: np.array(v, copy=True) for k, v in d.items()}
 
 
-def exercise_4_3(aspp):
-    """aspp(x, params, buffers, atrous_rates) in eval mode against reference.aspp.ASPPModule (torchvision's layout)."""
+def _name(fn, default="aspp_v3"):
+    """The student's function's own name (the notebook's is aspp_v3), for the messages."""
+    name = getattr(fn, "__name__", "")
+    return name if name.isidentifier() else default
+
+
+@exercise_check("4.3")
+def exercise_4_3(aspp_v3):
+    """aspp_v3(x, params, buffers, atrous_rates) in eval mode against reference.aspp.ASPPModule (torchvision's
+    layout)."""
     import torch
 
     worst = 0.0
     for i, (shape, cout, rates, dtype) in enumerate(_ASPP_CASES):
         module, x, params, buffers = _aspp_case(shape, cout, rates, dtype, 43 + i)
-        call = (f"aspp(x {shape} {np.dtype(dtype).name}, params of ASPP({shape[1]} -> {cout} channels), buffers, "
-                f"atrous_rates={rates})")
+        call = (f"{_name(aspp_v3)}(x {shape} {np.dtype(dtype).name}, params of ASPP({shape[1]} -> {cout} channels), "
+                f"buffers, atrous_rates={rates})")
         p, b = _copy(params), _copy(buffers)
-        got = aspp(x.copy(), p, b, rates)
+        got = aspp_v3(x.copy(), p, b, rates)
         for name, given, before in (("params", p, params), ("buffers", b, buffers)):
             changed = [k for k in before if k not in given or not np.array_equal(given[k], before[k])]
             if changed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, crash_hint, exercise_check, passed
 from minideeplab.specs.conv import resolve_padding  # the one padding rule, shared with the reference
 
 __all__ = ["exercise_2_1", "exercise_2_2", "exercise_2_3"]
@@ -20,6 +20,7 @@ def _torch_output_size(size, kernel, rate, stride, padding):
     return F.conv2d(x, torch.zeros(1, 1, kernel, 1), stride=stride, padding=(p, 0), dilation=(rate, 1)).shape[2]
 
 
+@exercise_check("2.1")
 def exercise_2_1(conv_output_size):
     """conv_output_size(size, kernel, rate, stride, padding) against the output shape of torch's conv2d."""
     cases = []
@@ -87,6 +88,37 @@ def _conv_cases():
     ]
 
 
+_GROUPS_HINT = ("this case has groups={groups}: each group of C/groups = {cg} input channels feeds its own "
+                "Cout/groups = {og} output channels, so output channel o reads only the input channels of its group "
+                "g = o // (Cout/groups), xpad[:, g*{cg}:(g+1)*{cg}], with weight[o] of shape ({cg}, kh, kw).")
+
+
+def _call_student(fn, exercise, *args, **kw):
+    """fn(*args, **kw); a crash on a grouped case gets the groups hint."""
+    try:
+        return fn(*args, **kw)
+    except ExerciseWrong as wrong:
+        groups = kw.get("groups", 1)
+        if wrong.student_error is None or groups == 1:
+            raise
+        w = args[2] if exercise == "2.3" else args[1]
+        hint = _GROUPS_HINT.format(groups=groups, cg=w.shape[1], og=w.shape[0] // groups)
+        raise crash_hint(wrong, hint) from wrong.student_error
+
+
+def _group_by_modulo(x, w, bias, kw):
+    """The conv with output channel o in group o % groups instead of o // (Cout/groups), by torch: each output
+    channel's weight placed at its (wrong) group's input channels of a full (ungrouped) weight."""
+    from minideeplab.reference.atrous import atrous_conv2d as ref
+
+    groups, (Cout, Cg) = kw.get("groups", 1), w.shape[:2]
+    full = np.zeros((Cout, Cg * groups) + w.shape[2:], dtype=w.dtype)
+    for o in range(Cout):
+        g = o % groups
+        full[o, g * Cg:(g + 1) * Cg] = w[o]
+    return ref(x, full, bias, **{**kw, "groups": 1})
+
+
 def _describe(x, w, bias, kw) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
     b = ", bias" if bias is not None else ""
@@ -99,13 +131,15 @@ def _tol(dtype, expected):
     return rtol, rtol * max(scale, 1e-12)
 
 
+@exercise_check("2.2")
 def exercise_2_2(atrous_conv2d_naive):
     """atrous_conv2d_naive(x, weight, bias, rate, stride, padding, groups) against torch F.conv2d."""
     from minideeplab.reference.atrous import atrous_conv2d as ref
 
     worst = 0.0
     for x, w, bias, kw in _conv_cases():
-        got = atrous_conv2d_naive(x.copy(), w.copy(), None if bias is None else bias.copy(), **kw)
+        got = _call_student(atrous_conv2d_naive, "2.2", x.copy(), w.copy(), None if bias is None else bias.copy(),
+                            **kw)
         expected = ref(x, w, bias, **kw)
         rate, stride, padding, groups = kw["rate"], kw["stride"], kw["padding"], kw.get("groups", 1)
         p = resolve_padding(padding, w.shape[2], rate)
@@ -125,6 +159,10 @@ def exercise_2_2(atrous_conv2d_naive):
         if stride > 1:
             known["the stride is missing: output pixel (y, x) reads the window at (y*stride, x*stride)."] = \
                 ref(x, w, bias, rate=rate, stride=1, padding=padding, groups=groups)
+        if groups > 1:
+            known[f"output channel o used the input channels of group o % groups: the groups are consecutive "
+                  f"blocks, g = o // (Cout/groups) (here Cout/groups = {w.shape[0] // groups})."] = \
+                _group_by_modulo(x, w, bias, kw)
         if bias is not None:
             known["the bias is missing: add bias[o] to every pixel of output channel o."] = \
                 expected - bias[None, :, None, None]
@@ -136,6 +174,34 @@ def exercise_2_2(atrous_conv2d_naive):
                   worst, "1e-5 float32, 1e-10 float64")
 
 
+def _dx_assigned(dout, x, w, rate=1, stride=1, padding="same", groups=1, loop="pixels"):
+    """dx of a backward pass that writes ``dxpad[window] = ...`` instead of ``+=``: where windows overlap, only the
+    last one written counts. loop: "pixels" (groups, then output rows and columns, the notebook's loops) or
+    "taps" (groups, then kernel taps, each a strided block of all output pixels)."""
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = w.shape
+    ph, pw = resolve_padding(padding, kh, rate), resolve_padding(padding, kw, rate)
+    Ho, Wo = dout.shape[2:]
+    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    Og = Cout // groups
+    for g in range(groups):
+        ci, co = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        if loop == "pixels":
+            for y in range(Ho):
+                for x_ in range(Wo):
+                    rows = slice(y * stride, y * stride + rate * (kh - 1) + 1, rate)
+                    cols = slice(x_ * stride, x_ * stride + rate * (kw - 1) + 1, rate)
+                    dxpad[:, ci, rows, cols] = np.tensordot(dout[:, co, y, x_], w[co], axes=(1, 0))
+        else:
+            for i in range(kh):
+                for j in range(kw):
+                    rows = slice(i * rate, i * rate + stride * (Ho - 1) + 1, stride)
+                    cols = slice(j * rate, j * rate + stride * (Wo - 1) + 1, stride)
+                    dxpad[:, ci, rows, cols] = np.einsum("nohw,oc->nchw", dout[:, co], w[co, :, i, j])
+    return dxpad[:, :, ph:ph + H, pw:pw + W]
+
+
+@exercise_check("2.3")
 def exercise_2_3(atrous_conv2d_backward_naive):
     """(dx, dweight, dbias) of atrous_conv2d_backward_naive against torch autograd."""
     import torch
@@ -149,7 +215,7 @@ def exercise_2_3(atrous_conv2d_backward_naive):
     for x, w, _, kw in _conv_cases():
         dout = rng.standard_normal(ref(x, w, None, **kw).shape).astype(x.dtype)
         call = f"atrous_conv2d_backward_naive(dout, {_describe(x, w, None, kw)})"
-        got = atrous_conv2d_backward_naive(dout.copy(), x.copy(), w.copy(), **kw)
+        got = _call_student(atrous_conv2d_backward_naive, "2.3", dout.copy(), x.copy(), w.copy(), **kw)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             raise ExerciseWrong(f"Exercise 2.3: {call} returned {type(got).__name__}; "
                                 "expected a tuple (dx, dweight, dbias)")
@@ -169,6 +235,10 @@ def exercise_2_3(atrous_conv2d_backward_naive):
             "so the gradient sends dout back to the same tap with the same weight.":
                 ref_backward(dout, x, wflip, **kw)[0],
         }
+        for loop in ("pixels", "taps"):
+            known_dx[f"dx was written with `=` where the windows overlap ({loop} loop): each input pixel kept only "
+                     "the share of the last window that read it. Overlapping windows must accumulate, "
+                     "dxpad[...] += ..."] = _dx_assigned(dout, x, w, **kw, loop=loop)
         known_dw = {
             "dweight is flipped: tap (i, j) of the kernel saw xpad[y*stride + i*rate, x*stride + j*rate].":
                 dw[:, :, ::-1, ::-1],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad, offsets_mask
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_3_1", "exercise_3_2", "exercise_3_3"]
 
@@ -108,6 +108,7 @@ def _as_plan(got, blocks, call):
     return np.array(rows, dtype=float)
 
 
+@exercise_check("3.1")
 def exercise_3_1(dilation_plan):
     """dilation_plan(blocks, output_stride, convention, multi_grid) against the (stride, dilation) of the
     3x3 conv of every block of torchvision's ResNet and of the reference twin."""
@@ -177,6 +178,7 @@ _MACS_HINTS = {
 }
 
 
+@exercise_check("3.2")
 def exercise_3_2(conv_macs):
     """conv_macs(spec, size) -> {conv name: MACs} against forward hooks on the reference twin."""
     from minideeplab.bench.cost import conv_macs as measured
@@ -250,6 +252,7 @@ _FOOTPRINT_HINTS = {
 }
 
 
+@exercise_check("3.3")
 def exercise_3_3(stage_footprint):
     """stage_footprint(plan) -> bool mask over one axis of the field, against the input gradient of the real
     stages of the PyTorch twin (all weights positive, so the gradient is non-zero exactly where a unit reads)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_6_1", "exercise_6_2", "exercise_6_3"]
 
@@ -98,6 +98,7 @@ _FD_HINTS = {
 }
 
 
+@exercise_check("6.1")
 def exercise_6_1(numerical_gradient):
     """numerical_gradient(f, x) (default h) against torch autograd on four smooth functions."""
     import torch
@@ -204,6 +205,7 @@ _BN_HINTS_DX = {
 }
 
 
+@exercise_check("6.2")
 def exercise_6_2(batch_norm_backward):
     """(dx, dgamma, dbeta) of batch_norm_backward(dy, x, gamma, eps) against torch autograd of F.batch_norm
     in training mode."""
@@ -271,13 +273,15 @@ def _ce_variant(logits, target, ignore, mistake):
         t = np.where(t < 0, C - 1, t)
     t = np.where(counted, t, 0)
     onehot = np.moveaxis(np.eye(C)[t], -1, 1)
-    logp = z - z.max(axis=1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    axis = -1 if mistake == "last_axis" else 1
+    logp = z - z.max(axis=axis, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(axis=axis, keepdims=True))
     nll = -(onehot * logp).sum(axis=1)
     count = {"all": N * H * W, "sum": 1}.get(mistake, counted.sum())
     with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 when every pixel is ignored, as torch
         loss = nll[counted].sum() / count
-        d = (np.exp(logp) - onehot) / count * (counted[:, None] if mistake != "unmasked" else 1)
+        d = (np.exp(logp) - (0 if mistake == "no_onehot" else onehot)) / count \
+            * (counted[:, None] if mistake != "unmasked" else 1)
     return loss, -d if mistake == "sign" else d
 
 
@@ -289,6 +293,10 @@ _CE_HINTS = {
             "the right class's logit lowers the loss).",
     "hardcoded": "the pixels labelled ignore_index=-1 were counted (as the last class): use the ignore_index "
                  "argument, not 255.",
+    "last_axis": "the softmax ran over the last axis (the columns): the classes are axis 1 of (N, C, H, W), so take "
+                 "the max, exp and sum over axis=1 (keepdims=True).",
+    "no_onehot": "the gradient is softmax - onehot: subtract 1 at each counted pixel's true class, then divide by "
+                 "the number of counted pixels.",
 }
 
 
@@ -308,6 +316,7 @@ def _as_loss(exercise, call, loss):
     return float(loss)
 
 
+@exercise_check("6.3")
 def exercise_6_3(softmax_cross_entropy):
     """(loss, dlogits) of softmax_cross_entropy(logits, target, ignore_index) against
     F.cross_entropy(ignore_index=..., reduction="mean") and its autograd gradient."""

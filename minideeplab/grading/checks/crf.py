@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_8_1", "exercise_8_2", "exercise_8_3"]
 
@@ -63,6 +63,7 @@ _KERNEL_HINTS = {
 }
 
 
+@exercise_check("8.1")
 def exercise_8_1(appearance_kernel):
     """appearance_kernel(image, xy_std, rgb_std) -> (N, N) against torch (reference.crf.gaussian_kernel)."""
     from minideeplab.reference import crf as ref
@@ -148,6 +149,7 @@ _MEAN_FIELD_HINTS = {
 }
 
 
+@exercise_check("8.2")
 def exercise_8_2(mean_field_update):
     """mean_field_update(q, unary, kernels, weights) against torch (reference.crf.mean_field_update), then
     10 of the student's updates against reference.crf.dense_crf."""
@@ -246,6 +248,7 @@ _BLUR_HINTS = {
 }
 
 
+@exercise_check("8.3")
 def exercise_8_3(blur):
     """blur(lattice, values) against torch (reference.crf.lattice_blur)."""
     from minideeplab.reference import crf as ref

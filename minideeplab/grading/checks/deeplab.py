@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, crash_hint, exercise_check, passed
 
 __all__ = ["exercise_5_1", "exercise_5_2"]
 
@@ -160,6 +160,7 @@ def _distinct(known, expected, rtol, atol):
             if v.shape != expected.shape or not np.allclose(v, expected, rtol=rtol, atol=atol)}
 
 
+@exercise_check("5.1")
 @_one_torch_thread()
 def exercise_5_1(decoder):
     """decoder(low_level, aspp_out, params, align_corners) against the reference twin's decoder modules,
@@ -177,7 +178,19 @@ def exercise_5_1(decoder):
                      for key, text in _decoder_hints(m.config).items()}
         params = _decoder_params(m)
         low_np, a_np = low.numpy().copy(), a.numpy().copy()
-        got = decoder(low_np.copy(), a_np.copy(), {n: v.copy() for n, v in params.items()}, ac)
+        try:
+            got = decoder(low_np.copy(), a_np.copy(), {n: v.copy() for n, v in params.items()}, ac)
+        except ExerciseWrong as wrong:
+            if wrong.student_error is None or "concatenat" not in str(wrong.student_error) and \
+                    "must match" not in str(wrong.student_error):
+                raise
+            h, w = low_np.shape[2:]
+            raise crash_hint(wrong, f"the two inputs of the concatenation differ in size: resize the ASPP output "
+                                    f"to low_level's size, low_level.shape[2:] = ({h}, {w}), not by a factor: "
+                                    f"here the ASPP output has {a_np.shape[2]} rows (output stride {os_}) and "
+                                    f"{os_ // 4} x {a_np.shape[2]} = {os_ // 4 * a_np.shape[2]} is not {h}, "
+                                    f"because the strides round up.") \
+                from wrong.student_error
         what = (f"decoder(low_level {low_np.shape} {np.dtype(dtype).name}, aspp_out {a_np.shape}, params, "
                 f"align_corners={ac}) of a mini-backbone v3+ at output stride {os_} on a "
                 f"{shape[2]}x{shape[3]} image, {NUM_CLASSES} classes")
@@ -282,6 +295,7 @@ def _model_variants(s, size, ac):
     }
 
 
+@exercise_check("5.2")
 @_one_torch_thread()
 def exercise_5_2(deeplabv3plus):
     """deeplabv3plus(x, backbone, aspp, decoder, align_corners) with the reference twin's pieces, against the

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minideeplab.grading.core import ExerciseNotDone, ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, crash_hint, exercise_check, passed
 
 __all__ = ["exercise_7_1", "exercise_7_2", "exercise_7_3"]
 
@@ -146,20 +146,27 @@ _CM_HINTS = {
 }
 
 
-def _raised(exercise, call, e, has_ignored, ignore):
-    """ExerciseWrong for an exception the student's function raised, with the likely cause."""
-    text = f"{type(e).__name__}: {e}"
+def _raised(wrong, has_ignored, ignore):
+    """``wrong`` (the ExerciseWrong for an exception the student's function raised) with the likely cause."""
+    e = wrong.student_error
     hint = ""
     if "reshape" in str(e):
         hint = ("np.bincount returns max(index) + 1 bins, fewer when the last classes never occur and more when "
                 f"an ignored label ({ignore}) is counted: leave out the ignored pixels first and pass "
                 "minlength=num_classes**2.")
+    elif has_ignored and "negative" in str(e):
+        hint = (f"np.bincount cannot count a negative index: the pixels labelled {ignore} (ignore_index) are still "
+                "in, and label * num_classes + pred is negative there. Leave them out first, keep = label != "
+                "ignore_index, with the ignore_index argument (not a hard-coded 255).")
     elif has_ignored and isinstance(e, IndexError):
         hint = (f"an index was out of range: the pixels labelled {ignore} (ignore_index) must be left out before "
                 f"they index the matrix (there is no row {ignore}).")
-    raise ExerciseWrong(f"Exercise {exercise}: {call} raised {text}" + (f"\n  Hint: {hint}" if hint else "")) from e
+    if not hint:
+        raise wrong
+    raise crash_hint(wrong, hint) from e
 
 
+@exercise_check("7.1")
 def exercise_7_1(confusion_matrix):
     """confusion_matrix(pred, label, num_classes, ignore_index) against torch.bincount of label * C + pred over
     the pixels not ignored."""
@@ -171,10 +178,10 @@ def exercise_7_1(confusion_matrix):
         args = (pred.copy(), label.copy())
         try:
             got = confusion_matrix(*args, C, ignore_index=ignore)
-        except (ExerciseNotDone, ExerciseWrong):
-            raise
-        except Exception as e:  # noqa: BLE001  the likely cause, then the student's own traceback
-            _raised("7.1", call, e, bool((label == ignore).any()), ignore)
+        except ExerciseWrong as w:  # the student's function raised: the likely cause, then its own traceback
+            if getattr(w, "student_error", None) is None:
+                raise
+            _raised(w, bool((label == ignore).any()), ignore)
         _unchanged("7.1", call, {"pred": pred, "label": label}, dict(zip(("pred", "label"), args)))
         expected = _torch_confusion(pred, label, C, ignore)
         known = _distinct({_CM_HINTS[k]: v for k, v in _cm_variants(pred, label, C, ignore).items()}, expected)
@@ -268,6 +275,7 @@ def _as_float(exercise, call, v, what):
     return float(v)
 
 
+@exercise_check("7.2")
 def exercise_7_2(iou_scores):
     """iou_scores(cm) -> (IoU per class, mIoU) against torch: diag / (col sum + row sum - diag), torch.nanmean."""
     worst = 0.0
@@ -350,12 +358,18 @@ def _trimap_cases():
     return cases
 
 
-def _edges(label, both_sides=True, skip=None):
+def _edges(label, both_sides=True, skip=None, wrap=False):
     """(H, W) bool: pixels whose label differs from a 4-neighbour's (both_sides=False: from the right or lower
-    neighbour only); skip: a label value whose differences do not count."""
+    neighbour only); skip: a label value whose differences do not count; wrap: the last row's neighbour is the
+    first row (and so for columns), as np.roll makes it."""
     import torch
 
     lab = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    if wrap:
+        down, right = lab != torch.roll(lab, -1, 0), lab != torch.roll(lab, -1, 1)
+        if not both_sides:
+            return down | right
+        return down | right | (lab != torch.roll(lab, 1, 0)) | (lab != torch.roll(lab, 1, 1))
     dy, dx = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]
     if skip is not None:
         dy &= (lab[1:] != skip) & (lab[:-1] != skip)
@@ -414,6 +428,8 @@ def _trimap_variants(pred, label, width, ignore):
         "minus_one": _dilate(_edges(label), width - 1) & keep,
         "half": _dilate(_edges(label), width / 2) & keep,
         "one_side": _dilate(_edges(label, both_sides=False), width) & keep,
+        "roll": _dilate(_edges(label, wrap=True), width) & keep,
+        "roll_one_side": _dilate(_edges(label, both_sides=False, wrap=True), width) & keep,
         "whole_image": keep,
     }
     return {k: _band_accuracy(pred, label, b.numpy()) for k, b in bands.items()}
@@ -440,11 +456,18 @@ _TRIMAP_HINTS = {
             "not width / 2.",
     "one_side": "only one pixel of each differing pair was marked: a pixel is on the boundary when its label "
                 "differs from any of its 4 neighbours, so both sides of a border are marked.",
+    "roll": "np.roll wraps around: it compares the first row with the last (and the first column with the last), "
+            "so pixels on the image's edge count as boundary where the opposite edge has another class. Compare "
+            "neighbours inside the image only, e.g. label[1:] != label[:-1] marks both rows of each pair.",
+    "roll_one_side": "np.roll wraps around (the first row is compared with the last, the first column with the "
+                     "last), and only one pixel of each differing pair was marked: compare neighbours inside the "
+                     "image only (label[1:] != label[:-1], ...) and mark both sides of a border.",
     "whole_image": "this is the pixel accuracy of the whole image: score only the pixels in the band around the "
                    "label's boundaries.",
 }
 
 
+@exercise_check("7.3")
 def exercise_7_3(trimap_accuracy):
     """trimap_accuracy(pred, label, width, ignore_index) against torch: the accuracy inside the band of pixels
     within Euclidean distance `width` of the label's boundaries (a disc dilation by convolution)."""

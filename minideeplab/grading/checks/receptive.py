@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from minideeplab.grading.checks.common import as_number, first_bad, offsets_mask
-from minideeplab.grading.core import ExerciseWrong, compare_arrays, passed
+from minideeplab.grading.core import ExerciseWrong, compare_arrays, exercise_check, passed
 
 __all__ = ["exercise_1_1", "exercise_1_2", "exercise_1_3"]
 
@@ -27,6 +27,7 @@ def _measured(layers):
     return measure_receptive_field(layers)
 
 
+@exercise_check("1.1")
 def exercise_1_1(effective_kernel_size):
     """effective_kernel_size(kernel, rate) against the field of one conv measured by torch autograd."""
     cases = [(k, r) for k in (1, 2, 3, 5, 7) for r in (1, 2, 3, 6, 12)]
@@ -49,7 +50,7 @@ def exercise_1_1(effective_kernel_size):
         i = first_bad(got, expected)
         raise ExerciseWrong(f"{e}\n  first wrong case: effective_kernel_size(kernel={cases[i][0]}, "
                             f"rate={cases[i][1]}) returned {got[i]:g}, the measured field is "
-                            f"{expected[i]:g} pixels wide") from None
+                            f"{expected[i]:g} pixel{'' if expected[i] == 1 else 's'} wide") from None
     passed("1.1", f"{len(cases)} (kernel, rate) pairs equal the width of the field measured "
                   "with torch autograd", worst, "exact")
 
@@ -61,7 +62,8 @@ def _rf_variant(layers, mistake=None):
         k_eff = k if mistake == "no_rate" else r * (k - 1) + 1
         j_used = jump * s if mistake == "jump_first" else jump
         size += (k_eff - 1) * (1 if mistake == "no_jump" else j_used)
-        start += ((k_eff - 1) / 2 - p) * (1 if mistake == "start_no_jump" else j_used)
+        pad = {"no_pad": 0, "pad_sign": -p}.get(mistake, p)
+        start += ((k_eff - 1) / 2 - pad) * (1 if mistake == "start_no_jump" else j_used)
         jump *= s * r if mistake == "jump_rate" else s
     if mistake == "left_edge":
         start -= (size - 1) / 2
@@ -78,6 +80,10 @@ _RF_HINTS = {
                   "input, so update size and start first, then jump *= stride.",
     "start_no_jump": "start moves by ((k_eff - 1)/2 - padding) pixels of the layer's input, i.e. that many "
                      "times the current jump in input pixels.",
+    "no_pad": "start ignores the padding: padding shifts the layer's first window left by `padding` input pixels, "
+              "so start += ((k_eff - 1)/2 - padding) * jump.",
+    "pad_sign": "the padding moves start the wrong way: padding shifts the first window LEFT, so subtract it, "
+                "start += ((k_eff - 1)/2 - padding) * jump.",
     "left_edge": "start is the centre of output pixel 0's field, not its left edge: the left edge is "
                  "start - (size - 1)/2.",
 }
@@ -96,6 +102,7 @@ def _rf_triple(got, call):
     return np.array([as_number(v, "1.2", call) for v in vals], dtype=float)
 
 
+@exercise_check("1.2")
 def exercise_1_2(receptive_field):
     """receptive_field(layers) -> RF(size, jump, start) against torch gradient measurements."""
     worst = 0.0
@@ -115,9 +122,12 @@ def exercise_1_2(receptive_field):
 def _footprint_variant(layers, mistake):
     offsets, jump = {0}, 1
     for k, s, r, _ in layers:
-        step = {"no_jump": r, "jump_rate": r * jump}.get(mistake, r * jump)
+        if mistake == "jump_first":
+            jump *= s
+        step = r if mistake == "no_jump" else r * jump
         offsets = {o + step * t for o in offsets for t in range(k)}
-        jump *= s * r if mistake == "jump_rate" else s
+        if mistake != "jump_first":
+            jump *= s * r if mistake == "jump_rate" else s
     mask = offsets_mask(offsets)
     return np.ones_like(mask) if mistake == "dense" else mask
 
@@ -127,9 +137,13 @@ _FOOTPRINT_HINTS = {
              "layers add the tap offsets of each layer (a set of sums), they do not fill the span.",
     "no_jump": "the taps of a layer after a stride are rate * jump input pixels apart, not rate.",
     "jump_rate": "the jump is the product of the strides only, not of strides and rates.",
+    "jump_first": "the jump was multiplied by the layer's stride before its taps were placed: a layer's taps "
+                  "are rate * jump apart with the jump of its INPUT (the product of the strides of the layers "
+                  "before it); multiply jump by the stride after placing the taps.",
 }
 
 
+@exercise_check("1.3")
 def exercise_1_3(footprint):
     """footprint(layers) -> bool mask over the field, against the non-zero input gradient of torch."""
     cases = [[(3, 1, 2, 2)], [(3, 1, 2, 2)] * 3, [(3, 1, 1, 1), (3, 1, 2, 2), (3, 1, 5, 5)],
