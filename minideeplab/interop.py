@@ -57,16 +57,18 @@ import numpy as np
 from torch import nn
 
 from minideeplab.scratch import deeplab as scratch
-from minideeplab.scratch import vit
+from minideeplab.scratch import segformer, vit
 from minideeplab.specs.backbone import RESNET_DEPTHS, ResNet
 from minideeplab.specs.deeplab import DeepLabConfig
 from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MiT, SegFormerConfig
 from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import XCEPTION_DEPTHS, Xception
 
 __all__ = ["SOURCES", "torchvision_config", "smp_config", "key_map", "load_state_dict", "from_torchvision",
-           "from_smp", "to_reference", "from_reference", "xception_from_timm", "timm_vit_spec", "from_timm"]
+           "from_smp", "to_reference", "from_reference", "xception_from_timm", "timm_vit_spec", "from_timm",
+           "segformer_from_smp"]
 
 SOURCES = ("torchvision", "smp", "minideeplab")
 _SHOW = 5  # keys named per kind in a mismatch message
@@ -439,8 +441,11 @@ def smp_config(module) -> DeepLabConfig:
 def from_smp(module, *, rng=None) -> scratch.DeepLab:
     """A scratch DeepLab (v3plus or v3, decoder_layout "smp") with the weights and conventions of an smp
     ``DeepLabV3Plus`` / ``DeepLabV3`` with a ResNet encoder, in the module's mode. See ``smp_config``.
+    An smp ``Segformer`` gives a scratch ``SegFormer`` instead (``segformer_from_smp``).
     Its input rule is smp's: H and W multiples of the output stride."""
     fn = "from_smp"
+    if type(module).__name__ == "Segformer":
+        return segformer_from_smp(module)
     try:
         config = smp_config(module)
     except ValueError as e:
@@ -566,3 +571,28 @@ def from_timm(module):
     params, _ = vit.parameter_shapes(spec)
     _check_keys("from_timm", repr(spec), state, "timm", params)
     return vit.ViTModel(spec, {k: _to_numpy(state[k]).astype(np.float32) for k in params})
+
+
+# ---------------------------------------------------------------------------------------------
+# smp's SegFormer
+
+
+def segformer_from_smp(module) -> segformer.SegFormer:
+    """A scratch SegFormer (eval) holding an smp ``Segformer("mit_b0" | "mit_b1" | ...)``'s weights: its
+    MiT widths, depths, heads and sr ratios are read from the module, and every key checked."""
+    fn = "segformer_from_smp"
+    enc = getattr(module, "encoder", None)
+    if type(module).__name__ != "Segformer" or enc is None or not hasattr(enc, "block1"):
+        raise ValueError(f"{fn}: module must be an smp Segformer with a MiT encoder, got {type(module).__name__}")
+    stages = [getattr(enc, f"block{i}") for i in range(1, 5)]
+    mit = MiT(widths=tuple(int(getattr(enc, f"norm{i}").weight.shape[0]) for i in range(1, 5)),
+              depths=tuple(len(b) for b in stages), heads=tuple(int(b[0].attn.num_heads) for b in stages),
+              sr_ratios=tuple(int(b[0].attn.sr_ratio) for b in stages),
+              mlp_ratio=int(stages[0][0].mlp.fc1.out_features // stages[0][0].mlp.fc1.in_features))
+    head = module.segmentation_head[0]
+    config = SegFormerConfig(mit, num_classes=int(head.out_channels), decoder_channels=int(head.in_channels))
+    state = {k: v for k, v in module.state_dict().items()}
+    shapes, buffer_shapes = segformer.parameter_shapes(config)
+    _check_keys(fn, repr(config), state, "smp", shapes | buffer_shapes)
+    return segformer.SegFormer(config, {k: _to_numpy(state[k]) for k in shapes},
+                               {k: _to_numpy(state[k]) for k in buffer_shapes})

@@ -83,3 +83,30 @@ def test_bad_input_is_named():
         ViT(embed_dim=10, num_heads=3)
     with pytest.raises(ValueError, match=r"img_size must be \(H, W\), each a multiple of patch_size=16"):
         ViT(img_size=(30, 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# SegFormer (smp's), eval
+
+
+@pytest.mark.parametrize("encoder, size", [("mit_b0", (64, 96)), ("mit_b1", (32, 32))])
+def test_segformer_from_smp_matches_smp(encoder, size):
+    import segmentation_models_pytorch as smp
+
+    from minideeplab.interop import from_smp
+
+    torch.manual_seed(0)
+    module = smp.Segformer(encoder, encoder_weights=None, classes=5).eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        bn = module.decoder.fuse_stage[1]
+        bn.running_mean.normal_(0, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+    model = from_smp(module)
+    x = np.random.default_rng(4).standard_normal((2, 3, *size)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    got = model(x)
+    assert got.shape == want.shape == (2, 5, *size)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
