@@ -173,15 +173,52 @@ def _export(args) -> int:
 
 @_errors_to_exit
 def _segment(args) -> int:
+    from minideeplab.training.evaluation import NumpyModel
     from minideeplab.train import load_model, segment
 
     device = _device(args.device)
-    model, classes = load_model(args.checkpoint, device)
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ValueError("segment: give --checkpoint or --weights (one of them)")
+    resize = None
+    if args.weights is not None:
+        from minideeplab.pretrained import RESIZE, load_torchvision
+
+        arch, path = _weights_source(args.weights, args.arch)
+        model, classes = load_torchvision(arch, path, "torch")
+        resize, what = RESIZE, f"torchvision's {arch} (COCO, the 20 VOC classes)"
+    else:
+        model, classes = load_model(args.checkpoint, device)
+        what = f"{args.checkpoint}"
+    if args.backend == "numpy":  # the from-scratch model holding the same weights
+        from minideeplab.interop import from_reference, from_torchvision
+
+        scratch = from_torchvision(model) if args.weights is not None else from_reference(model.cpu())
+        model, device = NumpyModel(scratch, like=model), "cpu"
+    if not args.quiet:
+        print(f"{what}, {args.backend} backend; its classes: {', '.join(classes)}")
     written = segment(model, args.images, args.out, classes, scales=tuple(args.scales), flip=args.flip, crf=args.crf,
-                      alpha=args.alpha, device=device, quiet=args.quiet)
+                      alpha=args.alpha, device=device, quiet=args.quiet, resize=resize)
     if not args.quiet:
         print(f"wrote {len(written)} files to {args.out}")
     return 0
+
+
+def _weights_source(weights, arch):
+    """(arch, local file or None) of segment's --weights / --arch."""
+    from minideeplab.pretrained import ARCHS
+
+    if weights.startswith("torchvision:"):
+        name = weights[len("torchvision:"):]
+        if name not in ARCHS:
+            raise ValueError(f"segment: --weights torchvision:ARCH takes ARCH in {', '.join(ARCHS)}, got {name!r}")
+        if arch is not None and arch != name:
+            raise ValueError(f"segment: --arch {arch} contradicts --weights {weights}")
+        return name, None
+    if arch not in ARCHS:
+        raise ValueError(f"segment: --weights FILE needs --arch, one of {', '.join(ARCHS)}, got {arch!r}")
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"segment: --weights {weights}: no such file")
+    return arch, weights
 
 
 @_errors_to_exit
@@ -274,8 +311,8 @@ def _add_train(sub):
     p.set_defaults(func=_train)
 
 
-def _add_inference(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'minideeplab train'")
+def _add_inference(p, checkpoint_required=True):
+    p.add_argument("--checkpoint", required=checkpoint_required, help="a checkpoint written by 'minideeplab train'")
     p.add_argument("--scales", type=_positive(float), nargs="+", default=[1.0],
                    help="input scales whose softmax outputs are averaged, e.g. 0.5 0.75 1 1.25 (default: 1)")
     p.add_argument("--flip", action="store_true", help="also average the mirror images' outputs")
@@ -390,11 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser(
         "segment", help="segment image files, writing colour overlays",
-        description="Segment images with a checkpoint; for each IMAGE write OUT/<name>.png (the class map, a "
-                    "VOC palette PNG) and OUT/<name>_overlay.png (the image under the class colours).")
+        description="Segment images with a checkpoint of 'minideeplab train' (its classes: the synthetic shapes, "
+                    "unless it was trained on other data) or with torchvision's published weights for real "
+                    "photographs (COCO with the 20 VOC classes); for each IMAGE write OUT/<name>.png (the class "
+                    "map at the image's size, a VOC palette PNG) and OUT/<name>_overlay.png (the image under the "
+                    "class colours, with a legend of the classes present).")
     seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     seg.add_argument("--out", required=True, help="folder to write (created if missing)")
-    _add_inference(seg)
+    _add_inference(seg, checkpoint_required=False)
+    seg.add_argument("--weights", default=None, metavar="torchvision:ARCH|FILE",
+                     help="instead of --checkpoint: torchvision's published weights, torchvision:ARCH with ARCH one "
+                          "of deeplabv3_resnet50, deeplabv3_resnet101, deeplabv3_mobilenet_v3_large, "
+                          "lraspp_mobilenet_v3_large (read from $TORCH_HOME/hub/checkpoints/, downloaded there "
+                          "when online), or a local state_dict FILE of the --arch architecture")
+    seg.add_argument("--arch", default=None, help="the architecture of a --weights FILE (one of the ARCHs above)")
+    seg.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                     help="numpy: the from-scratch model holding the weights; torch: the PyTorch module "
+                          "(default: %(default)s)")
     seg.add_argument("--crf", action="store_true",
                      help="refine with the dense CRF (DeepLab v2's parameters, 10 mean-field iterations)")
     seg.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours (default: %(default)s)")

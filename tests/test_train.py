@@ -318,7 +318,10 @@ def test_segment_writes_label_maps_and_overlays(checkpoint, tmp_path, capsys):
         pred = np.asarray(label)
         assert pred.max() < 7
         overlay = np.asarray(Image.open(out / f"{stem}_overlay.png"))
-        assert np.abs(overlay - (0.5 * image + 0.5 * voc_palette()[pred])).max() <= 0.5 + 1e-9
+        H = image.shape[0]
+        assert overlay.shape[0] > H and overlay.shape[1:] == image.shape[1:]  # the legend strip below the image
+        assert np.abs(overlay[:H] - (0.5 * image + 0.5 * voc_palette()[pred])).max() <= 0.5 + 1e-9
+    assert "its classes: background," in capsys.readouterr().out  # the synthetic shapes, said plainly
 
 
 def test_command_line_errors_name_the_problem(checkpoint, tmp_path, capsys):

@@ -78,12 +78,36 @@ def scores(cm, trimap, classes, widths, images) -> dict:
             "images": images}
 
 
+class NumpyModel:
+    """A scratch model (``minideeplab.scratch.deeplab.DeepLab``) behind the interface ``predict`` reads (eval(),
+    parameters() for the dtype, model(x) -> {"out": logits tensor}): the NumPy backend of ``segment``. The input
+    tensor goes to NumPy and the logits come back; nothing else is torch. like: the torch model it stands for;
+    its ``config`` (or none: torchvision's modules) decides, as for it, whether ``predict`` pads the input to a
+    multiple of the output stride (a torchvision model takes any size, and padding would change its image
+    pooling)."""
+
+    def __init__(self, model, like=None):
+        self.model, self.config = model, getattr(like, "config", None)
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def parameters(self):
+        return iter([torch.empty(0, dtype=torch.float32)])
+
+    def __call__(self, x):
+        return {"out": torch.from_numpy(self.model(np.ascontiguousarray(x.numpy(), dtype=np.float32)))}
+
+
 def segment(model, images, out, classes=None, scales=(1.0,), flip=False, crf=False, alpha=0.5, device="cpu",
-            quiet=False) -> list[Path]:
-    """For each image file write out/<stem>.png (the class map as a VOC palette PNG) and
-    out/<stem>_overlay.png (the image blended with the class colours, alpha the colours' weight).
-    crf: refine the probabilities with the dense CRF (scratch.crf.dense_crf, DeepLab v2's parameters: its
-    defaults). Returns the written paths."""
+            quiet=False, resize=None) -> list[Path]:
+    """For each image file write out/<stem>.png (the class map as a VOC palette PNG, at the image's size) and
+    out/<stem>_overlay.png (the image blended with the class colours, alpha the colours' weight, with a legend of
+    the classes present when ``classes`` names them). resize: the shorter side the image is resized to before
+    the model sees it (torchvision's preprocessing of its published weights: 520), the probabilities resized
+    back; None: the image as it is. crf: refine the probabilities with the dense CRF (scratch.crf.dense_crf,
+    DeepLab v2's parameters: its defaults), at the image's size. Returns the written paths."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -101,7 +125,15 @@ def segment(model, images, out, classes=None, scales=(1.0,), flip=False, crf=Fal
     written = []
     for p in tqdm(paths, desc="segment", unit="img", disable=not _progress(quiet)):
         image = read_image(p)
-        probs = predict(model, image, scales, flip, device).numpy()
+        H, W = image.shape[:2]
+        seen = image
+        if resize is not None:
+            h, w = _shorter_side(H, W, resize)
+            seen = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        probs = predict(model, seen, scales, flip, device)
+        if seen is not image:
+            probs = F.interpolate(probs[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        probs = probs.numpy()
         if crf:
             from minideeplab.scratch.crf import dense_crf
 
@@ -110,10 +142,44 @@ def segment(model, images, out, classes=None, scales=(1.0,), flip=False, crf=Fal
         label = Image.fromarray(pred, mode="P")
         label.putpalette(palette.tobytes())
         overlay = ((1 - alpha) * image + alpha * palette[pred]).round().astype(np.uint8)
+        if classes is not None:
+            overlay = with_legend(overlay, [(classes[c], palette[c]) for c in np.unique(pred)])
         for path, im in ((out / f"{p.stem}.png", label), (out / f"{p.stem}_overlay.png", Image.fromarray(overlay))):
             im.save(path)
             written.append(path)
     return written
+
+
+def _shorter_side(H, W, size):
+    """(h, w) with the shorter side ``size`` and the other in proportion (rounded down, as torchvision)."""
+    if H <= W:
+        return size, int(size * W / H)
+    return int(size * H / W), size
+
+
+def with_legend(image: np.ndarray, entries, row=16) -> np.ndarray:
+    """(H, W, 3) uint8 -> the image over a white strip that lists each (name, colour): a swatch and the name,
+    as many to a line as fit."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    H, W = image.shape[:2]
+    widths = [row + 4 + int(font.getlength(name)) + 12 for name, _ in entries]
+    lines, x = 1, 4
+    for w in widths:
+        if x + w > W and x > 4:
+            lines, x = lines + 1, 4
+        x += w
+    strip = Image.new("RGB", (W, lines * row + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    x, y = 4, 2
+    for (name, colour), w in zip(entries, widths):
+        if x + w > W and x > 4:
+            x, y = 4, y + row
+        draw.rectangle([x, y + 2, x + row - 4, y + row - 2], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + row, y + 2), name, fill="black", font=font)
+        x += w
+    return np.concatenate([image, np.asarray(strip)], axis=0)
 
 
 def _progress(quiet):
