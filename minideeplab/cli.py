@@ -24,7 +24,7 @@ def _course_tidy(args) -> int:
 def _grade(args) -> int:
     from minideeplab.grading.grade import grade_notebooks
 
-    return grade_notebooks([Path(p) for p in args.notebooks], timeout=args.timeout)
+    return grade_notebooks([Path(p) for p in args.notebooks], timeout=args.timeout, output=args.output)
 
 
 def _bench(args) -> int:
@@ -314,12 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     tidy.set_defaults(func=_course_tidy)
 
     grade = sub.add_parser(
-        "grade", help="run notebooks and print a per-exercise table",
-        description="Run each notebook in a fresh kernel and report every exercise as passed, "
-                    "not done or wrong, then the whole message (details and hint) of every wrong "
-                    "exercise whose check said more than one line. Exits 1 when any exercise is not passed.")
+        "grade", help="run notebooks and print a per-exercise table (or a JSON / CSV gradebook)",
+        description="Run each notebook in a fresh kernel of its own and report every exercise as passed, "
+                    "not done, wrong or not run, then the whole message (details and hint) of every wrong "
+                    "exercise whose check said more than one line. The notebook files are never modified. "
+                    "A cell that runs past --timeout or a kernel that dies fails the exercises the notebook "
+                    "did not reach; the next notebook is graded as usual. For instructors: "
+                    "'grade --csv submissions/*/*.ipynb > gradebook.csv'. "
+                    "Exit status: 0 every exercise passed and no other cell raised an error, 1 otherwise, "
+                    "2 a notebook could not be read (the others are still graded) or bad arguments.")
     grade.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="notebook files to grade")
-    grade.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: %(default)s)")
+    grade.add_argument("--timeout", type=_positive(int), default=600,
+                       help="seconds allowed per cell (default: %(default)s)")
+    form = grade.add_mutually_exclusive_group()
+    form.add_argument("--json", dest="output", action="store_const", const="json", default="table",
+                      help="print one JSON document: per notebook, per exercise the status, the one-line reason, "
+                           "the check's whole message and the seconds taken; errors outside the exercises")
+    form.add_argument("--csv", dest="output", action="store_const", const="csv",
+                      help="print a gradebook: a row per notebook file (passed, number of exercises, each "
+                           "exercise's status, other errors, seconds, why it could not be read)")
     grade.set_defaults(func=_grade)
 
     bench = sub.add_parser("bench", help="time scratch code against the PyTorch reference",
