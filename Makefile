@@ -17,12 +17,12 @@ ifeq ($(shell id -u),0)
 LAB_FLAGS += --allow-root
 endif
 
-.PHONY: lab test setup course lock bench clean
+.PHONY: lab test setup course precompile lock bench clean
 
-lab: setup course
+lab: setup course precompile
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS)
 
-test: setup
+test: setup precompile
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -36,6 +36,11 @@ $(STAMP): requirements.lock pyproject.toml
 # Write course/ from solutions/; never overwrites a notebook a student has edited.
 course: setup
 	$(BIN)/minideeplab course build
+
+# The numba kernels into numba's cache (beside the sources), so that no notebook cell waits for a compiler:
+# about a minute the first time, a few seconds after.
+precompile: setup
+	$(BIN)/minideeplab precompile
 
 bench: setup
 	$(BIN)/minideeplab bench atrous
