@@ -17,6 +17,10 @@ ifeq ($(shell id -u),0)
 LAB_FLAGS += --allow-root
 endif
 
+# This venv's JupyterLab defaults: news "Never", so that no "Would you like to get notified about official
+# Jupyter news?" pop-up covers the first notebook (Settings > Notifications can still turn the news on).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/minideeplab.json
+
 .PHONY: lab test setup course precompile lock bench clean
 
 lab: setup course precompile
@@ -25,13 +29,17 @@ lab: setup course precompile
 test: setup precompile
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-setup: $(STAMP)
+setup: $(STAMP) $(LAB_OVERRIDES)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+$(LAB_OVERRIDES): $(STAMP)
+	@mkdir -p $(@D)
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}' > $@
 
 # Write course/ from solutions/; never overwrites a notebook a student has edited.
 course: setup
