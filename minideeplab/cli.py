@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.set_defaults(func=_grade)
 
     pre = sub.add_parser(
-        "precompile", help="compile the numba kernels into numba's cache (make setup runs it)",
+        "precompile", help="compile the numba kernels into numba's cache (make lab and make test run it)",
         description="Compile every numba kernel the notebooks and trainers use, for float32 and float64, into "
                     "numba's on-disk cache (__pycache__ beside the sources), so that no notebook cell waits for "
                     "a compiler on its first run. Takes about a minute on a cold cache, a few seconds when it is "

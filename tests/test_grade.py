@@ -43,15 +43,16 @@ MIXED = notebook(
 HANGS = notebook("# Exercise 1.1: slow\nimport time", "# Check 1.1\ntime.sleep(60)\nprint('Exercise 1.1 passed')")
 
 
-def submission(double, square, check_2="", last="print('done')"):
+def submission(double, square, check_2=""):
     """A student's copy of a two-exercise notebook: the bodies of double(x) and square(x) as written."""
     return notebook(
         f"# Exercise 1.1: double\ndef double(x):\n    {double}",
         "# Check 1.1\nassert double(3) == 6\nprint('Exercise 1.1 passed')",
         f"# Exercise 1.2: square\ndef square(x):\n    {square}",
-        f"# Check 1.2\n{check_2}if square(3) != 9:\n    raise ExerciseWrong(f'Exercise 1.2: square(3) gave {{square(3)}}, "
-        f"expected 9\\nHint: x * x, not x + x')\nprint('Exercise 1.2 passed')",
-        last)
+        f"# Check 1.2\n{check_2}if square(3) != 9:\n"
+        "    raise ExerciseWrong(f'Exercise 1.2: square(3) gave {square(3)}, expected 9\\nHint: x * x, not x + x')\n"
+        "print('Exercise 1.2 passed')",
+        "print('done')  # after the exercises")
 
 
 # A folder of submissions as an instructor gets it: one complete, one partly wrong, one whose kernel dies

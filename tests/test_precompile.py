@@ -1,5 +1,6 @@
-"""minideeplab precompile (run by make setup): after it, a fresh process such as a notebook's kernel finds every
-numba kernel the notebooks call in numba's cache and compiles nothing (issue 16: no slow first run)."""
+"""minideeplab precompile (run by make lab and make test): after it, a fresh process such as a notebook's
+kernel finds every numba kernel the notebooks call in numba's cache and compiles nothing (issue 16: no slow
+first run)."""
 
 import json
 import os
@@ -55,7 +56,7 @@ def _run(args, **env):
 
 
 def test_after_precompile_a_fresh_process_compiles_no_kernel_the_notebooks_call():
-    made = _run(["-m", "minideeplab", "precompile"])  # what make setup runs; seconds when the cache is warm
+    made = _run(["-m", "minideeplab", "precompile"])  # as make lab and make test do; seconds when the cache is warm
     assert made.returncode == 0, made.stderr
     assert "specialisations compiled" in made.stdout, made.stdout
     check = _run(["-c", CHECK])

@@ -86,10 +86,11 @@ def main(argv=None) -> int:
         lost = max(cells, key=lambda c: c[2] - c[3])
         slow = max(cells, key=lambda c: c[2])
         misses = {name: s["misses"] for name, s in stats1.items() if s["misses"]}
+        loaded = sum(len(s["hits"]) + len(s["misses"]) for s in stats1.values())
         worst_loss = max(worst_loss, lost[2] - lost[3])
         print(f"{path.name:<34} {f'{lost[0] + 1}: {lost[2]:.2f} s / {lost[3]:.2f} s':<44} "
               f"{f'{slow[0] + 1}: {slow[2]:.2f} s / {slow[3]:.2f} s':<28} "
-              f"{sum(map(len, misses.values()))} of {sum(len(s['hits']) + len(s['misses']) for s in stats1.values())}")
+              f"{sum(map(len, misses.values()))} of {loaded}")
         for name, sigs in misses.items():
             print(f"    compiled in the first run: {name} {', '.join(sigs)}")
         report[path.name] = {"cells": [dict(cell=i + 1, head=h, first=t1, second=t2) for i, h, t1, t2 in cells],

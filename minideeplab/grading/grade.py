@@ -222,5 +222,5 @@ def grade_notebooks(paths: list[Path], timeout: int = 600, output: str = "table"
         _print_table(graded)
     if bad:
         return 2
-    ok = all(e["status"] == PASSED for r in graded for e in r["exercises"]) and not any(r["problems"] for r in graded)
-    return 0 if ok else 1
+    passed = all(e["status"] == PASSED for r in graded for e in r["exercises"])
+    return 0 if passed and not any(r["problems"] for r in graded) else 1

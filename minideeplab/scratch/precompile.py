@@ -4,7 +4,8 @@ numba compiles one specialisation per argument types (float32 or float64, number
 kernel's first call and, with ``cache=True``, keeps it in ``__pycache__`` beside the source file, keyed on that
 file's path and modification time. ``precompile()`` calls the public functions that reach every kernel on tiny
 inputs, in each dtype the course and the trainers use, so that each specialisation is compiled (or, when the
-cache is warm, only loaded: about a second in all). ``make setup`` runs it (``minideeplab precompile``).
+cache is warm, only loaded: about a second in all). ``make lab`` and ``make test`` run it after the set-up
+(``minideeplab precompile``).
 
 A kernel added later is reached by adding a call to ``_WARMUPS``; ``tests/test_precompile.py`` fails for a
 kernel that precompile does not compile.
