@@ -17,15 +17,19 @@ ifeq ($(shell id -u),0)
 LAB_FLAGS += --allow-root
 endif
 
-.PHONY: lab test setup course lock bench clean
+# This venv's JupyterLab defaults: news "Never", so that no "Would you like to get notified about official
+# Jupyter news?" pop-up covers the first notebook (Settings > Notifications can still turn the news on).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/minideeplab.json
 
-lab: setup course
+.PHONY: lab test setup course precompile lock bench clean
+
+lab: setup course precompile
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS)
 
-test: setup
+test: setup precompile
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-setup: $(STAMP)
+setup: $(STAMP) $(LAB_OVERRIDES)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,9 +37,18 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
+$(LAB_OVERRIDES): $(STAMP)
+	@mkdir -p $(@D)
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}' > $@
+
 # Write course/ from solutions/; never overwrites a notebook a student has edited.
 course: setup
 	$(BIN)/minideeplab course build
+
+# The numba kernels into numba's cache (beside the sources), so that no notebook cell waits for a compiler:
+# about a minute the first time, a few seconds after.
+precompile: setup
+	$(BIN)/minideeplab precompile
 
 bench: setup
 	$(BIN)/minideeplab bench atrous

@@ -7,7 +7,9 @@ Chromium driven by Playwright, runs every cell in turn and checks that
 1. no cell shows an error except the expected "Exercise N.K not done" ones (ExerciseNotDone raised
    by an exercise or check cell the student has not done yet);
 2. the notebook's explorer renders as a widget (sliders in the page), not as its text repr;
-3. pressing ArrowRight on one focused slider changes its readout and the drawn figure.
+3. pressing ArrowRight on one focused slider changes its readout and the drawn figure;
+4. JupyterLab's "Would you like to get notified about official Jupyter news?" pop-up never showed (make
+   setup writes the venv's settings override; this test starts with empty user settings).
 
 Once per notebook in ``CASES``: 01 (the dilation visualiser, its "rate" slider) and 08 (the dense CRF
 explorer, its "theta_beta" slider). Screenshots for a person go to ``results/browser/<NN>_*.png``.
@@ -117,9 +119,7 @@ def lab(tmp_path):
            f"--LabApp.workspaces_dir={state / 'workspaces'}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    news = state / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    news.parent.mkdir(parents=True)
-    news.write_text('{"fetchNews": "false"}')  # no "get notified about news?" toast over the page
+    # No user settings: the "get notified about news?" pop-up stays away by make setup's override in the venv.
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(state / "runtime"), JUPYTER_PLATFORM_DIRS="1")
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = open(RESULTS / "jupyterlab.log", "wb")
@@ -320,5 +320,9 @@ def test_student_runs_notebook_in_jupyterlab(page, notebook):
     assert hashlib.sha256(before_png).digest() != hashlib.sha256(after_png).digest(), \
         f"the figure did not change when the {name} slider moved"
     assert not _unexpected_errors(_cells(page)), "moving the slider raised in the kernel"
+
+    # (4) no news pop-up over the notebook (it would have shown by now: it comes once the app is restored).
+    assert page.get_by_text("official Jupyter news").count() == 0, \
+        "JupyterLab asks about news: is make setup's overrides.d/minideeplab.json missing from the venv?"
     print(f"browser test {notebook}: {time.monotonic() - t0:.1f} s in the page, {stops} cell(s) stopped "
           "at not-done exercises")

@@ -1,5 +1,6 @@
-"""`make lab` as a person runs it: prints the URL, serves course/, stops on one Ctrl-C, and refuses a
-port that is already in use instead of hanging or moving to another one."""
+"""`make lab` as a person runs it: prints the URL, serves course/ without the "get notified about official
+Jupyter news?" pop-up, stops on one Ctrl-C, and refuses a port that is already in use instead of hanging or
+moving to another one."""
 
 import json
 import os
@@ -82,6 +83,13 @@ def test_make_lab_prints_the_url_serves_the_course_and_stops_on_ctrl_c(tmp_path)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=30) as r:
                 names = {item["name"] for item in json.load(r)["content"]}
             assert "01_receptive_fields.ipynb" in names, f"JupyterLab does not open on course/: {names}"
+            # The pop-up asks while fetchNews is "none" (the schema's default); make setup's override says "false".
+            notification = "@jupyterlab/apputils-extension:notification"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab/api/settings/{notification}?token={token}",
+                                        timeout=30) as r:
+                settings = json.load(r)
+            assert settings["schema"]["properties"]["fetchNews"]["default"] == "false", settings["schema"]
+            assert settings["settings"].get("fetchNews", "false") != "none", settings["settings"]
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does to the foreground group
             proc.wait(timeout=30)  # one Ctrl-C is enough: no "Shutdown this Jupyter server (y/[n])?" prompt
         finally:

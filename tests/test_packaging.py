@@ -85,7 +85,7 @@ def test_ci_runs_the_readme_test_command():
 
 @pytest.mark.parametrize("args", [[], ["course"], ["course", "build"], ["course", "tidy"],
                                   ["grade"], ["bench"], ["bench", "atrous"], ["train"], ["eval"], ["segment"],
-                                  ["ablate"]])
+                                  ["ablate"], ["precompile"]])
 def test_every_subcommand_has_help(args):
     out = subprocess.run([sys.executable, "-m", "minideeplab", *args, "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
