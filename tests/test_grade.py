@@ -39,6 +39,8 @@ MIXED = notebook(
     "# Exercise 1.5: silent check\nx = 1",
     "# Check 1.5\nx",
     "undefined_name  # a narrative cell that fails",
+    "# Exercise 1.6: renamed\ndef cubed(x):\n    return x ** 3",  # the check asks for cube: never defined
+    "# Check 1.6\nraise ExerciseNotDone('Exercise 1.6 is not done yet: `cube` is not defined. Run the cell')",
 )
 HANGS = notebook("# Exercise 1.1: slow\nimport time", "# Check 1.1\ntime.sleep(60)\nprint('Exercise 1.1 passed')")
 
@@ -132,11 +134,12 @@ def test_each_exercise_gets_its_status_and_reason(graded):
         "1.3": ("not done", ""),
         "1.4": ("wrong", rows(out)["1.4"][1]),
         "1.5": ("wrong", "the check printed no 'Exercise 1.5 passed' line"),
+        "1.6": ("not done", "`cube` is not defined. Run the cell"),  # grading.kernel's message, said once
     }, out
     assert rows(out)["1.4"][1].startswith("SyntaxError: ")
     assert re.search(r"mixed\.ipynb\s+1\.1\s+read the data file\s+passed", out)
     assert re.search(r"mixed\.ipynb, cell 12 \('undefined_name.*'\): NameError: name 'undefined_name'", out), out
-    assert out.rstrip().endswith("1 of 5 exercises passed; 1 other cell(s) raised an error")
+    assert out.rstrip().endswith("1 of 6 exercises passed; 1 other cell(s) raised an error")
 
 
 def test_a_wrong_exercise_shows_the_checks_whole_message_under_the_table(graded):

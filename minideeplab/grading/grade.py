@@ -123,8 +123,11 @@ def grade_notebook(path: Path, timeout: int = 600) -> dict:
             status = WRONG, f"no '# Check {ex['id']}' cell"
         elif status is None and not _printed(nb.cells[ex["check"]], f"Exercise {ex['id']} passed"):
             status = WRONG, f"the check printed no 'Exercise {ex['id']} passed' line"
+        own = f"Exercise {ex['id']} is not done yet: "  # a check whose function was never defined (grading.kernel)
         if status and status[0] == NOT_DONE and status[1].startswith(f"Exercise {ex['id']}:"):
             status = NOT_DONE, "", status[1]  # the title says it already
+        elif status and status[0] == NOT_DONE and status[1].startswith(own):
+            status = NOT_DONE, status[1][len(own):], status[1]
         elif status and status[0] == NOT_DONE:
             status = NOT_DONE, f"waits for {status[1]}"
         status = status or (PASSED, "")
