@@ -196,6 +196,7 @@ def _segment(args) -> int:
 
         arch, path = _weights_source(args.weights, args.arch)
         model, classes = load_torchvision(arch, path, "torch")
+        model = model.to(device)
         resize, what = RESIZE, f"torchvision's {arch} (COCO, the 20 VOC classes)"
     else:
         model, classes = load_model(args.checkpoint, device)
@@ -203,7 +204,8 @@ def _segment(args) -> int:
     if args.backend == "numpy":  # the from-scratch model holding the same weights
         from minideeplab.interop import from_reference, from_torchvision
 
-        scratch = from_torchvision(model) if args.weights is not None else from_reference(model.cpu())
+        model = model.cpu()
+        scratch = from_torchvision(model) if args.weights is not None else from_reference(model)
         model, device = NumpyModel(scratch, like=model), "cpu"
     if not args.quiet:
         print(f"{what}, {args.backend} backend; its classes: {', '.join(classes)}")

@@ -51,7 +51,11 @@ def weights_file(arch) -> Path:
 
 def _state_dict(arch, path):
     if path is not None:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or one that holds more than tensors
+            raise ValueError(f"load_torchvision: {path} is not a state_dict torch can load ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
     target = weights_file(arch)
     if not target.exists() and os.environ.get("MINIDEEPLAB_OFFLINE"):
         raise WeightsMissing(f"{target.name} is not in {target.parent} (MINIDEEPLAB_OFFLINE is set, so no "

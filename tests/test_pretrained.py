@@ -114,6 +114,12 @@ def test_a_local_state_dict_needs_its_arch(torch_home, photo, tmp_path, monkeypa
     rc, _, stderr = _segment([photo, "--weights", local, "--arch", "deeplabv3_resnet50", "--out", tmp_path / "b"],
                              empty, monkeypatch, capsys)
     assert rc == 2 and "is not a deeplabv3_resnet50 state_dict" in stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    rc, _, stderr = _segment([photo, "--weights", junk, "--arch", ARCH, "--out", tmp_path / "j"], empty, monkeypatch,
+                             capsys)
+    assert rc == 2 and "junk.pt is not a state_dict torch can load" in stderr
+    assert not (tmp_path / "j").exists()
     rc, _, stderr = _segment([photo, "--weights", local, "--arch", ARCH, "--out", tmp_path / "c", "--backend",
                               "torch", "--quiet"], empty, monkeypatch, capsys)
     assert rc == 0, stderr
