@@ -390,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
         "precompile", help="compile the numba kernels into numba's cache (make lab and make test run it)",
         description="Compile every numba kernel the notebooks and trainers use, for float32 and float64, into "
                     "numba's on-disk cache (__pycache__ beside the sources), and minideeplab's modules to "
-                    "bytecode, so that no notebook cell waits for a compiler on its first run. Takes about a minute on a cold cache, a few seconds when it is "
-                    "warm; does nothing under NUMBA_DISABLE_JIT=1.")
+                    "bytecode, so that no notebook cell waits for a compiler on its first run. Takes about a "
+                    "minute on a cold cache, a few seconds when it is warm; does nothing under NUMBA_DISABLE_JIT=1.")
     pre.add_argument("--quiet", action="store_true", help="print nothing")
     pre.set_defaults(func=_precompile)
 

@@ -468,8 +468,8 @@ def xception_from_timm(module, output_stride=None) -> tuple[Xception, dict, dict
     weights (an nn.Module from ``timm.create_model``, or its state_dict); the classifier ``head.fc`` is left
     out. The depth comes from the number of blocks; output_stride from the module's strides (every conv's
     stride and dilation checked against the spec's), or, for a state_dict, the argument (None: 16, DeepLab
-    v3+'s); the low-level tap timm's ("smp"). Weights float32 or float64. A state_dict that does not fit is a ValueError naming its missing,
-    unexpected and mis-shaped keys. Run it with ``minideeplab.scratch.backbone.backbone_forward`` / ``_infer``."""
+    v3+'s); the low-level tap timm's ("smp"). Weights float32 or float64. A state_dict that does not fit is a
+    ValueError naming its missing, unexpected and mis-shaped keys. Run it with ``minideeplab.scratch.backbone.backbone_forward`` / ``_infer``."""
     from minideeplab.scratch.backbone import parameter_shapes
 
     fn = "xception_from_timm"

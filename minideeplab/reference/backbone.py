@@ -48,7 +48,8 @@ def params_to_torch(module: nn.Module, params: dict, buffers: dict) -> nn.Module
     arrays = {**params, **buffers}
     floats = {a.dtype for k, a in arrays.items() if not k.endswith("num_batches_tracked")}
     if len(floats) != 1 or next(iter(floats)) not in (np.float32, np.float64):
-        raise ValueError(f"params_to_torch: params and buffers must all be float32 or all float64, got {sorted(map(str, floats))}")
+        raise ValueError(f"params_to_torch: params and buffers must all be float32 or all float64, "
+                         f"got {sorted(map(str, floats))}")
     module.to(torch.float64 if next(iter(floats)) == np.float64 else torch.float32)
     module.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}, strict=True)
     return module

@@ -220,8 +220,8 @@ class DeepLabConfig:
 
     @property
     def aux_channels(self) -> tuple[int, int]:
-        """(layer3's channels (MobileNetV3: low's), the aux head's width = a quarter of them), as
-        torchvision's FCNHead."""
+        """(the channels of the backbone's aux tap (ResNet: layer3; MobileNetV3: low), the aux head's width = a
+        quarter of them), as torchvision's FCNHead."""
         c = self.backbone.aux_channels
         return c, c // 4
 

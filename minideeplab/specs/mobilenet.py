@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 from minideeplab.specs.checks import is_int
 
-__all__ = ["MOBILENET_V3_RATES", "MOBILENET_V3_LARGE", "MOBILENET_BN_EPS", "MOBILENET_BN_MOMENTUM", "make_divisible", "InvertedResidualPlan",
+__all__ = ["MOBILENET_V3_RATES", "MOBILENET_V3_LARGE", "MOBILENET_BN_EPS", "MOBILENET_BN_MOMENTUM", "make_divisible",
+           "InvertedResidualPlan",
            "MobileNetV3"]
 
 MOBILENET_V3_RATES = (12, 24, 36)  # the ASPP rates of torchvision's DeepLabV3 on it (see MobileNetV3)
