@@ -28,6 +28,7 @@ import numpy as np
 
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
 from minideeplab.specs.checks import check_float_array, check_int
+from minideeplab.specs.conv import shifted_overlap
 
 __all__ = ["layer_norm", "layer_norm_backward", "gelu", "gelu_backward", "linear", "linear_backward", "softmax",
            "attention", "attention_backward", "self_attention", "self_attention_backward",
@@ -264,8 +265,7 @@ def _gather(t, hw, offsets):
     out = np.zeros((B, h, H, W, len(offsets), d), t.dtype)
     inside = np.zeros((H, W, len(offsets)), bool)
     for o, (dy, dx) in enumerate(offsets):
-        ys, yt = slice(max(0, -dy), max(0, H - max(0, dy))), slice(max(0, dy), max(0, H + min(0, dy)))
-        xs, xt = slice(max(0, -dx), max(0, W - max(0, dx))), slice(max(0, dx), max(0, W + min(0, dx)))
+        (ys, xs), (yt, xt) = shifted_overlap(H, W, dy, dx)
         out[:, :, ys, xs, o] = grid[:, :, yt, xt]
         inside[ys, xs, o] = True
     return out.reshape(B, h, N, len(offsets), d), inside.reshape(N, len(offsets))
@@ -278,8 +278,7 @@ def _scatter(g, hw, offsets):
     g = g.reshape(B, h, H, W, K, d)
     out = np.zeros((B, h, H, W, d), g.dtype)
     for o, (dy, dx) in enumerate(offsets):
-        ys, yt = slice(max(0, -dy), max(0, H - max(0, dy))), slice(max(0, dy), max(0, H + min(0, dy)))
-        xs, xt = slice(max(0, -dx), max(0, W - max(0, dx))), slice(max(0, dx), max(0, W + min(0, dx)))
+        (ys, xs), (yt, xt) = shifted_overlap(H, W, dy, dx)
         out[:, :, yt, xt] += g[:, :, ys, xs, o]
     return out.reshape(B, h, N, d)
 

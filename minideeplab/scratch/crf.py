@@ -66,6 +66,7 @@ import numpy as np
 
 from minideeplab.scratch import lattice_fast as fast
 from minideeplab.scratch import window_fast
+from minideeplab.specs.conv import shifted_overlap
 
 PROB_FLOOR = 1e-5
 NORMALIZATIONS = ("symmetric", "after")
@@ -213,7 +214,7 @@ def window_kernel(features: np.ndarray, k: int) -> np.ndarray:
     r = k // 2
     K = np.zeros((k * k, H, W), features.dtype)
     for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
-        here, there = _window_overlap(H, W, dy, dx)
+        here, there = shifted_overlap(H, W, dy, dx)
         K[(o, *here)] = np.exp(-0.5 * np.sum((features[here] - features[there]) ** 2, axis=-1))
     return K
 
@@ -225,18 +226,9 @@ def window_message_naive(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     r = int(round(np.sqrt(weights.shape[0]))) // 2
     out = np.zeros_like(values)
     for o, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
-        here, there = _window_overlap(H, W, dy, dx)
+        here, there = shifted_overlap(H, W, dy, dx)
         out[here] += weights[(o, *here)][..., None] * values[there]
     return out
-
-
-def _window_overlap(H, W, dy, dx):
-    """(rows, cols) slices of the pixels whose neighbour at (dy, dx) is inside the image, and of those neighbours."""
-    def span(n, d):  # empty when |d| >= n; clamped so that no stop is negative (a negative stop counts from the end)
-        return slice(min(n, max(0, -d)), max(0, n - max(0, d))), slice(min(n, max(0, d)), max(0, n - max(0, -d)))
-
-    (ys, yt), (xs, xt) = span(H, dy), span(W, dx)
-    return (ys, xs), (yt, xt)
 
 
 class WindowFilter:
@@ -265,11 +257,7 @@ class WindowFilter:
         return after * out.reshape(H * W, -1)
 
     def __call__(self, values, out=None, scale=1.0):
-        result = self._apply(values, self.before, self.after)
-        if out is None:
-            return result if scale == 1.0 else scale * result
-        out += scale * result
-        return out
+        return _scaled_into(self._apply(values, self.before, self.after), out, scale)
 
     def transposed(self, values):
         return self._apply(values, self.after, self.before)
@@ -509,14 +497,18 @@ class ExactFilter:
         return _exact_filter(self.features, values) if self.matrix is None else self.matrix @ values
 
     def __call__(self, values, out=None, scale=1.0):
-        result = (scale * self.after) * self._kernel(self.before * values)
-        if out is None:
-            return result
-        out += result
-        return out
+        return _scaled_into(self.after * self._kernel(self.before * values), out, scale)
 
     def transposed(self, values):
         return self.before * self._kernel(self.after * values)
+
+
+def _scaled_into(result, out, scale):
+    """A filter's answer: scale * result, or added into `out` (returned) when one is given."""
+    if out is None:
+        return result if scale == 1.0 else scale * result
+    out += scale * result
+    return out
 
 
 def _exact_mean_field(logits, kernels, n_iters, mu, normalization):
@@ -572,14 +564,10 @@ class LatticeFilter:
         return self.buffers
 
     def __call__(self, values, out=None, scale=1.0):
-        if scale != 1.0 or out is None:
-            result = fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw,
-                                 buffers=self._buffers(values))
-            if out is None:
-                return result if scale == 1.0 else scale * result
-            out += scale * result
-            return out
-        return fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw, out, self._buffers(values))
+        if out is not None and scale == 1.0:  # dense_crf's every iteration: slice straight into the message
+            return fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw, out, self._buffers(values))
+        return _scaled_into(fast_filter(values, self.start, self.pixels, self.cw, self.lat, self.sw,
+                                        buffers=self._buffers(values)), out, scale)
 
     def transposed(self, values):
         return fast_filter(values, self.start, self.pixels, self.cw_t, self.lat, self.sw_t,

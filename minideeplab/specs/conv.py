@@ -13,7 +13,7 @@ import numpy as np
 
 from minideeplab.specs.checks import FLOAT_DTYPES, is_int
 
-__all__ = ["resolve_padding", "conv_output_size", "output_size", "ConvGeometry", "check_conv2d"]
+__all__ = ["resolve_padding", "conv_output_size", "output_size", "ConvGeometry", "check_conv2d", "shifted_overlap"]
 
 
 def resolve_padding(padding, kernel: int, rate: int = 1, fn: str = "atrous_conv2d") -> int:
@@ -114,3 +114,13 @@ def check_conv2d(fn, x, weight, bias=None, rate=1, stride=1, padding="same", gro
         raise ValueError(f"{fn}: dout has shape {dout.shape}, expected the forward output shape "
                          f"{(N, Cout, Ho, Wo)}")
     return ConvGeometry(N, C, H, W, Cout, kh, kw, ph, pw, Ho, Wo)
+
+
+def shifted_overlap(H, W, dy, dx):
+    """((rows, cols), (rows, cols)): slices of the pixels of an H x W grid whose neighbour at offset (dy, dx) is
+    inside the grid, and of those neighbours: a[here] pairs with a[there]. Empty when |dy| >= H or |dx| >= W."""
+    def span(n, d):  # clamped so that no stop is negative (a negative stop would count from the end)
+        return slice(min(n, max(0, -d)), max(0, n - max(0, d))), slice(min(n, max(0, d)), max(0, n - max(0, -d)))
+
+    (ys, yt), (xs, xt) = span(H, dy), span(W, dx)
+    return (ys, xs), (yt, xt)
