@@ -284,7 +284,8 @@ def _add_train(sub):
     p.add_argument("--output-stride", type=int, default=None,
                    help="8 or 16 for ResNets (default: the model's, 16 for v3/v3plus, 8 for v1/v2)")
     p.add_argument("--data-root", default="data/synthetic",
-                   help="folder in the PASCAL VOC layout (default: %(default)s)")
+                   help="folder in the PASCAL VOC layout, or Cityscapes' (leftImg8bit/, gtFine/; the split names "
+                        "the folder) (default: %(default)s)")
     p.add_argument("--train-split", default="train", help="split list to train on (default: %(default)s)")
     p.add_argument("--val-split", default="val", help="split list to evaluate on (default: %(default)s)")
     p.add_argument("--val-root", default=None,
@@ -450,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "mean IoU, pixel accuracy, per-class IoU and the trimap accuracy (pixel accuracy within "
                     "a band around the object boundaries), optionally with multi-scale and flipped inputs.")
     _add_inference(ev)
-    ev.add_argument("--data-root", default=None, help="VOC-layout folder (default: the checkpoint's)")
+    ev.add_argument("--data-root", default=None,
+                    help="VOC- or Cityscapes-layout folder (default: the checkpoint's)")
     ev.add_argument("--split", default=None, help="split list (default: the checkpoint's validation split)")
     ev.add_argument("--images", type=_positive(int), default=None, metavar="N", help="the first N images only")
     ev.add_argument("--trimap-widths", type=_positive(float), nargs="+", default=[1, 2, 4, 8, 16], metavar="PIXELS",

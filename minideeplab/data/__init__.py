@@ -4,12 +4,15 @@
 * ``synthetic``: a seeded scene generator where a pixel's class is an object's shape, not its texture or
   colour; ``python -m minideeplab.data.synthetic --out data/synthetic --seed 0`` regenerates the committed split.
 * ``voc``: a reader for the PASCAL VOC layout (the synthetic split, VOC 2012, SBD's augmented labels).
+* ``cityscapes``: a reader for the Cityscapes layout (gtFine label ids mapped to the 19 train ids);
+  ``open_dataset`` opens either layout.
 * ``transforms``: the training transforms (random scale, padded crop, flip).
 * ``data_path``: a file of the repository's ``data/`` folder (the committed split, the shipped model).
 """
 
 from pathlib import Path
 
+from minideeplab.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation, open_dataset
 from minideeplab.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from minideeplab.data.synthetic import generate, scene
 from minideeplab.data.transforms import train_transform
@@ -29,5 +32,6 @@ def data_path(*parts) -> Path:
     return path
 
 
-__all__ = ["DATA_DIR", "data_path", "SYNTHETIC_CLASSES", "generate", "scene", "train_transform", "VOC_CLASSES", "VOCSegmentation",
-           "read_image", "read_label", "voc_palette"]
+__all__ = ["DATA_DIR", "data_path", "SYNTHETIC_CLASSES", "generate", "scene", "train_transform", "VOC_CLASSES",
+           "VOCSegmentation", "CITYSCAPES_CLASSES", "CityscapesSegmentation", "open_dataset", "read_image",
+           "read_label", "voc_palette"]

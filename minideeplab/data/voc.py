@@ -92,6 +92,16 @@ def read_label(path, num_classes: int | None = None) -> np.ndarray:
     return label
 
 
+def stack_items(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """All (image, label) items of a data set stacked: (N, H, W, 3) uint8 and (N, H, W) uint8; same-size only."""
+    items = [dataset[i] for i in range(len(dataset))]
+    shapes = {im.shape for im, _ in items}
+    if len(shapes) > 1:
+        raise ValueError(f"{type(dataset).__name__}.arrays: the images have {len(shapes)} different sizes "
+                         f"(e.g. {sorted(shapes)[:3]}); stack only same-size images (crop or pad them first)")
+    return np.stack([im for im, _ in items]), np.stack([lb for _, lb in items])
+
+
 class VOCSegmentation:
     """The images and labels of one split. dataset[i] -> (image (H, W, 3) uint8, label (H, W) uint8).
 
@@ -139,12 +149,7 @@ class VOCSegmentation:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All items stacked: images (N, H, W, 3) uint8 and labels (N, H, W) uint8 (all items the same size)."""
-        items = [self[i] for i in range(len(self))]
-        shapes = {im.shape for im, _ in items}
-        if len(shapes) > 1:
-            raise ValueError(f"VOCSegmentation.arrays: the images have {len(shapes)} different sizes "
-                             f"(e.g. {sorted(shapes)[:3]}); stack only same-size images (crop or pad them first)")
-        return np.stack([im for im, _ in items]), np.stack([lb for _, lb in items])
+        return stack_items(self)
 
     def __repr__(self) -> str:
         return f"VOCSegmentation({str(self.root)!r}, split={self.split!r}): {len(self)} images, {self.num_classes} classes"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from minideeplab.data.transforms import train_transform
-from minideeplab.data.voc import VOCSegmentation
+from minideeplab.data.cityscapes import open_dataset
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, on RGB in [0, 1]
 STD = (0.229, 0.224, 0.225)
@@ -59,15 +59,16 @@ class FirstN(torch.utils.data.Dataset):
         return self.dataset[i]
 
 
-def open_split(root, split, what="data root") -> VOCSegmentation:
-    """VOCSegmentation(root, split) with errors that name the option and the path."""
+def open_split(root, split, what="data root"):
+    """The split of the data set at root (PASCAL VOC or Cityscapes layout: ``data.cityscapes.open_dataset``)
+    with errors that name the option and the path."""
     try:
-        return VOCSegmentation(root, split)
+        return open_dataset(root, split)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{what} {root}, split {split!r}: {e}") from None
 
 
-def open_val(config, classes=None) -> VOCSegmentation:
+def open_val(config, classes=None):
     """The validation split of a TrainConfig: val_split of val_root, or of data_root when val_root is None.
     classes: the training set's, which the validation set must have (same names, same order)."""
     if config.val_root is None:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from minideeplab.data.transforms import IGNORE_INDEX
-from minideeplab.data.voc import read_image, voc_palette
+from minideeplab.data.cityscapes import palette_of
+from minideeplab.data.voc import read_image
 from minideeplab.metrics import class_iou, confusion_matrix, mean_accuracy, mean_iou, pixel_accuracy, trimap_confusion
 from minideeplab.training.data import to_tensor
 
@@ -102,7 +103,7 @@ class NumpyModel:
 
 def segment(model, images, out, classes=None, scales=(1.0,), flip=False, crf=False, alpha=0.5, device="cpu",
             quiet=False, resize=None) -> list[Path]:
-    """For each image file write out/<stem>.png (the class map as a VOC palette PNG, at the image's size) and
+    """For each image file write out/<stem>.png (the class map as a palette PNG, VOC's colours or Cityscapes', at the image's size) and
     out/<stem>_overlay.png (the image blended with the class colours, alpha the colours' weight, with a legend of
     the classes present when ``classes`` names them). resize: the shorter side the image is resized to before
     the model sees it (torchvision's preprocessing of its published weights: 520), the probabilities resized
@@ -121,7 +122,7 @@ def segment(model, images, out, classes=None, scales=(1.0,), flip=False, crf=Fal
         raise ValueError(f"segment: alpha must be in [0, 1], got {alpha!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    palette = voc_palette()
+    palette = palette_of(classes)
     written = []
     for p in tqdm(paths, desc="segment", unit="img", disable=not _progress(quiet)):
         image = read_image(p)
