@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minideeplab.reference.receptive import input_gradient, measure_receptive_field
+from minideeplab.reference.receptive import input_footprint, input_gradient, measure_receptive_field
 from minideeplab.scratch.receptive import (RF, coverage, effective_kernel_size, footprint,
                                                  receptive_field, sampled_pixels)
 
@@ -74,3 +74,18 @@ def test_effective_kernel_size_rejects_bad_arguments():
         effective_kernel_size(3, 0)
     with pytest.raises(ValueError, match="kernel"):
         effective_kernel_size(True, 1)
+
+
+def test_footprints_of_the_check_are_what_torch_measures():
+    """The check's expected sets (counted from the taps) equal the package's measurement on each case's layer."""
+    from minideeplab.grading.checks.attention import _footprint_cases, _reach
+
+    for desc, layer, taps, x, token in _footprint_cases():
+        assert np.array_equal(input_footprint(layer, x, token), _reach(taps, tuple(x.shape[2:]), token)), desc
+
+
+def test_input_footprint_refuses_a_token_outside_the_output():
+    import torch
+
+    with pytest.raises(ValueError, match=r"token \(5, 0\) is outside the output of shape \(1, 2, 4, 4\)"):
+        input_footprint(lambda t: t, torch.zeros(1, 2, 4, 4), (5, 0))

@@ -135,6 +135,8 @@ def _short(v) -> str:
     """A value as a case names it: arrays by shape and dtype, long containers by their length."""
     if isinstance(v, np.ndarray):
         return f"array {v.shape} {v.dtype}"
+    if type(v).__module__.startswith("torch") and hasattr(v, "shape") and hasattr(v, "dtype"):
+        return f"tensor {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
     if isinstance(v, dict) and len(v) > 4:
         return f"dict of {len(v)} entries"
     if callable(v) and hasattr(v, "__name__"):

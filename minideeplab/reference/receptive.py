@@ -5,7 +5,7 @@ format and the padding rule: the stack is built as ``torch.nn.functional.conv2d`
 all-ones weights, and the field is wherever the input gradient is non-zero. With positive
 weights no two paths can cancel, so the non-zero set is exactly the set of sampled pixels and
 the gradient value is the number of paths. ``stage_footprint`` does the same through the real
-stages of a (twin) ResNet.
+stages of a (twin) ResNet; ``input_footprint`` through any torch layer (attention, atrous convs), for one token.
 """
 
 from __future__ import annotations
@@ -152,3 +152,17 @@ def _stage_footprint(spec, stages, max_input):
             return g[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy()
         n *= 2
     raise ValueError(f"{fn}: the field of {stages} of {spec!r} does not fit in a {max_input}x{max_input} input")
+
+
+def input_footprint(layer, x, token) -> np.ndarray:
+    """The input pixels one output token reads: layer maps x (1, C, H, W) to (1, C', H', W'); token (row, column)
+    of its output -> (H, W) bool, True where the gradient of the token (all its channels) with respect to x (any
+    channel) is non-zero. With random weights and a random x no two paths cancel exactly (the answer of exercise
+    11.4)."""
+    x = x.detach().clone().requires_grad_(True)
+    out = layer(x)
+    i, j = token
+    if out.ndim != 4 or not (0 <= i < out.shape[2] and 0 <= j < out.shape[3]):
+        raise ValueError(f"input_footprint: token {token!r} is outside the output of shape {tuple(out.shape)}")
+    grad, = torch.autograd.grad(out[0, :, i, j].sum(), x)
+    return (grad[0] != 0).any(dim=0).numpy()
