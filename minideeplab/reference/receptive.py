@@ -154,6 +154,98 @@ def _stage_footprint(spec, stages, max_input):
     raise ValueError(f"{fn}: the field of {stages} of {spec!r} does not fit in a {max_input}x{max_input} input")
 
 
+
+# ---------------------------------------------------------------------------------------------
+# the footprint of one token through any layer: attention against atrous convs (notebook 11)
+
+
+def _tokens_to_map(t, hw):
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *hw)
+
+
+def _weight(rng, *shape):
+    return torch.from_numpy(rng.standard_normal(shape) / np.sqrt(shape[-1]))
+
+
+def attention_map_layer(channels, heads, rng, sr_ratio=1):
+    """A layer x (B, C, H, W) -> (B, C, H, W), float64: the twin's multi-head self-attention over the map's
+    tokens (SegFormer's efficient attention, keys and values from the map reduced R x R, when sr_ratio = R > 1);
+    random weights from the NumPy Generator rng."""
+    from minideeplab.reference.attention import self_attention
+
+    C, w = channels, functools.partial(_weight, rng)
+    if sr_ratio == 1:
+        params = {"qkv.weight": w(3 * C, C), "qkv.bias": w(3 * C), "proj.weight": w(C, C), "proj.bias": w(C)}
+    else:
+        params = {"q.weight": w(C, C), "q.bias": w(C), "kv.weight": w(2 * C, C), "kv.bias": w(2 * C),
+                  "proj.weight": w(C, C), "proj.bias": w(C), "sr.weight": w(C, C, sr_ratio, sr_ratio),
+                  "sr.bias": w(C), "norm.weight": 1 + 0.1 * w(C), "norm.bias": w(C)}
+
+    def layer(x):
+        x = x.double()
+        hw = tuple(x.shape[2:])
+        return _tokens_to_map(self_attention(x.flatten(2).transpose(1, 2), params, heads, hw=hw, sr_ratio=sr_ratio),
+                              hw)
+    return layer
+
+
+def neighbourhood_map_layer(channels, heads, kernel, rate, rng):
+    """A layer x (B, C, H, W) -> (B, C, H, W), float64: q, k, v by one linear map of each token, the twin's
+    dilated neighbourhood attention (kernel x kernel taps, rate apart), an output projection."""
+    from minideeplab.reference.attention import neighbourhood_attention
+
+    C = channels
+    wqkv, wo = _weight(rng, 3 * C, C), _weight(rng, C, C)
+
+    def layer(x):
+        x = x.double()
+        B, _, H, W = x.shape
+        q, k, v = (x.flatten(2).transpose(1, 2) @ wqkv.T).reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+        out = neighbourhood_attention(q, k, v, (H, W), kernel, rate)       # (B, heads, N, C // heads)
+        return _tokens_to_map(out.transpose(1, 2).reshape(B, H * W, C) @ wo.T, (H, W))
+    return layer
+
+
+def conv_map_layer(channels, kernel, rate, rng, groups=1):
+    """A layer x (B, C, H, W) -> (B, C, H, W), float64: a kernel x kernel conv at rate, 'same' zero padding."""
+    weight = torch.from_numpy(rng.standard_normal((channels, channels // groups, kernel, kernel)) /
+                              (channels // groups * kernel))
+    return lambda x: F.conv2d(x.double(), weight, padding=rate * (kernel // 2), dilation=rate, groups=groups)
+
+
+def mix_ffn_map_layer(channels, hidden, rng):
+    """SegFormer's Mix-FFN as a layer x (B, C, H, W) -> (B, C, H, W), float64: fc1, a depthwise 3x3 conv (zero
+    padding), GELU, fc2 on each token."""
+    fc1, fc2 = _weight(rng, hidden, channels), _weight(rng, channels, hidden)
+    dw = conv_map_layer(hidden, 3, 1, rng, groups=hidden)
+
+    def layer(x):
+        h = torch.einsum("oc,bchw->bohw", fc1, x.double())
+        return torch.einsum("co,bohw->bchw", fc2, F.gelu(dw(h)))
+    return layer
+
+
+def stack_layers(*layers):
+    """The layers one after the other, first first."""
+    def layer(x):
+        for f in layers:
+            x = f(x)
+        return x
+    return layer
+
+
+def token_gradient(layer, x, token) -> np.ndarray:
+    """|d (sum over channels of the output token (row, column)) / d x|, summed over x's channels: (H, W) float64
+    for x (1, C, H, W)."""
+    x = x.detach().clone().requires_grad_(True)
+    out = layer(x)
+    i, j = token
+    if out.ndim != 4 or not (0 <= i < out.shape[2] and 0 <= j < out.shape[3]):
+        raise ValueError(f"token_gradient: token {token!r} is outside the output of shape {tuple(out.shape)}")
+    grad, = torch.autograd.grad(out[0, :, i, j].sum(), x)
+    return grad[0].abs().sum(dim=0).double().numpy()
+
+
 def input_footprint(layer, x, token) -> np.ndarray:
     """The input pixels one output token reads: layer maps x (1, C, H, W) to (1, C', H', W'); token (row, column)
     of its output -> (H, W) bool, True where the gradient of the token (all its channels) with respect to x (any

@@ -379,76 +379,13 @@ def exercise_11_3(neighbourhood_attention):
 # 11.4 the footprint of one output token, measured by input gradients
 
 
-def _tokens_to_map(t, hw):
-    B, N, C = t.shape
-    return t.transpose(1, 2).reshape(B, C, *hw)
-
-
-def _global_attention(C, heads, rng, sr_ratio=1):
-    """x (1, C, H, W) -> (1, C, H, W): the twin's multi-head self-attention (SegFormer's efficient attention when
-    sr_ratio > 1) on the map's tokens."""
-    import torch
-
-    from minideeplab.reference.attention import self_attention
-
-    def w(*shape):
-        return torch.from_numpy(rng.standard_normal(shape) / math.sqrt(shape[-1]))
-
-    if sr_ratio == 1:
-        params = {"qkv.weight": w(3 * C, C), "qkv.bias": w(3 * C), "proj.weight": w(C, C), "proj.bias": w(C)}
-    else:
-        params = {"q.weight": w(C, C), "q.bias": w(C), "kv.weight": w(2 * C, C), "kv.bias": w(2 * C),
-                  "proj.weight": w(C, C), "proj.bias": w(C), "sr.weight": w(C, C, sr_ratio, sr_ratio),
-                  "sr.bias": w(C), "norm.weight": 1 + 0.1 * w(C), "norm.bias": w(C)}
-
-    def layer(x):
-        x = x.double()
-        hw = tuple(x.shape[2:])
-        tokens = x.flatten(2).transpose(1, 2)
-        return _tokens_to_map(self_attention(tokens, params, heads, hw=hw, sr_ratio=sr_ratio), hw)
-    return layer
-
-
-def _neighbourhood_layer(C, heads, kernel, rate, rng):
-    """x (1, C, H, W) -> (1, C, H, W): q, k, v by one linear map of each token, then the twin's dilated
-    neighbourhood attention."""
-    import torch
-
-    from minideeplab.reference.attention import neighbourhood_attention
-
-    wqkv = torch.from_numpy(rng.standard_normal((3 * C, C)) / math.sqrt(C))
-
-    def layer(x):
-        x = x.double()
-        B, _, H, W = x.shape
-        tokens = x.flatten(2).transpose(1, 2)                          # (B, N, C)
-        q, k, v = (tokens @ wqkv.T).reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-        out = neighbourhood_attention(q, k, v, (H, W), kernel, rate)   # (B, heads, N, C // heads)
-        return _tokens_to_map(out.transpose(1, 2).reshape(B, H * W, C), (H, W))
-    return layer
-
-
-def _conv_layer(C, kernel, rate, rng):
-    """x (1, C, H, W) -> (1, C, H, W): a kernel x kernel conv at `rate`, 'same' zero padding."""
-    import torch
-    import torch.nn.functional as F
-
-    weight = torch.from_numpy(rng.standard_normal((C, C, kernel, kernel)) / (C * kernel))
-    return lambda x: F.conv2d(x.double(), weight, padding=rate * (kernel // 2), dilation=rate)
-
-
-def _stack(*layers):
-    def layer(x):
-        for f in layers:
-            x = f(x)
-        return x
-    return layer
-
-
 def _footprint_cases():
     """(description, layer, taps, x, token): taps is a list of per-layer offsets along one axis ("all" for a layer
     that reads the whole map), first layer first."""
     import torch
+
+    from minideeplab.reference.receptive import attention_map_layer, conv_map_layer, neighbourhood_map_layer, \
+        stack_layers
 
     rng = np.random.default_rng(114)
     C, hw = 4, (12, 15)
@@ -458,18 +395,18 @@ def _footprint_cases():
         return [tuple(t * rate for t in range(-(kernel // 2), kernel // 2 + 1))]
 
     specs = [
-        ("global self-attention, 2 heads", _global_attention(C, 2, rng), ["all"], hw, (4, 9)),
-        ("neighbourhood attention kernel=3 rate=1", _neighbourhood_layer(C, 2, 3, 1, rng), na(3, 1), hw, (5, 6)),
-        ("neighbourhood attention kernel=3 rate=4", _neighbourhood_layer(C, 2, 3, 4, rng), na(3, 4), hw, (5, 7)),
-        ("neighbourhood attention kernel=5 rate=2, a token near the corner", _neighbourhood_layer(C, 1, 5, 2, rng),
+        ("global self-attention, 2 heads", attention_map_layer(C, 2, rng), ["all"], hw, (4, 9)),
+        ("neighbourhood attention kernel=3 rate=1", neighbourhood_map_layer(C, 2, 3, 1, rng), na(3, 1), hw, (5, 6)),
+        ("neighbourhood attention kernel=3 rate=4", neighbourhood_map_layer(C, 2, 3, 4, rng), na(3, 4), hw, (5, 7)),
+        ("neighbourhood attention kernel=5 rate=2, a token near the corner", neighbourhood_map_layer(C, 1, 5, 2, rng),
          na(5, 2), hw, (1, 13)),
-        ("three 3x3 convs at rate 2", _stack(*(_conv_layer(C, 3, 2, rng) for _ in range(3))), conv3 * 3, hw,
+        ("three 3x3 convs at rate 2", stack_layers(*(conv_map_layer(C, 3, 2, rng) for _ in range(3))), conv3 * 3, hw,
          (6, 8)),
         ("neighbourhood attention rate=1 then rate=3 (DiNAT's pair)",
-         _stack(_neighbourhood_layer(C, 2, 3, 1, rng), _neighbourhood_layer(C, 2, 3, 3, rng)),
+         stack_layers(neighbourhood_map_layer(C, 2, 3, 1, rng), neighbourhood_map_layer(C, 2, 3, 3, rng)),
          na(3, 1) + na(3, 3), hw, (6, 7)),
-        ("a 1x1 conv", _conv_layer(C, 1, 1, rng), [(0,)], hw, (3, 10)),
-        ("SegFormer's efficient attention, reduction ratio 2", _global_attention(C, 1, rng, sr_ratio=2), ["all"],
+        ("a 1x1 conv", conv_map_layer(C, 1, 1, rng), [(0,)], hw, (3, 10)),
+        ("SegFormer's efficient attention, reduction ratio 2", attention_map_layer(C, 1, rng, sr_ratio=2), ["all"],
          (8, 10), (2, 3)),
     ]
     cases = []
