@@ -78,7 +78,8 @@ def _train_config(args):
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
-                       device=_device(args.device), model_options=options, dtype=args.dtype)
+                       device=_device(args.device), model_options=options, dtype=args.dtype,
+                       init_from=args.init_from)
 
 
 def _model_option(text):
@@ -114,7 +115,8 @@ def _train(args) -> int:
     from minideeplab.training.loop import best_miou
 
     config = _train_config(args)
-    for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root)):
+    for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root),
+                       ("--init-from", config.init_from)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -315,7 +317,14 @@ def _add_train(sub):
                    help="float64 is slow; for exact comparisons (default: %(default)s)")
     p.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="another build_model argument, a Python literal, repeatable: image_pooling=False, "
-                        "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True")
+                        "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True; crf=True adds "
+                        "the dense CRF as a trained last layer (5 mean-field iterations), \"crf={'n_iters': 3}\" "
+                        "with CRFHead's arguments")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (a run's last.pt or best.pt, or an exported file) "
+                        "with a fresh optimiser at iteration 0; keys this model has and the checkpoint lacks (a "
+                        "CRF layer) keep their initial values, and the log names them. --resume of such a run "
+                        "resumes it")
     p.add_argument("--backend", choices=("torch", "scratch"), default="torch",
                    help="torch: this PyTorch trainer; scratch: the NumPy one (minideeplab.training.numpy_backend, "
                         "one process) (default: %(default)s)")
