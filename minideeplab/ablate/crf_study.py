@@ -58,10 +58,13 @@ TRAIN_IMAGES = 3000  # the shipped study's generated train set (see ``study``)
 SEEDS = (0, 1, 2)
 CRF_LAYER = {"n_iters": 5}
 POST = "deeplab-v2-resnet"
-# seconds per training step of 8 128x128 crops, torch trainer, one thread (``minideeplab bench train --crf
-# --threads 1``, this machine, 2026-12, beside other work: medians of 5): for --list's estimates
-STEP_SECONDS = {"plain": 0.15, "crf_layer": 0.75}
-EVAL_SECONDS = {"plain": 5.0, "crfpost": 40.0, "crf_layer": 10.0}  # 100 val images, rough
+# seconds per training step of 8 128x128 crops, torch trainer, one thread, for --list's estimates. plain: the
+# shipped ablation's v3plus-os16 row (3,000 steps in 461 s). crf_layer: plain times the ratio measured by
+# 'minideeplab bench train --crf --threads 1' (torch 3.97 s / 0.89 s a step = 4.5, on a machine loaded ~4x, both
+# cases in one run; the numpy trainer: 2.52 / 1.50 s); 0.69 s also follows from the issue's 0.3 s CRF forward for
+# 8 crops and the backward at 0.78x the forward (bench crf --backward).
+STEP_SECONDS = {"plain": 0.154, "crf_layer": 0.69}
+EVAL_SECONDS = {"plain": 5.0, "crfpost": 15.0, "crf_layer": 10.0}  # 100 val images: rough guesses, not measured
 
 
 def _row(name, seed, schedule, about, **kw):
@@ -259,5 +262,5 @@ def format_crf_rows(rows=CRF_ROWS) -> str:
     size = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, size)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines] +
-                     [f"total: {total:.1f} CPU hours (one thread a row; step times: STEP_SECONDS, measured with "
-                      f"'minideeplab bench train --crf --threads 1')"])
+                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: the ablation's measured v3+ step and "
+                      f"'minideeplab bench train --crf --threads 1''s CRF/plain ratio; evaluation times guessed)"])

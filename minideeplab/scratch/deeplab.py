@@ -57,6 +57,12 @@ Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`
     decoder_layout="smp" also takes smp's input rule: H and W must be multiples of the output stride (its
     upsamplings are scale factors, and it refuses other sizes).
 
+    any model, crf=... (the CRF as the last layer, ``specs.heads.CRFHead``):
+        crf.log_pos_w, crf.log_bi_w     0-d: the logs of the two kernel weights (positive), log 3 and log 4
+        crf.compat                      (classes, classes): the label compatibility, a penalty, from 1 - I
+      (``reference.crf.CRFLayer``'s names). The head reads the scores and the input (step input "input"),
+      returns log Q at the input's size; see ARCHITECTURE.md for how it gets the image's colours.
+
 Bilinear resizing: ``align_corners`` (config) applies to the final resize of every model and to the v3+
 decoder's upsampling of the ASPP output; default False (torchvision). The ASPP's image pooling branch
 resizes a 1x1 map, the same either way. With align_corners=True, v3+ needs H and W of the form
@@ -74,8 +80,8 @@ Init (``init_model``, ``build_model``): torchvision's (Kaiming normal, fan-out) 
 class-score convs (``is_score_layer``), which get DeepLab's N(0, 0.01) weights and zero bias: a fresh
 model's logits are then small and its loss starts near ln(num_classes).
 
-Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout), the
-dense CRF (``crf``), multi-scale inputs.
+Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout),
+multi-scale inputs. The dense CRF as post-processing is ``crf.dense_crf``; as a trained layer, the option crf.
 """
 
 from __future__ import annotations
