@@ -42,7 +42,7 @@ def _bench(args) -> int:
     import importlib
 
     run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
-    options = {k: getattr(args, k) for k in ("backward", "window") if hasattr(args, k)}  # a suite's own options
+    options = {k: getattr(args, k) for k in ("backward", "window", "crf") if hasattr(args, k)}  # a suite's own
     return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
 
 
@@ -78,7 +78,8 @@ def _train_config(args):
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
-                       device=_device(args.device), model_options=options, dtype=args.dtype)
+                       device=_device(args.device), model_options=options, dtype=args.dtype,
+                       init_from=args.init_from)
 
 
 def _model_option(text):
@@ -114,7 +115,8 @@ def _train(args) -> int:
     from minideeplab.training.loop import best_miou
 
     config = _train_config(args)
-    for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root)):
+    for flag, root in (("--data-root", config.data_root), ("--val-root", config.val_root),
+                       ("--init-from", config.init_from)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -238,12 +240,15 @@ def _weights_source(weights, arch):
 def _ablate(args) -> int:
     from minideeplab import ablate
 
+    if args.study == "crf":
+        return _crf_study(args)
     if args.list:
         print(ablate.format_rows())
         return 0
     for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
+    args.out = args.out or "runs/ablation"
     rows = ablate.run_ablation(args.out, args.only, epochs=args.epochs, train_images=args.train_images,
                                val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
                                val_root=args.val_root,
@@ -255,6 +260,30 @@ def _ablate(args) -> int:
     print()
     for line in ablate.trends(rows):
         print(f"- {line}")
+    return 0
+
+
+def _crf_study(args) -> int:
+    from minideeplab import ablate
+    from minideeplab.ablate import crf_study
+
+    if args.list:
+        print(crf_study.format_crf_rows())
+        return 0
+    if args.epochs != ablate.EPOCHS or args.crop_size != ablate.CROP_SIZE:
+        raise ValueError("--study crf: its schedules are fixed (see --list: 'ablation' and 'finetune'); "
+                         "--epochs and --crop-size apply to the ablation")
+    for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
+        if root is not None and not Path(root).exists():
+            raise FileNotFoundError(f"{flag} {root} does not exist")
+    out = args.out or "runs/crf"
+    rows = crf_study.run_crf_study(out, args.only, data_root=args.data_root, val_root=args.val_root,
+                                   train_images=args.train_images, val_images=args.val_images, results=args.results,
+                                   threads=args.threads, log=print)
+    print(f"\n{len(rows)} rows in {Path(args.results or out) / 'crf.csv'} (and crf.json, crf_miou.png)")
+    for r in rows:
+        print(f"{r['name']:<28} mIoU {100 * r['miou']:5.1f}  trimap 1px {100 * r['trimap_1']:5.1f}  "
+              f"2px {100 * r['trimap_2']:5.1f}")
     return 0
 
 
@@ -316,7 +345,14 @@ def _add_train(sub):
                    help="float64 is slow; for exact comparisons (default: %(default)s)")
     p.add_argument("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
                    help="another build_model argument, a Python literal, repeatable: image_pooling=False, "
-                        "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True")
+                        "\"atrous_rates=(12, 24, 36)\", aspp_channels=128, dropout=0.1, aux=True; crf=True adds "
+                        "the dense CRF as a trained last layer (5 mean-field iterations), \"crf={'n_iters': 3}\" "
+                        "with CRFHead's arguments")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (a run's last.pt or best.pt, or an exported file) "
+                        "with a fresh optimiser at iteration 0; keys this model has and the checkpoint lacks (a "
+                        "CRF layer) keep their initial values, and the log names them. --resume of such a run "
+                        "resumes it")
     p.add_argument("--backend", choices=("torch", "scratch"), default="torch",
                    help="torch: this PyTorch trainer; scratch: the NumPy one (minideeplab.training.numpy_backend, "
                         "one process) (default: %(default)s)")
@@ -436,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
         suite.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
         suite.add_argument("--quick", action="store_true", help=f"{quick_help}: a smoke test of the benchmark")
         suite.set_defaults(func=_bench)
+        if name == "train":
+            suite.add_argument("--crf", action="store_true",
+                               help="also time the step of the same model with the CRF layer (5 mean-field "
+                                    "iterations, the lattice) on 8 images of data/synthetic")
         if name == "crf":
             suite.add_argument("--backward", action="store_true",
                                help="time the CRF as a layer: mean_field's backward against its forward "
@@ -506,8 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumes). Writes ablation.csv, ablation.json, ablation_miou.png and ablation_trimap.png "
                     "to RESULTS, prints the table and checks the papers' trends against it. The shipped "
                     "results: minideeplab ablate --out runs/ablation --results data/ablation")
-    ab.add_argument("--out", default="runs/ablation",
-                    help="folder for the rows' checkpoints and results (default: %(default)s)")
+    ab.add_argument("--study", choices=("ablation", "crf"), default="ablation",
+                    help="ablation: the papers' table (minideeplab.ablate.ROWS); crf: the dense CRF as post-processing "
+                         "against the trained CRF layer, 3 seeds (minideeplab.ablate.crf_study; its schedules are "
+                         "fixed, --list gives the expected CPU hours per row; the shipped results: --out runs/crf "
+                         "--results data/ablation --data-root runs/synthetic-3000 --val-root data/synthetic) "
+                         "(default: %(default)s)")
+    ab.add_argument("--out", default=None,
+                    help="folder for the rows' checkpoints and results (default: runs/ablation, runs/crf for "
+                         "--study crf)")
     ab.add_argument("--results", default=None,
                     help="folder for the table and plots (default: OUT); data/ablation for the shipped ones")
     ab.add_argument("--only", nargs="+", default=None, metavar="NAME",

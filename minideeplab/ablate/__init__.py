@@ -10,6 +10,8 @@
 - ``results``: ablation.csv / .json / _per_image.npz and long_runs.json, the table as text (plots: ``viz.ablation``).
 - ``stats``: mIoUs of resampled images, the paired bootstrap and its interval, the Pareto front.
 - ``claims``: ``trends``, the papers' claims checked against a table.
+- ``crf_study``: the CRF study (``minideeplab ablate --study crf``): post-processing against the trained CRF
+  layer, three seeds, rows on ``run``'s machinery (imported on its own: ``from minideeplab.ablate import crf_study``).
 """
 
 from minideeplab.ablate.claims import CLEARLY, trends

@@ -118,6 +118,16 @@ def _record(row, classes, scores, cost, schedule, train_seconds, images, inferen
     return record
 
 
+def _crf_layer_record(row, weights) -> dict:
+    """The CRF layer's options and learned parameters (NaN / None for a row without one)."""
+    if row.crf_layer is None:
+        return {"crf_layer": None, "crf_pos_w": math.nan, "crf_bi_w": math.nan, "crf_compat": None}
+    return {"crf_layer": ",".join(f"{k}={v}" for k, v in sorted(row.crf_layer.items())) or "defaults",
+            "crf_pos_w": float(weights["crf.log_pos_w"].float().exp()),
+            "crf_bi_w": float(weights["crf.log_bi_w"].float().exp()),
+            "crf_compat": weights["crf.compat"].float().tolist()}
+
+
 def _check_schedule(path, record, schedule):
     differ = {k: (record.get(k), v) for k, v in schedule.items() if record.get(k) != v}
     if differ:
@@ -129,7 +139,8 @@ def _check_schedule(path, record, schedule):
 def _load_result(path, schedule):
     record = json.loads(path.read_text())
     record["atrous_rates"] = tuple(record["atrous_rates"])
-    record = {k: math.nan if v is None and k not in ("image_pooling", "crf") else v for k, v in record.items()}
+    keep = ("image_pooling", "crf", "crf_layer", "crf_compat", "init_from", "schedule")  # None is a value there
+    record = {k: math.nan if v is None and k not in keep else v for k, v in record.items()}
     _check_schedule(path, record, schedule)
     return record
 
@@ -149,10 +160,12 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
                                data_root=str(data_root), out=str(folder), epochs=schedule["epochs"],
                                batch_size=schedule["batch_size"], crop_size=schedule["crop_size"], lr=schedule["lr"],
                                scale_range=(schedule["scale_min"], schedule["scale_max"]), seed=schedule["seed"],
-                               eval_every=0, train_images=schedule["train_images"], model_options=row.model_options())
+                               eval_every=0, train_images=schedule["train_images"], model_options=row.model_options(),
+                               init_from=schedule.get("init_from"))
         resume = checkpoint.exists()
         n = schedule["epochs"]
-        log(f"{row.name}: {'resuming' if resume else 'training'} ({row.about}; {n} epoch{'s' * (n != 1)})")
+        log(f"{row.name}: {'resuming' if resume else 'training'} ({row.about}; {n} epoch{'s' * (n != 1)}"
+            f"{f', from {config.init_from}' if config.init_from and not resume else ''})")
         try:
             T.train(config, resume=resume, quiet=True, log=lambda line: log(f"  {row.name}: {line}"), builder=build)
         except ValueError as e:
@@ -181,6 +194,8 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
     seconds = _train_seconds(ckpt["metrics"], schedule["batch_size"])
     record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
                      ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"])
+    if row.schedule is not None:  # the CRF study's: the CRF layer, and what it learned
+        record.update(_crf_layer_record(row, ckpt["model"]))
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "per_image.npz", cms=cms, trimaps=trimaps, widths=np.asarray(T.TRIMAP_WIDTHS))
     tmp = result.with_suffix(".json.tmp")

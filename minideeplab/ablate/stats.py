@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mean_ious", "bootstrap_miou_difference", "bootstrap_interval", "pareto_front"]
+__all__ = ["mean_ious", "bootstrap_miou_difference", "bootstrap_interval", "bootstrap_accuracy_interval",
+           "pareto_front"]
 
 
 def mean_ious(cms, samples) -> np.ndarray:
@@ -37,6 +38,27 @@ def bootstrap_interval(cms_a, cms_b, n_samples=2000, level=0.95, seed=0) -> tupl
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     whole = float(bootstrap_miou_difference(a, b, np.arange(n)[None])[0])
     return whole, float(lo), float(hi)
+
+
+def bootstrap_accuracy_interval(cms_a, cms_b, n_samples=2000, level=0.95, seed=0) -> tuple[float, float, float]:
+    """``bootstrap_interval`` for the pixel accuracy of the summed matrices (the trimap accuracy, from per-image
+    trimap confusions (N, C, C)): (accuracy(a) - accuracy(b) on all images, the percentile interval)."""
+    a, b = np.asarray(cms_a, dtype=np.int64), np.asarray(cms_b, dtype=np.int64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"bootstrap_accuracy_interval: cms_a and cms_b must both be (N, C, C), got {a.shape} and "
+                         f"{b.shape}")
+    n = len(a)
+    samples = np.random.default_rng(seed).integers(0, n, (n_samples, n))
+
+    def accuracy(cms, idx):
+        cm = cms[idx].sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.trace(cm, axis1=-2, axis2=-1) / cm.sum((-2, -1))
+
+    diffs = accuracy(a, samples) - accuracy(b, samples)
+    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    whole = accuracy(a, np.arange(n)[None])[0] - accuracy(b, np.arange(n)[None])[0]
+    return float(whole), float(lo), float(hi)
 
 
 def pareto_front(cost, score) -> np.ndarray:

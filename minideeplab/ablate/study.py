@@ -77,7 +77,9 @@ class Row(NamedTuple):
     atrous_rates: v2: ASPP-L's branches; v3, v3plus: the ASPP's 3x3 branches; () for shallow.
     image_pooling: the ASPP's image-level branch (None: the model has no ASPP). fc_channels: v2's fc6-fc7-fc8
     width (None: the ResNet form, one 3x3 conv per rate). crf: a ``scratch.crf.PARAMETER_SETS`` name; the row
-    is row ``weights_of`` (trained once, for that row) evaluated with the dense CRF."""
+    is row ``weights_of`` (trained once, for that row) evaluated with the dense CRF (post-processing).
+    crf_layer, seed, schedule: the CRF study's (``crf_study``): the CRF trained as a layer, the row's seed and
+    its named schedule."""
 
     name: str
     model: str
@@ -88,6 +90,9 @@ class Row(NamedTuple):
     crf: str | None = None
     weights_of: str | None = None
     about: str = ""
+    crf_layer: dict | None = None     # build_model's crf option: the CRF trained as the last layer
+    seed: int | None = None           # None: the run's (ablation) seed; the CRF study's rows name theirs
+    schedule: str | None = None       # the CRF study's named schedule (``crf_study.SCHEDULES``); None: the run's
 
     @property
     def decoder(self) -> bool:
@@ -102,6 +107,8 @@ class Row(NamedTuple):
             options["image_pooling"] = self.image_pooling
         if self.fc_channels is not None:
             options["fc_channels"] = self.fc_channels
+        if self.crf_layer is not None:
+            options["crf"] = dict(self.crf_layer)
         return options
 
 
@@ -195,15 +202,16 @@ def _meta_model(row: Row, num_classes: int) -> nn.Module:
 
 
 def costs(row: Row, num_classes: int = 7, size=IMAGE_SIZE) -> dict:
-    """{"parameters", "mult_adds" (convolutions, one (3, *size) image; ``bench.cost``)} of a row's model,
+    """{"parameters", "mult_adds" (convolutions only, one (3, *size) image; ``bench.cost``)} of a row's model,
     counted on the meta device (no weights allocated)."""
     from minideeplab.bench.cost import model_mult_adds, mult_adds
 
     module = _meta_model(row, num_classes)
     if row.model == "shallow":
         macs = mult_adds(module, (1, 3, *size))
-    else:
-        macs = model_mult_adds(row.model, "mini", row.output_stride, num_classes, size, **row.model_options())
+    else:  # convolutions only: a CRF layer's mean field is not counted (and cannot run on the meta device)
+        options = {k: v for k, v in row.model_options().items() if k != "crf"}
+        macs = model_mult_adds(row.model, "mini", row.output_stride, num_classes, size, **options)
     return {"parameters": sum(p.numel() for p in module.parameters()), "mult_adds": int(sum(macs.values()))}
 
 

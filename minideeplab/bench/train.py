@@ -6,7 +6,11 @@ Case (float32, training mode: batch statistics, dropout; 7 classes, the syntheti
     v3plus-mini-128-b8     the mini DeepLab v3+ (``minideeplab train``'s default model) on a batch of 8 128x128
                            crops, the torch trainer's defaults (lr 0.01, momentum 0.9, weight decay 1e-4)
 
-``--quick``: the same model on a batch of 2 64x64 crops, one repeat.
+    v3plus-mini-crf5-128-b8  ``--crf``: the same with the CRF layer (``build_model(..., crf={"n_iters": 5})``,
+                           the lattice), on 8 images of data/synthetic's train split (the lattice's size, hence its
+                           time, depends on the colours: noise would fill it), beside the plain case in the same run
+
+``--quick``: the same model on a batch of 2 64x64 crops, one repeat (with ``--crf``: and with the CRF layer).
 
 A step is forward + softmax cross-entropy (ignore 255), backward, SGD update; each phase is timed apart.
 The data pipeline, which both trainers share, is not timed. Each side runs in its own subprocess
@@ -34,7 +38,12 @@ MAX_REL_ERR = 1e-4  # |loss_numpy - loss_torch| / loss_torch of the first step, 
 CLASSES = 7         # data/synthetic's
 CASES = {"v3plus-mini-128-b8": dict(model="v3plus", backbone="mini", crop_size=128, batch_size=8)}
 QUICK_CASES = {"quick-v3plus-mini-64-b2": dict(model="v3plus", backbone="mini", crop_size=64, batch_size=2)}
-ALL_CASES = {**CASES, **QUICK_CASES}
+CRF_OPTIONS = {"crf": {"n_iters": 5}}
+CRF_CASES = {"v3plus-mini-crf5-128-b8": dict(CASES["v3plus-mini-128-b8"], model_options=CRF_OPTIONS)}
+QUICK_CRF_CASES = {"quick-v3plus-mini-crf5-64-b2": dict(QUICK_CASES["quick-v3plus-mini-64-b2"],
+                                                        model_options=CRF_OPTIONS)}
+ALL_CASES = {**CASES, **QUICK_CASES, **CRF_CASES, **QUICK_CRF_CASES}
+DATA = Path(__file__).resolve().parents[2] / "data" / "synthetic"  # the CRF cases' images
 
 
 def _twin(case):
@@ -53,7 +62,14 @@ def _write_inputs(case, weights, batch):
     rng = np.random.default_rng(0)
     y = rng.integers(0, CLASSES, (n, c, c))
     y[rng.random((n, c, c)) < 0.1] = 255  # some ignored pixels, as at the crops' padding and object borders
-    np.savez(batch, x=rng.standard_normal((n, 3, c, c), dtype=np.float32), y=y)
+    x = rng.standard_normal((n, 3, c, c), dtype=np.float32)
+    if "crf" in ALL_CASES[case].get("model_options", {}):  # real colours: the CRF's lattice depends on them
+        from minideeplab.data.transforms import resize
+        from minideeplab.training.data import open_split, to_tensor
+
+        train = open_split(DATA, "train")
+        x = np.stack([to_tensor(resize(*train[i], (c, c))[0]).numpy() for i in range(n)])
+    np.savez(batch, x=x, y=y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +169,15 @@ def _child(side, case, threads, repeat, weights, batch, masks_path):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
+def run(threads=2, repeat=5, as_json=False, quick=False, crf=False) -> int:
     import numba
 
     if threads < 1 or repeat < 1:
         raise ValueError(f"bench train: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     cases, repeat = (QUICK_CASES, 1) if quick else (CASES, repeat)
+    if crf:
+        cases = {**cases, **(QUICK_CRF_CASES if quick else CRF_CASES)}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="minideeplab-bench-train-") as tmp:
         for name, case in cases.items():
@@ -183,15 +201,15 @@ def run(threads=2, repeat=5, as_json=False, quick=False) -> int:
     print(f"DeepLab training step (forward + loss, backward, SGD update), float32; {threads} threads for torch, "
           f"numba and BLAS, each side in its own process; median of {repeat}; ratio = numpy / torch time (lower "
           f"is better)")
-    head = (f"{'case':<24}{'input':>11} | {'numpy':>7}{'torch':>7} | {'ratio':>5} | {'forward':>13} "
+    head = (f"{'case':<28}{'input':>11} | {'numpy':>7}{'torch':>7} | {'ratio':>5} | {'forward':>13} "
             f"{'backward':>13} {'update':>13} | {'loss err':>8}")
-    print(f"{'':<35} | {'img/s':^14} | {'':>5} | {'seconds, numpy/torch':^41} |")
+    print(f"{'':<39} | {'img/s':^14} | {'':>5} | {'seconds, numpy/torch':^41} |")
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
         phases = " ".join(f"{r[f'numpy_{p}_s']:>6.3f}/{r[f'torch_{p}_s']:<6.3f}"
                           for p in ("forward", "backward", "update"))
-        print(f"{name:<24}{r['input']:>11} | {r['numpy_img_s']:>7.1f}{r['torch_img_s']:>7.1f} | {r['ratio']:>5.2f} | "
+        print(f"{name:<28}{r['input']:>11} | {r['numpy_img_s']:>7.1f}{r['torch_img_s']:>7.1f} | {r['ratio']:>5.2f} | "
               f"{phases} | {r['first_loss_rel_err']:>8.1e}")
     if wrong:
         print(f"WRONG: the first losses differ by more than {MAX_REL_ERR:g} (relative) on: {', '.join(wrong)}")

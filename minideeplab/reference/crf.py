@@ -161,13 +161,13 @@ class CRFLayer(torch.nn.Module):
     CRF-as-RNN."""
 
     def __init__(self, num_classes, n_iters=5, pos_w=3.0, bi_w=4.0, pos_xy_std=3.0, bi_xy_std=67.0,
-                 bi_rgb_std=3.0, method="lattice", normalization="symmetric"):
+                 bi_rgb_std=3.0, method="lattice", normalization="symmetric", window=11):
         super().__init__()
         self.log_pos_w = torch.nn.Parameter(torch.tensor(float(np.log(pos_w))))
         self.log_bi_w = torch.nn.Parameter(torch.tensor(float(np.log(bi_w))))
         self.compat = torch.nn.Parameter(1.0 - torch.eye(num_classes))
         self.kw = dict(n_iters=n_iters, pos_xy_std=pos_xy_std, bi_xy_std=bi_xy_std, bi_rgb_std=bi_rgb_std,
-                       method=method, normalization=normalization)
+                       method=method, normalization=normalization, window=window)
 
     def forward(self, logits, images):
         dtype = logits.dtype

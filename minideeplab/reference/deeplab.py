@@ -70,11 +70,14 @@ class DeepLabModule(nn.Module):
             raise ValueError(f"DeepLabModule.forward: x has shape {tuple(x.shape)}, but {self.config.describe()} with "
                              f"decoder_layout='smp' needs H and W divisible by {os_} (smp's rule)")
         feats = dict(self.backbone(x))
+        feats["input"] = x  # what a step may read besides the features (the CRF head: the image's colours)
         for step in self.config.steps:
             if step.training_only and not self.training:
                 continue
             feats[step.output] = getattr(self, step.name)(*(feats[i] for i in step.inputs))
-        result = {"out": F.interpolate(feats["scores"], size=size, mode="bilinear", align_corners=ac)}
+        scores = feats["scores"]  # at the input's size already after the CRF head
+        result = {"out": scores if scores.shape[-2:] == size else F.interpolate(scores, size=size, mode="bilinear",
+                                                                                  align_corners=ac)}
         if "aux" in feats:
             result["aux"] = F.interpolate(feats["aux"], size=size, mode="bilinear", align_corners=ac)
         return result

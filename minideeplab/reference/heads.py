@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minideeplab.reference import crf as _crf
 from minideeplab.reference.aspp import ASPPLModule, ASPPModule, Dropout, conv_unit
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
+from minideeplab.specs.heads import Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
 
 __all__ = ["LargeFOVHeadModule", "DeepLabHeadModule", "FCNHeadModule", "DecoderModule", "classifier_module",
-           "LRASPPHeadModule", "HEADS"]
+           "LRASPPHeadModule", "CRFHeadModule", "HEADS"]
 
 
 class LargeFOVHeadModule(nn.Module):
@@ -94,6 +95,37 @@ class LRASPPHeadModule(nn.Module):
         return self.low_classifier(low) + self.high_classifier(x)
 
 
+class CRFHeadModule(_crf.CRFLayer):
+    """The dense CRF as the model's last layer: ``reference.crf.CRFLayer`` (``log_pos_w``, ``log_bi_w``,
+    ``compat``) on the scores resized to the input and the input's RGB colours, recovered from the normalised
+    x as round(255 (x * std + mean)). forward(scores, x) -> log Q (N, classes, H, W).
+    method "lattice" or "window": the scratch mean field inside ``MeanField`` (torch has no lattice: a model
+    comparison is then scratch against scratch for the CRF); "exact": ``reference.crf.mean_field``, torch's own
+    arithmetic differentiated by autograd, the independent twin."""
+
+    def __init__(self, spec: CRFHead):
+        super().__init__(spec.num_classes, spec.n_iters, spec.pos_w, spec.bi_w, spec.pos_xy_std, spec.bi_xy_std,
+                         spec.bi_rgb_std, spec.method, spec.normalization, spec.window)
+        self.spec = spec
+        self.initialised = True  # its own values (log weights, Potts): DeepLabModule's init leaves it alone
+
+    def forward(self, scores, x):
+        spec = self.spec
+        if scores.shape[-2:] != x.shape[-2:]:
+            scores = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=spec.align_corners)
+        mean = torch.tensor(spec.mean, dtype=torch.float64, device=x.device).view(3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float64, device=x.device).view(3, 1, 1)
+        rgb = torch.round(255 * (x.detach().to(torch.float64) * std + mean)).clamp(0, 255).to(torch.uint8)
+        images = rgb.permute(0, 2, 3, 1).cpu().numpy()
+        if spec.method != "exact":
+            return super().forward(scores, images)
+        kw = {k: v for k, v in self.kw.items() if k not in ("method", "window")}
+        q = _crf.mean_field(scores, images, pos_w=self.log_pos_w.exp(), bi_w=self.log_bi_w.exp(), compat=self.compat,
+                            **kw).to(scores.dtype)
+        return torch.log(q.clamp_min(torch.finfo(scores.dtype).tiny))
+
+
 # the registry: a head spec's type -> its twin's builder (scratch.heads.UNITS's twin)
 HEADS = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
-           FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module, LRASPPHead: LRASPPHeadModule}
+           FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module, LRASPPHead: LRASPPHeadModule,
+           CRFHead: CRFHeadModule}

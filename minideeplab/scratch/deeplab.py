@@ -57,6 +57,12 @@ Parameter names (flat dicts, as ``backbone``; the reference twin's ``state_dict`
     decoder_layout="smp" also takes smp's input rule: H and W must be multiples of the output stride (its
     upsamplings are scale factors, and it refuses other sizes).
 
+    any model, crf=... (the CRF as the last layer, ``specs.heads.CRFHead``):
+        crf.log_pos_w, crf.log_bi_w     0-d: the logs of the two kernel weights (positive), log 3 and log 4
+        crf.compat                      (classes, classes): the label compatibility, a penalty, from 1 - I
+      (``reference.crf.CRFLayer``'s names). The head reads the scores and the input (step input "input"),
+      returns log Q at the input's size; see ARCHITECTURE.md for how it gets the image's colours.
+
 Bilinear resizing: ``align_corners`` (config) applies to the final resize of every model and to the v3+
 decoder's upsampling of the ASPP output; default False (torchvision). The ASPP's image pooling branch
 resizes a 1x1 map, the same either way. With align_corners=True, v3+ needs H and W of the form
@@ -74,8 +80,8 @@ Init (``init_model``, ``build_model``): torchvision's (Kaiming normal, fan-out) 
 class-score convs (``is_score_layer``), which get DeepLab's N(0, 0.01) weights and zero bias: a fresh
 model's logits are then small and its loss starts near ln(num_classes).
 
-Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout), the
-dense CRF (``crf``), multi-scale inputs.
+Not here (noted for later): the paper's drop6 inside VGG-16 LargeFOV (the backbone has no dropout),
+multi-scale inputs. The dense CRF as post-processing is ``crf.dense_crf``; as a trained layer, the option crf.
 """
 
 from __future__ import annotations
@@ -140,7 +146,17 @@ def init_model(config, rng, dtype=np.float32) -> tuple[dict[str, np.ndarray], di
     backbone's un-normalised features, 0.1 to 0.3 above)."""
     _check_config("init_model", config)
     shapes, buffer_shapes = model_parameter_shapes(config)
-    return init_params(shapes, buffer_shapes, rng, dtype, "init_model", _score_std(shapes))
+    params, buffers = init_params(shapes, buffer_shapes, rng, dtype, "init_model", _score_std(shapes))
+    return _init_heads(config, params, dtype), buffers
+
+
+def _init_heads(config, params, dtype):
+    """The heads' own initial values (``Unit.init``: the CRF head's kernel weights and Potts), over params."""
+    for step in config.steps:
+        init = HEADS[type(step.spec)].init
+        if init is not None:
+            params.update(init(step.spec, step.name, dtype))
+    return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +223,7 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
     H, W = x.shape[2:]
     ac = config.align_corners
     feats, bcache = backbone_forward(config.trunk, sub(params, "backbone"), sub(buffers, "backbone"), x, training)
+    feats["input"] = x  # what a step may read besides the features (the CRF head: the image's colours)
     heads = {}
     for step in config.steps:
         if step.training_only and not training:
@@ -217,7 +234,7 @@ def model_forward(config, params, buffers, x, training, rng=None, _fn="model_for
     shapes = {"x": x.shape} | {k: v.shape for k, v in feats.items()}
     shapes["small"] = shapes["scores"]
     aux = resize_bilinear(feats["aux"], (H, W), ac) if "aux" in feats else None
-    logits = resize_bilinear(feats["scores"], (H, W), ac)
+    logits = _to_input_size(resize_bilinear, feats["scores"], (H, W), ac)
     return logits, DeepLabCache(config, bcache, heads, shapes, aux, x.dtype)
 
 
@@ -227,11 +244,17 @@ def model_infer(config, params, buffers, x, _fn="model_infer"):
     the ReLU and any residual sum; no dropout, no aux head). Nothing is kept for a backward."""
     _check_input(_fn, config, params, buffers, x, False)
     feats = backbone_infer(config.trunk, sub(params, "backbone"), sub(buffers, "backbone"), x)
+    feats["input"] = x
     for step in config.steps:
         if not step.training_only:
             feats[step.output] = HEADS[type(step.spec)].infer(step.spec, params, buffers,
                                                               tuple(feats[i] for i in step.inputs), step.name)
-    return resize_bilinear_infer(feats["scores"], x.shape[2:], config.align_corners)
+    return _to_input_size(resize_bilinear_infer, feats["scores"], x.shape[2:], config.align_corners)
+
+
+def _to_input_size(resize, scores, size, align_corners):
+    """The scores resized to the input; as they are when already that size (after the CRF head)."""
+    return scores if scores.shape[2:] == tuple(size) else resize(scores, size, align_corners)
 
 
 def _check_grad(fn, name, d, shape, dtype):
@@ -257,7 +280,8 @@ def model_backward(dlogits, cache, daux=None, _fn="model_backward"):
             raise ValueError(f"{fn}: daux given, but the forward computed no aux logits (aux=True and training only)")
         _check_grad(fn, "daux", daux, cache.aux.shape, dt)
 
-    d = {"scores": resize_bilinear_backward(dlogits, shapes["scores"], ac)}
+    same = shapes["scores"] == dlogits.shape  # the CRF head's scores are at the input's size already
+    d = {"scores": dlogits if same else resize_bilinear_backward(dlogits, shapes["scores"], ac)}
     if daux is not None:
         d["aux"] = resize_bilinear_backward(daux, shapes["aux"], ac)
     grads = {}
@@ -267,8 +291,11 @@ def model_backward(dlogits, cache, daux=None, _fn="model_backward"):
         dxs, g = HEADS[type(step.spec)].backward(d.pop(step.output), cache.head[step.name])
         grads.update(g)
         for name, dx in zip(step.inputs, dxs):
-            d[name] = dx if name not in d else d[name] + dx
+            if dx is not None:  # None: no gradient for that input (the CRF's image)
+                d[name] = dx if name not in d else d[name] + dx
+    d_input = d.pop("input", None)
     dx, g = backbone_backward(config.trunk, d, cache.backbone)  # d now holds the backbone's features only
+    dx = dx if d_input is None else dx + d_input
     grads.update({f"backbone.{k}": v for k, v in g.items()})
     order = model_parameter_shapes(config)[0]
     return dx, {k: grads[k] if k in grads else np.zeros(shape, dtype=dt) for k, shape in order.items()}
@@ -351,4 +378,4 @@ def build_model(name, backbone=None, output_stride=None, num_classes=21, *, rng=
         raise ValueError(f"{fn}: rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
     shapes, buffer_shapes = model_parameter_shapes(config)
     params, buffers = init_params(shapes, buffer_shapes, rng, dtype, fn, _score_std(shapes))
-    return DeepLab(config, params, buffers, False, rng)
+    return DeepLab(config, _init_heads(config, params, dtype), buffers, False, rng)

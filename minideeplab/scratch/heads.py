@@ -5,9 +5,12 @@
     forward(spec, params, buffers, xs, training, rng, prefix, fn) -> (y, cache)
     backward(dy, cache) -> (dxs, grads)                     dxs: one gradient per input, grads keyed like params
     infer(spec, params, buffers, xs, prefix) -> y          eval without caches
+    init(spec, prefix, dtype) -> {name: array}             (optional) initial values that are not the usual
+                                                            conv / BN init (the CRF head's weights and Potts)
 
-``xs`` is the tuple of the step's inputs (one array, or the decoder's (aspp, low_level), LR-ASPP's (low, out)),
-NCHW; ``prefix`` the step's module name (its parameters' state_dict prefix); ``fn`` names the public function
+``xs`` is the tuple of the step's inputs (one array, or the decoder's (aspp, low_level), LR-ASPP's (low, out),
+the CRF's (scores, input)), NCHW; a backward's dxs may hold None for an input it gives no gradient (the CRF's
+image); ``prefix`` the step's module name (its parameters' state_dict prefix); ``fn`` names the public function
 called, for errors.
 A cache's ``masks`` are the dropout masks it drew, by the twin's module names. The PyTorch twins are in
 ``minideeplab.reference.heads``; ``minideeplab.scratch.deeplab`` composes them with a backbone.
@@ -20,6 +23,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from minideeplab.scratch import aspp as _aspp
+from minideeplab.scratch import crf as _crf
 from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward
 from minideeplab.scratch.layers import (concat, concat_backward, dropout_backward, global_avg_pool,
                                         global_avg_pool_backward, resize_bilinear, resize_bilinear_backward,
@@ -28,10 +32,10 @@ from minideeplab.scratch.params import conv_unit_shapes, join
 from minideeplab.scratch.units import (conv1x1_backward, conv1x1_forward, conv1x1_infer, conv_unit_backward,
                                        conv_unit_forward, conv_unit_infer, maybe_dropout)
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
+from minideeplab.specs.heads import Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
 
 __all__ = ["Unit", "HeadCache", "HEADS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
-           "CLASSIFIER", "LRASPP"]
+           "CLASSIFIER", "LRASPP", "CRF", "input_rgb"]
 
 
 class Unit(NamedTuple):
@@ -41,6 +45,7 @@ class Unit(NamedTuple):
     forward: Callable
     backward: Callable
     infer: Callable
+    init: Callable | None = None
 
 
 class HeadCache(NamedTuple):
@@ -347,6 +352,70 @@ def lraspp_infer(spec, params, buffers, xs, prefix):
 LRASPP = Unit(lraspp_shapes, lraspp_forward, lraspp_backward, lraspp_infer)
 
 
+# ---------------------------------------------------------------------------------------------
+# the dense CRF as the last layer (CRF-as-RNN): (scores, input) -> log Q at the input's size
+
+
+def crf_shapes(spec: CRFHead, prefix):
+    C = spec.num_classes
+    return {join(prefix, "log_pos_w"): (), join(prefix, "log_bi_w"): (), join(prefix, "compat"): (C, C)}, {}
+
+
+def crf_init(spec: CRFHead, prefix, dtype):
+    """log(pos_w), log(bi_w) and Potts (1 - I), the twin's (``reference.crf.CRFLayer``) initial values."""
+    return {join(prefix, "log_pos_w"): np.array(np.log(spec.pos_w), dtype),
+            join(prefix, "log_bi_w"): np.array(np.log(spec.bi_w), dtype),
+            join(prefix, "compat"): (1.0 - np.eye(spec.num_classes)).astype(dtype)}
+
+
+def input_rgb(spec: CRFHead, x) -> np.ndarray:
+    """The RGB colours of a normalised input: x (N, 3, H, W) -> (N, H, W, 3) uint8, round(255 (x * std + mean))
+    clipped to 0..255 (computed in float64: exact for inputs that were uint8 colours)."""
+    mean, std = np.asarray(spec.mean).reshape(3, 1, 1), np.asarray(spec.std).reshape(3, 1, 1)
+    rgb = np.rint(255.0 * (x.astype(np.float64) * std + mean))
+    return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def _crf_run(spec, params, xs, prefix):
+    scores, x = xs
+    size = x.shape[2:]
+    up = scores if scores.shape[2:] == size else resize_bilinear(scores, size, spec.align_corners)
+    w = {k: np.exp(np.float64(params[join(prefix, f"log_{k}")])) for k in ("pos_w", "bi_w")}
+    q, cache = _crf.mean_field(np.ascontiguousarray(up), input_rgb(spec, x), spec.n_iters, w["pos_w"],
+                               spec.pos_xy_std, w["bi_w"], spec.bi_xy_std, spec.bi_rgb_std, spec.method,
+                               params[join(prefix, "compat")], spec.normalization, spec.window)
+    tiny = np.finfo(q.dtype).tiny
+    return np.log(np.maximum(q, tiny)), q, w, cache, scores.shape
+
+
+def crf_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    logq, q, w, cache, shape = _crf_run(spec, params, xs, prefix)
+    return logq, HeadCache({"spec": spec, "prefix": prefix, "q": q, "w": w, "mean_field": cache,
+                            "scores_shape": shape}, {})
+
+
+def crf_backward(dy, cache):
+    """log Q's gradient -> (dscores, None): no gradient for the image, as CRF-as-RNN; the weights' through
+    their logs (d/dlog w = w d/dw)."""
+    c = cache.parts
+    spec, prefix, q = c["spec"], c["prefix"], c["q"]
+    dq = np.where(q >= np.finfo(q.dtype).tiny, dy / np.maximum(q, np.finfo(q.dtype).tiny), 0).astype(q.dtype)
+    g = _crf.mean_field_backward(dq, c["mean_field"])
+    grads = {join(prefix, f"log_{k}"): np.array(g[k] * c["w"][k], q.dtype) for k in ("pos_w", "bi_w")}
+    grads[join(prefix, "compat")] = g["compat"].astype(q.dtype)
+    shape, ds = c["scores_shape"], g["logits"]
+    if shape[2:] != ds.shape[2:]:
+        ds = resize_bilinear_backward(ds, shape, spec.align_corners)
+    return (ds, None), grads
+
+
+def crf_infer(spec, params, buffers, xs, prefix):
+    return _crf_run(spec, params, xs, prefix)[0]
+
+
+CRF = Unit(crf_shapes, crf_forward, crf_backward, crf_infer, crf_init)
+
+
 # the registry: a head spec's type -> its unit (a new head: its spec, its unit here, its twin, one line each)
 HEADS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
-         Decoder: DECODER, Classifier: CLASSIFIER, LRASPPHead: LRASPP}
+         Decoder: DECODER, Classifier: CLASSIFIER, LRASPPHead: LRASPP, CRFHead: CRF}

@@ -28,8 +28,8 @@ from functools import cached_property
 from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
-from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
-                                     LRASPPHead, Step)
+from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, CRFHead, DeepLabHead, Decoder, FCNHead,
+                                     LargeFOVHead, LRASPPHead, Step)
 from minideeplab.specs.mobilenet import MOBILENET_V3_RATES, MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
 from minideeplab.specs.xception import Xception
@@ -113,6 +113,11 @@ class DeepLabConfig:
     align_corners: of the bilinear resizes (see the module's docstring); False (torchvision) by default,
       True as smp and TF DeepLab.
     inter_channels: LR-ASPP's ``cbr`` and ``scale`` width, 128 (lraspp; torchvision's).
+    crf: the dense CRF as the last layer (``specs.heads.CRFHead``, any model): None or False (none), True
+      (CRFHead's defaults: 5 mean-field iterations, DeepLab's kernel weights, Potts), a dict of CRFHead's
+      arguments, e.g. dict(n_iters=5, bi_xy_std=40.0) (plain values, so it fits TrainConfig.model_options),
+      or a CRFHead. Resolved on construction to a CRFHead (num_classes and align_corners the model's) or None.
+      It refines the "scores", resized to the input, with the input's colours: step "crf" after the others.
 
     Derived: ``output_stride``, ``multi_grid``, ``aspp`` (the ASPP / ASPPL spec, None for v1).
     """
@@ -133,6 +138,7 @@ class DeepLabConfig:
     align_corners: bool = False
     decoder_layout: str = "paper"
     inter_channels: int = 128
+    crf: CRFHead | dict | bool | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -196,6 +202,30 @@ class DeepLabConfig:
         elif rates is None:
             rates = V2_RATES if name == "v2" else V3_RATES[spec.output_stride]
         set_(self, "atrous_rates", rates)
+        set_(self, "crf", self._resolve_crf())
+
+    def _resolve_crf(self) -> CRFHead | None:
+        crf, fixed = self.crf, {"num_classes": self.num_classes, "align_corners": self.align_corners}
+        if crf is None or crf is False:
+            return None
+        if crf is True:
+            crf = {}
+        if isinstance(crf, CRFHead):
+            crf = {f.name: getattr(crf, f.name) for f in fields(crf)}
+        if not isinstance(crf, dict):
+            raise _cfg_error(f"crf must be None, False, True, a dict of CRFHead's arguments (e.g. "
+                             f"{{'n_iters': 5}}) or a CRFHead, got {crf!r}")
+        for k, v in fixed.items():
+            if k in crf and crf[k] != v:
+                raise _cfg_error(f"crf: {k}={crf[k]!r} differs from the model's {k}={v!r} (leave it out)")
+        known = {f.name for f in fields(CRFHead)} - set(fixed)
+        unknown = [k for k in crf if k not in known and k not in fixed]
+        if unknown:
+            raise _cfg_error(f"crf: unknown argument {unknown[0]!r}; CRFHead's are {', '.join(sorted(known))}")
+        try:
+            return CRFHead(**{**crf, **fixed})
+        except (ValueError, TypeError) as e:
+            raise _cfg_error(f"crf: {e}") from None
 
     @property
     def output_stride(self) -> int:
@@ -227,7 +257,10 @@ class DeepLabConfig:
 
     @cached_property
     def _plan(self) -> tuple:
-        return MODELS[self.name](self)
+        trunk, steps = MODELS[self.name](self)
+        if self.crf is not None:  # any model: it reads the scores (and the input) and writes them, refined
+            steps += (Step("crf", self.crf, ("scores", "input"), "scores"),)
+        return trunk, steps
 
     @property
     def trunk(self) -> ResNet | VGG:
@@ -252,7 +285,8 @@ class DeepLabConfig:
         return next((s.spec for s in self.steps if isinstance(s.spec, Decoder)), None)
 
     def describe(self) -> str:
-        return f"DeepLab {self.name} ({self.backbone.label}, output stride {self.output_stride})"
+        crf = f", CRF layer ({self.crf.n_iters} iterations)" if self.crf is not None else ""
+        return f"DeepLab {self.name} ({self.backbone.label}, output stride {self.output_stride}{crf})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@
     Classifier    a 1x1 conv with bias to the classes (v3+'s last layer)
     LRASPPHead    LR-ASPP on MobileNetV3: the stride-16 features gated by their global pool, upsampled to
                   the stride-8 ones; class scores of both, summed (torchvision's ``LRASPPHead``)
+    CRFHead       the dense CRF as the last layer (CRF-as-RNN): mean-field iterations on the class scores,
+                  resized to the input, and the input's RGB colours; learns its kernel weights and compatibility
 
 A model wires them in ``Step``s (``specs.deeplab``): each step names its module (the state_dict prefix of
 its parameters), the features it reads and the one it writes.
@@ -19,15 +21,23 @@ its parameters), the features it reads and the one it writes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
 
 from minideeplab.specs.aspp import ASPP
 from minideeplab.specs.checks import check_flag, check_int, check_real
 
-__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "Step", "DECODER_LAYOUTS"]
+__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "CRFHead", "Step",
+           "DECODER_LAYOUTS", "INPUT_MEAN", "INPUT_STD", "CRF_METHODS"]
 
 DECODER_LAYOUTS = ("paper", "smp")
+# the normalisation of every model's input: ImageNet's mean and std on RGB in [0, 1] (``training.data.to_tensor``)
+INPUT_MEAN = (0.485, 0.456, 0.406)
+INPUT_STD = (0.229, 0.224, 0.225)
+CRF_METHODS = ("lattice", "exact", "window")  # scratch.crf.METHODS
 
 
 @dataclass(frozen=True)
@@ -158,11 +168,76 @@ class LRASPPHead:
         set_(self, "align_corners", check_flag("LRASPPHead", "align_corners", self.align_corners))
 
 
+@dataclass(frozen=True)
+class CRFHead:
+    """The fully-connected CRF as the model's last layer, CRF-as-RNN's way: ``n_iters`` mean-field iterations
+    (``scratch.crf.mean_field``) from the class scores, bilinearly resized to the input (DeepLab's CRF works at
+    the image's resolution: its bilateral kernel sharpens boundaries to the pixel), on the input's RGB colours.
+    Output: log Q (N, classes, H, W), log-probabilities, so that the loss's softmax of them is Q itself.
+
+    Learned: ``log_pos_w``, ``log_bi_w`` (the two kernel weights as logs, so they stay positive; initialised at
+    ``pos_w``, ``bi_w``) and ``compat`` (the C x C label compatibility, a penalty, initialised at Potts 1 - I).
+    Fixed, as CRF-as-RNN: the bandwidths ``pos_xy_std``, ``bi_xy_std`` (pixels), ``bi_rgb_std`` (0..255).
+    Defaults: DeepLab's kernel parameters (``scratch.crf.PARAMETER_SETS``), 5 iterations as CRF-as-RNN trains.
+
+    The colours: the head reads the model's normalised input ``x`` (the step input "input") and recovers
+    RGB = round(255 (x * std + mean)), clipped to 0..255, with ``mean`` and ``std`` the input normalisation
+    (ImageNet's, ``INPUT_MEAN``, ``INPUT_STD``): exact for every uint8 colour (float32 rounding moves 255 (x std +
+    mean) by < 1e-4), so no interface changes (training, evaluation and ``segment`` pass x as before). Padding
+    becomes a colour too: training crops padded with black (label 255, ignored) give black, ``predict``'s padding
+    with 0 after normalisation gives the mean colour (124, 116, 104).
+    method: "lattice" (the permutohedral lattice, the CRF-as-RNN way), "exact" (N x N, small inputs), "window"
+    (``window`` x ``window`` neighbourhoods). align_corners: of the resize (the model's)."""
+
+    num_classes: int
+    n_iters: int = 5
+    pos_w: float = 3.0
+    bi_w: float = 4.0
+    pos_xy_std: float = 3.0
+    bi_xy_std: float = 67.0
+    bi_rgb_std: float = 3.0
+    method: str = "lattice"
+    normalization: str = "symmetric"
+    window: int = 11
+    align_corners: bool = False
+    mean: tuple = INPUT_MEAN
+    std: tuple = INPUT_STD
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "num_classes", check_int("CRFHead", "num_classes", self.num_classes))
+        set_(self, "n_iters", check_int("CRFHead", "n_iters", self.n_iters, 0))
+        set_(self, "window", check_int("CRFHead", "window", self.window))
+        for f in ("pos_w", "bi_w", "pos_xy_std", "bi_xy_std", "bi_rgb_std"):
+            v = getattr(self, f)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                    not math.isfinite(v) or v <= 0:
+                why = " (learned as its log)" if f.endswith("_w") else ""
+                raise ValueError(f"CRFHead: {f} must be a finite number > 0{why}, got {v!r}")
+            set_(self, f, float(v))
+        if self.method not in CRF_METHODS:
+            raise ValueError(f"CRFHead: method must be one of {', '.join(map(repr, CRF_METHODS))}, got {self.method!r}")
+        if self.normalization not in ("symmetric", "after"):
+            raise ValueError(f"CRFHead: normalization must be 'symmetric' or 'after', got {self.normalization!r}")
+        if self.method == "window" and self.window % 2 == 0:
+            raise ValueError(f"CRFHead: window must be odd, got {self.window!r}")
+        set_(self, "align_corners", check_flag("CRFHead", "align_corners", self.align_corners))
+        for f in ("mean", "std"):
+            v = getattr(self, f)
+            if not isinstance(v, (tuple, list)) or len(v) != 3 or not all(
+                    isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in v) or (
+                    f == "std" and min(v) <= 0):
+                raise ValueError(f"CRFHead: {f} must be 3 finite numbers (RGB in [0, 1]{', > 0' * (f == 'std')}), "
+                                 f"got {v!r}")
+            set_(self, f, tuple(float(c) for c in v))
+
+
 class Step(NamedTuple):
     """One module of a model after its backbone: ``name`` (its parameters' state_dict prefix; "" puts them
     at the top level), ``spec`` (what it is), ``inputs`` (the features it reads: the backbone's taps,
     "low_level", "layer3", "out", or an earlier step's output) and ``output`` (the feature it writes;
-    "scores" are the class scores the model resizes to the input, "aux" the auxiliary scores).
+    "scores" are the class scores the model resizes to the input, "aux" the auxiliary scores; "input" is the
+    model's input x itself, which the CRF head reads for the image's colours).
     ``training_only``: runs only when training (the aux head)."""
 
     name: str

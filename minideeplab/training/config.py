@@ -15,7 +15,9 @@ class TrainConfig:
     val_split (0: never). train_images / val_images: use only the first N. val_root: the folder whose
     val_split is evaluated (None: data_root), e.g. the committed set while training on a larger generated one.
     model_options: more arguments of ``reference.deeplab.build_model`` (image_pooling, atrous_rates,
-    aspp_channels, dropout, aux, ...), plain values."""
+    aspp_channels, dropout, aux, crf, ...), plain values (a dict of them for crf: {"n_iters": 5}).
+    init_from: a checkpoint (a run's, or an exported one) whose weights the run starts from, with a fresh
+    optimiser at iteration 0 (``training.loop``); None: fresh weights from seed. A resumed run resumes."""
 
     model: str = "v3plus"
     backbone: str = "mini"
@@ -42,6 +44,7 @@ class TrainConfig:
     device: str = "cpu"
     model_options: dict = field(default_factory=dict)
     dtype: str = "float32"  # "float64": slow, for exact comparisons (the data-parallel test)
+    init_from: str | None = None
 
     # fields that may differ between a run and its resumption (they do not change the weights)
     RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "val_images", "val_root", "num_workers", "device", "out")
@@ -74,12 +77,15 @@ class TrainConfig:
                              f"got {self.scale_range}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"TrainConfig: {_flag('dtype')} must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(f"TrainConfig: {_flag('init_from')} must be None or a checkpoint's path, "
+                             f"got {self.init_from!r}")
         if not isinstance(self.model_options, dict):
             raise ValueError(f"TrainConfig: model_options must be a dict, got {type(self.model_options).__name__}")
         for k, v in self.model_options.items():
             if not (isinstance(k, str) and k.isidentifier() and _is_plain(v)):
                 raise ValueError(f"TrainConfig: model_options must map option names to plain values (numbers, "
-                                 f"strings, bools, None, tuples of them), got {k!r}: {v!r}")
+                                 f"strings, bools, None, tuples or str-keyed dicts of them), got {k!r}: {v!r}")
         # lists (a checkpoint's, or JSON's) as tuples, what build_model's callers pass
         self.model_options = {k: _as_tuples(v) for k, v in self.model_options.items()}
 
@@ -94,10 +100,13 @@ def _flag(name):
 
 def _is_plain(v):
     return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, (tuple, list)) and all(_is_plain(x) for x in v))
+        isinstance(v, (tuple, list)) and all(_is_plain(x) for x in v)) or (
+        isinstance(v, dict) and all(isinstance(k, str) and _is_plain(x) for k, x in v.items()))
 
 
 def _as_tuples(v):
+    if isinstance(v, dict):
+        return {k: _as_tuples(x) for k, x in v.items()}
     return tuple(_as_tuples(x) for x in v) if isinstance(v, (tuple, list)) else v
 
 

@@ -9,6 +9,8 @@ A backend is a class:
     b = Backend(config, num_classes, world, rank, device, **options)
                                     the initial weights (from config.seed) and optimizer state
     b.load_state_dict(checkpoint)   continue from a checkpoint's "model", "optimizer", "rng", "iteration"
+    b.load_weights(model)           take these weights (a state_dict: every key of state_dict()["model"]), nothing
+                                    else: --init-from's start
     b.step(x, y, lr, iteration)     one SGD iteration on this process's share of a batch, x (n, 3, H, W) float32
                                     and y (n, H, W) int64 tensors -> the global batch's loss (a float)
     b.state_dict()                  {"model", "optimizer", "rng"} in the checkpoint's layout (training.checkpoint)
@@ -24,6 +26,13 @@ resumed run reaches the same weights as an uninterrupted one, bit for bit on the
 state (its random state included) is in its checkpoint. out/last.pt is written every checkpoint_every
 iterations and at the end of every epoch (atomically); out/best.pt when an evaluation beats the best val mIoU
 so far (``best_miou``: nan, no class seen, never counts); checkpoints keep the raw loss of every iteration.
+
+Starting from another run's weights (``TrainConfig.init_from``, ``train --init-from``): the weights of a checkpoint
+(a run's last.pt or best.pt, or an exported file) replace the fresh ones key by key, with a fresh optimiser at
+iteration 0 and the poly schedule from the top; a key of this model that the checkpoint lacks keeps its initial
+value (a CRF layer added to a model trained without one starts from its initial kernel weights and Potts), a
+key of the checkpoint that this model lacks is not used, and both are named in the log; a key whose shape
+differs, or other classes, is an error. A resumed run (``--resume``) continues from its own last.pt instead.
 
 Data parallel: launched by ``torchrun --nproc_per_node=N`` (RANK, WORLD_SIZE, LOCAL_RANK in the
 environment), ``fit`` joins a process group (gloo on the CPU, NCCL for config.device "cuda", each process
@@ -123,6 +132,8 @@ def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> d
         log(f"resumed from {last} at iteration {it}/{max_iter}" +
             (f" (written by {was} processes, now {world}: same data and schedule, other rounding and dropout "
              f"draws)" if was != world else ""))
+    elif config.init_from is not None:
+        init_weights(b, config.init_from, classes, config, log)
     best = best_miou(history)
 
     def checkpoint(also=None):
@@ -191,6 +202,44 @@ def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> d
     if ckpt is None:  # nothing left to do: resumed from the final checkpoint
         ckpt = load_checkpoint(last)
     return ckpt
+
+
+def init_weights(backend, path, classes, config, log=print) -> dict:
+    """--init-from: the weights of checkpoint `path` into the backend's model, key by key (see the module's
+    docstring); logs what was taken, kept and left out. -> {"loaded", "kept", "unused"}: lists of keys."""
+    ckpt = load_checkpoint(path)
+    if list(ckpt["classes"]) != list(classes):
+        raise ValueError(f"--init-from {path} was trained on classes {list(ckpt['classes'])}, the data root "
+                         f"{config.data_root} has {list(classes)}")
+    fresh, saved = backend.state_dict()["model"], ckpt["model"]
+    wrong = [f"{k} {tuple(saved[k].shape)} (this model: {tuple(v.shape)})" for k, v in fresh.items()
+             if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise ValueError(f"--init-from {path}: {len(wrong)} tensor{'s' * (len(wrong) > 1)} of another shape: "
+                         f"{', '.join(wrong[:6])}{' ...' * (len(wrong) > 6)}")
+    kept, unused = [k for k in fresh if k not in saved], [k for k in saved if k not in fresh]
+    backend.load_weights({k: saved[k].to(v.dtype) if k in saved else v for k, v in fresh.items()})
+    theirs = ckpt["config"]
+    log(f"initialised from {path} (iteration {ckpt['iteration']} of its run): {len(fresh) - len(kept)} of this "
+        f"model's {len(fresh)} tensors; fresh optimiser, iteration 0")
+    if kept:
+        crf = " (the CRF layer starts from its initial parameters: DeepLab's kernel weights, Potts compatibility)" \
+            if any(k.startswith("crf.") for k in kept) else ""
+        log(f"  not in {path}, kept at their initial values: {', '.join(kept)}{crf}")
+    if unused:
+        log(f"  in {path} but not in this model, not used: {', '.join(unused)}")
+    differ = [f"{k} {theirs.get(k)!r} (now {getattr(config, k)!r})" for k in ("model", "backbone", "output_stride")
+              if theirs.get(k) != getattr(config, k)]
+    mine, other = dict(config.model_options), dict(theirs.get("model_options") or {})
+    differ += [f"{k}={other.get(k)!r} (now {mine.get(k)!r})" for k in sorted(set(mine) | set(other))
+               if k != "crf" and _same(other.get(k)) != _same(mine.get(k))]
+    if differ:
+        log(f"  note: its run had {', '.join(differ)}")
+    return {"loaded": [k for k in fresh if k in saved], "kept": kept, "unused": unused}
+
+
+def _same(v):
+    return [_same(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def _evaluate_shared(model, dataset, classes, device, world, rank) -> dict:

@@ -111,6 +111,11 @@ class NumpyBackend:
         self.momentum = {self.names[i]: s["momentum_buffer"].numpy().copy()
                          for i, s in ckpt["optimizer"]["state"].items()}
 
+    def load_weights(self, model: dict):
+        """--init-from: these weights (a full state_dict of the twin's keys), nothing else."""
+        for d in (self.model.params, self.model.buffers):
+            d.update({k: model[k].numpy().astype(d[k].dtype) for k in d})
+
     def predictor(self):
         return Predictor(self.model)
 

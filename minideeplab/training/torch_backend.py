@@ -106,6 +106,10 @@ class TorchBackend:
         else:
             torch.manual_seed(_rank_seed(self.config.seed, self.rank, ckpt["iteration"]))
 
+    def load_weights(self, model: dict):
+        """--init-from: these weights (a full state_dict), nothing else."""
+        self.net.load_state_dict(model)
+
     def predictor(self):
         """The plain model, for ``evaluation.predict`` (which puts it in eval mode; .train() after)."""
         return self.net

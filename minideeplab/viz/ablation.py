@@ -131,6 +131,29 @@ def plot_miou(rows, path) -> Path:
     return Path(path)
 
 
+def plot_seeds(rows, path, configuration) -> Path:
+    """Two panels, mIoU and trimap accuracy at 2 px (%), one line per configuration (``configuration(name)``):
+    each seed's value as a dot, their mean as a bar; written to path as a PNG (the CRF study's crf_miou.png)."""
+    configs = list(dict.fromkeys(configuration(r["name"]) for r in rows))
+    fig = Figure(figsize=(9, 0.45 * len(configs) + 1.4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key, label in zip(axes, ("miou", "trimap_2"), ("mIoU (%), val", "trimap accuracy at 2 px (%), val")):
+        for i, c in enumerate(configs):
+            v = [100 * r[key] for r in rows if configuration(r["name"]) == c]
+            ax.barh(i, np.mean(v), color=_label_colour(c), alpha=0.5)
+            ax.plot(v, [i] * len(v), "k.", ms=6)
+            ax.text(max(v) + 0.5, i, f"{np.mean(v):.1f}", va="center", fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_xlim(0, 100)
+    axes[0].set_yticks(range(len(configs)), configs)
+    axes[0].invert_yaxis()
+    fig.suptitle("The dense CRF: post-processing against the trained layer (dots: seeds; bars: their mean)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
 def plot_trimap(rows, path) -> Path:
     """Trimap accuracy (%) against the band width around the boundaries (the records' trimap_<width> keys), one
     line per row, written to path as a PNG."""

@@ -1,0 +1,266 @@
+"""The CRF study (issue 15): the dense CRF as post-processing (DeepLab v1/v2) against the CRF trained as the
+network's last layer (CRF-as-RNN), on the synthetic set, several seeds, run by ``ablate.run``'s machinery
+(``_run_row``: OUT/<name>/last.pt, result.json, per_image.npz; a finished row is skipped, an interrupted one
+resumes). ``minideeplab ablate --study crf`` runs it; ``--list`` prints the rows and their expected CPU time.
+
+Rows (every one the mini v3+ at output stride 16 with the ablation's rates (2, 4, 6), as the shipped model;
+``-s<seed>`` names the seed):
+
+    v3plus-mini-s{0,1,2}            trained from scratch, schedule "ablation" (``ablate.EPOCHS`` epochs of the
+                                    ablation's 3,000 images, lr ``LR``: 3,000 iterations of 8 crops)
+    v3plus-mini-crfpost-s{0,1,2}    their weights + the dense CRF as post-processing (``scratch.crf.dense_crf``,
+                                    DeepLab v2's parameters, 10 iterations): nothing is trained
+    v3plus-mini-crflayer-s0         trained from scratch with the CRF layer (5 mean-field iterations, learned
+                                    kernel weights and compatibility), schedule "ablation"
+    v3plus-ft-s{0,1,2}              the shipped weights (data/models/mini_v3plus.pt) fine-tuned without a CRF,
+                                    schedule "finetune" (5 epochs: 1,875 iterations, lr 0.01): the control, so
+                                    that what fine-tuning alone does is not credited to the CRF layer
+    v3plus-ft-crfpost-s{0,1,2}      their weights + the dense CRF as post-processing
+    v3plus-ft-crflayer-s{0,1,2}     the shipped weights fine-tuned with the CRF layer (initialised from DeepLab's
+                                    kernel weights and Potts), schedule "finetune"
+
+The "ablation" schedule is the one of the ablation's table, by name, so that another study (issue 14's attention
+rows) can share the v3plus-mini rows: same OUT, same names, and result.json's schedule check refuses a mix.
+v3plus-mini-s0 is the ablation's v3plus-os16 row (same config, seed and schedule).
+
+Results (``write_crf_results``): crf.csv (one line per row: configuration and seed), crf.json (the rows, the
+learned compatibility matrices, per configuration the mean and spread over seeds, and the paired comparisons:
+per seed the difference in mIoU and in trimap accuracy at 1 and 2 px with its paired-bootstrap interval over
+the val images), crf_per_image.npz and crf_miou.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from minideeplab import train as T
+from minideeplab.ablate.results import _csv_cell, json_safe
+from minideeplab.ablate.run import _load_result, _run_row, _schedule
+from minideeplab.ablate.stats import bootstrap_accuracy_interval, bootstrap_interval
+from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, select
+
+__all__ = ["SCHEDULES", "CRF_ROWS", "COMPARISONS", "SEEDS", "SHIPPED", "STEP_SECONDS", "run_crf_study",
+           "write_crf_results", "format_crf_rows", "configuration"]
+
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models" / "mini_v3plus.pt"
+MAX_FINETUNE_ITERATIONS = 2000
+SCHEDULES = {  # name -> the schedule of a row (``_schedule``'s fields; init_from: the weights it starts from)
+    "ablation": dict(epochs=EPOCHS, batch_size=BATCH_SIZE, crop_size=CROP_SIZE, lr=LR, scale_range=SCALE_RANGE,
+                     init_from=None),
+    "finetune": dict(epochs=5, batch_size=BATCH_SIZE, crop_size=CROP_SIZE, lr=0.01, scale_range=SCALE_RANGE,
+                     init_from=str(SHIPPED)),
+}
+TRAIN_IMAGES = 3000  # the shipped study's generated train set (see ``study``)
+SEEDS = (0, 1, 2)
+CRF_LAYER = {"n_iters": 5}
+POST = "deeplab-v2-resnet"
+# seconds per training step of 8 128x128 crops, torch trainer, one thread, for --list's estimates. plain: the
+# shipped ablation's v3plus-os16 row (3,000 steps in 461 s). crf_layer: plain times the ratio measured by
+# 'minideeplab bench train --crf --threads 1' (torch 3.97 s / 0.89 s a step = 4.5, on a machine loaded ~4x, both
+# cases in one run; the numpy trainer: 2.52 / 1.50 s); 0.69 s also follows from the issue's 0.3 s CRF forward for
+# 8 crops and the backward at 0.78x the forward (bench crf --backward).
+STEP_SECONDS = {"plain": 0.154, "crf_layer": 0.69}
+EVAL_SECONDS = {"plain": 5.0, "crfpost": 15.0, "crf_layer": 10.0}  # 100 val images: rough guesses, not measured
+
+
+def _row(name, seed, schedule, about, **kw):
+    return Row(f"{name}-s{seed}", "v3plus", 16, (2, 4, 6), True, seed=seed, schedule=schedule, about=about, **kw)
+
+
+_ORDER = ["v3plus-mini", "v3plus-mini-crfpost", "v3plus-mini-crflayer", "v3plus-ft", "v3plus-ft-crfpost",
+          "v3plus-ft-crflayer"]
+
+
+def _rows():
+    """The rows, configuration by configuration (``_ORDER``), seed by seed."""
+    made = {
+        "v3plus-mini": lambda s: _row("v3plus-mini", s, "ablation", "v3+ mini from scratch"),
+        "v3plus-mini-crfpost": lambda s: _row("v3plus-mini-crfpost", s, "ablation", "+ dense CRF post-processing "
+                                              "(DeepLab v2's)", crf=POST, weights_of=f"v3plus-mini-s{s}"),
+        "v3plus-mini-crflayer": lambda s: _row("v3plus-mini-crflayer", s, "ablation", "from scratch with the CRF "
+                                               "layer (5 iterations)", crf_layer=CRF_LAYER),
+        "v3plus-ft": lambda s: _row("v3plus-ft", s, "finetune", "shipped weights fine-tuned, no CRF (control)"),
+        "v3plus-ft-crfpost": lambda s: _row("v3plus-ft-crfpost", s, "finetune", "+ dense CRF post-processing "
+                                            "(DeepLab v2's)", crf=POST, weights_of=f"v3plus-ft-s{s}"),
+        "v3plus-ft-crflayer": lambda s: _row("v3plus-ft-crflayer", s, "finetune", "shipped weights fine-tuned "
+                                             "with the CRF layer", crf_layer=CRF_LAYER),
+    }
+    seeds = {"v3plus-mini-crflayer": (0,)}  # the most expensive row: one seed (the issue's "1 seed or more")
+    return tuple(made[c](s) for c in _ORDER for s in seeds.get(c, SEEDS))
+
+
+# (a, b): a - b, seed by seed, over the same val images
+COMPARISONS = (("v3plus-mini-crfpost", "v3plus-mini"), ("v3plus-mini-crflayer", "v3plus-mini"),
+               ("v3plus-mini-crflayer", "v3plus-mini-crfpost"), ("v3plus-ft-crfpost", "v3plus-ft"),
+               ("v3plus-ft-crflayer", "v3plus-ft"), ("v3plus-ft-crflayer", "v3plus-ft-crfpost"))
+
+
+def configuration(name: str) -> str:
+    """A row's configuration: its name without the seed ("v3plus-ft-s2" -> "v3plus-ft")."""
+    base, _, seed = name.rpartition("-s")
+    return base if base and seed.isdigit() else name
+
+
+CRF_ROWS = _rows()
+
+
+def _iterations(schedule, train_images=TRAIN_IMAGES):
+    return schedule["epochs"] * (train_images // schedule["batch_size"])
+
+
+assert _iterations(SCHEDULES["finetune"]) <= MAX_FINETUNE_ITERATIONS  # the issue's budget for the fine-tuning
+
+
+def _row_schedule(row, schedules, train_images, val_images) -> dict:
+    s = schedules[row.schedule]
+    return {**_schedule(s["epochs"], train_images, val_images, s["crop_size"], s["batch_size"], s["lr"], row.seed,
+                        s["scale_range"]), "schedule": row.schedule, "init_from": s["init_from"]}
+
+
+def run_crf_study(out="runs/crf", only=None, *, data_root="data/synthetic", val_root=None, train_images=None,
+                  val_images=None, results=None, threads=1, timing_images=5, schedules=None, log=print) -> list[dict]:
+    """Train and measure the rows of ``CRF_ROWS`` named in ``only`` (all when None; a post-processing row brings
+    the row whose weights it uses) that OUT does not hold yet, then write the table of every row OUT holds to
+    RESULTS (default OUT): crf.csv, crf.json, crf_per_image.npz, crf_miou.png. schedules: replaces some of
+    ``SCHEDULES`` (the tests' tiny ones). Other arguments as ``run_ablation``. Returns the table's records."""
+    out = Path(out)
+    schedules = {**SCHEDULES, **(schedules or {})}
+    rows = select(only, CRF_ROWS)
+    if only is not None:
+        named = [only] if isinstance(only, str) else list(only)
+        for r in rows:
+            if r.name not in named:
+                log(f"{r.name}: added (a post-processing row evaluates its weights)")
+    train_set = T.FirstN(T.open_split(data_root, "train"), train_images)
+    classes = list(train_set.dataset.classes)
+    val_set = T.FirstN(T.open_val(T.TrainConfig(data_root=str(data_root), val_root=val_root), classes), val_images)
+    for name, s in schedules.items():
+        if s["batch_size"] > len(train_set):
+            raise ValueError(f"schedule {name}: batch size {s['batch_size']} is larger than the {len(train_set)} "
+                             f"training images")
+        if s["init_from"] is not None and not Path(s["init_from"]).is_file():
+            raise FileNotFoundError(f"schedule {name} starts from {s['init_from']}, which does not exist")
+    for k, row in enumerate(rows, start=1):
+        log(f"[{k}/{len(rows)}] {row.name} (schedule {row.schedule})")
+        _run_row(row, out, _row_schedule(row, schedules, len(train_set), len(val_set)), data_root, val_set, classes,
+                 threads, timing_images, log)
+    table = [_load_result(out / r.name / "result.json", _row_schedule(r, schedules, len(train_set), len(val_set)))
+             for r in CRF_ROWS if (out / r.name / "result.json").exists()]
+    per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table}
+    write_crf_results(table, out if results is None else results, per_image)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+_FIRST = ["name", "configuration", "seed", "schedule", "crf", "crf_layer", "miou", "pixel_accuracy", "mean_accuracy"]
+_LAST = ["crf_pos_w", "crf_bi_w", "parameters", "mult_adds", "train_seconds", "images_per_s", "inference_ms",
+         "threads", "final_loss", "epochs", "train_images", "val_images", "crop_size", "batch_size", "lr",
+         "scale_min", "scale_max", "init_from", "about"]
+
+
+def _columns(rows):
+    keys = list(rows[0]) if rows else []
+    trimap = sorted((k for k in keys if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
+    return _FIRST + trimap + [k for k in keys if k.startswith("iou_")] + _LAST
+
+
+def _summary(rows) -> dict:
+    """Per configuration: its seeds, and the mean and sample standard deviation (over seeds) of each score."""
+    out = {}
+    for config in dict.fromkeys(configuration(r["name"]) for r in rows):
+        mine = [r for r in rows if configuration(r["name"]) == config]
+        entry = {"seeds": [r["seed"] for r in mine]}
+        for k in ["miou", "pixel_accuracy"] + [k for k in mine[0] if k.startswith("trimap_")]:
+            v = np.array([r[k] for r in mine], float)
+            entry[f"{k}_mean"] = float(v.mean())
+            entry[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        out[config] = entry
+    return out
+
+
+def _comparisons(rows, per_image, widths) -> list[dict]:
+    """Each of COMPARISONS with rows on both sides: per seed, a - b in mIoU and trimap accuracy at 1 and 2 px
+    on all val images, with the 95 % paired-bootstrap interval over the val images (``stats``)."""
+    by = {r["name"]: r for r in rows}
+    found = []
+    for a, b in COMPARISONS:
+        seeds = [s for s in SEEDS if f"{a}-s{s}" in by and f"{b}-s{s}" in by]
+        if not seeds:
+            continue
+        entry = {"a": a, "b": b, "per_seed": []}
+        for s in seeds:
+            pa, pb = per_image[f"{a}-s{s}"], per_image[f"{b}-s{s}"]
+            d, lo, hi = bootstrap_interval(pa["cms"], pb["cms"], seed=s)
+            item = {"seed": s, "miou": d, "miou_low": lo, "miou_high": hi}
+            for w in (1, 2):
+                i = list(widths).index(w)
+                d, lo, hi = bootstrap_accuracy_interval(pa["trimaps"][:, i], pb["trimaps"][:, i], seed=s)
+                item.update({f"trimap_{w}": d, f"trimap_{w}_low": lo, f"trimap_{w}_high": hi})
+            entry["per_seed"].append(item)
+        for k in ("miou", "trimap_1", "trimap_2"):
+            entry[f"{k}_mean"] = float(np.mean([x[k] for x in entry["per_seed"]]))
+        found.append(entry)
+    return found
+
+
+def write_crf_results(rows, folder, per_image) -> list[Path]:
+    """crf.csv, crf.json, crf_per_image.npz (when every row has its per-image matrices) and crf_miou.png."""
+    import csv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{**r, "configuration": configuration(r["name"])} for r in rows]
+    names = _columns(rows)
+    with open(folder / "crf.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for r in rows:
+            w.writerow([_csv_cell(k, r.get(k)) for k in names])
+    widths = T.TRIMAP_WIDTHS
+    report = {"rows": [{k: r.get(k) for k in names + ["crf_compat"]} for r in rows], "summary": _summary(rows),
+              "comparisons": _comparisons(rows, per_image, widths) if per_image else [],
+              "schedules": {k: {**v, "iterations": _iterations(v)} for k, v in SCHEDULES.items()}}
+    (folder / "crf.json").write_text(json.dumps(json_safe(report), indent=1))
+    paths = [folder / "crf.csv", folder / "crf.json"]
+    if rows and all(r["name"] in per_image for r in rows):
+        np.savez_compressed(folder / "crf_per_image.npz", names=np.array([r["name"] for r in rows]),
+                            widths=np.asarray(widths),
+                            cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
+                            trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
+        paths.append(folder / "crf_per_image.npz")
+    if rows:
+        from minideeplab.viz.ablation import plot_seeds
+
+        paths.append(plot_seeds(rows, folder / "crf_miou.png", configuration))
+    return paths
+
+
+def _hours(row, schedule) -> float:
+    """Expected CPU hours of a row: its training steps (none for a post-processing row) and its evaluation."""
+    steps = 0 if row.weights_of else _iterations(schedule)
+    step = STEP_SECONDS["crf_layer" if row.crf_layer else "plain"]
+    ev = EVAL_SECONDS["crfpost" if row.crf else "crf_layer" if row.crf_layer else "plain"]
+    return (steps * step + ev) / 3600
+
+
+def format_crf_rows(rows=CRF_ROWS) -> str:
+    """--list: name, seed, schedule, what is trained, the CRF, expected CPU hours (one thread), what it is."""
+    lines, total = [], 0.0
+    for r in rows:
+        s = SCHEDULES[r.schedule]
+        h = _hours(r, s)
+        total += h
+        trained = "-" if r.weights_of else f"{_iterations(s)} it" + (" from shipped" if s["init_from"] else "")
+        crf = f"post ({r.crf})" if r.crf else f"layer ({r.crf_layer['n_iters']} it)" if r.crf_layer else "-"
+        lines.append([r.name, str(r.seed), r.schedule, trained, crf, f"{h:.2f}", r.about])
+    head = ["name", "seed", "schedule", "trained", "CRF", "CPU h", "what"]
+    size = [max(len(x) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, size)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines] +
+                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: the ablation's measured v3+ step and "
+                      f"'minideeplab bench train --crf --threads 1''s CRF/plain ratio; evaluation times guessed)"])
