@@ -278,9 +278,11 @@ def _add_train(sub):
                     "reaches the same weights as an uninterrupted run. Data parallel: launch with torchrun "
                     "--nproc_per_node=N -m minideeplab train ... (gloo on the CPU, NCCL with --device cuda); "
                     "--batch-size is the global batch, so N processes make the run of one.")
-    p.add_argument("--model", default="v3plus", help="v1, v2, v3 or v3plus (default: %(default)s)")
+    p.add_argument("--model", default="v3plus",
+                   help="v1, v2, v3, v3plus, lraspp or linear (a ViT's tokens, a 1x1 conv) (default: %(default)s)")
     p.add_argument("--backbone", default="mini",
-                   help="vgg16, resnet18/34/50/101/152, or mini, which trains on a CPU (default: %(default)s)")
+                   help="vgg16, resnet18/34/50/101/152, mini (trains on a CPU), vit_mini, vit_mini_na, vit_tiny, "
+                        "vit_small, ... (specs.deeplab.NAMED_BACKBONES) (default: %(default)s)")
     p.add_argument("--output-stride", type=int, default=None,
                    help="8 or 16 for ResNets (default: the model's, 16 for v3/v3plus, 8 for v1/v2)")
     p.add_argument("--data-root", default="data/synthetic",

@@ -41,12 +41,13 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch import mobilenet, mobilenet_v2, resnet, vgg, vit, xception
+from minideeplab.scratch import mit, mobilenet, mobilenet_v2, resnet, vgg, vit, xception
 from minideeplab.scratch.params import check_subset, init_params
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.checks import check_float_array, names
 from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MiT
 from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import Xception
 
@@ -84,7 +85,8 @@ BACKBONES = {ResNet: BackboneUnit(resnet.parameter_shapes, resnet.forward, resne
                                     True),
              MobileNetV2: BackboneUnit(mobilenet_v2.parameter_shapes, mobilenet_v2.forward, mobilenet_v2.step_backward,
                                        mobilenet_v2.infer, True),
-             ViT: BackboneUnit(vit.parameter_shapes, vit.forward, vit.step_backward, vit.infer, False, vit.backward)}
+             ViT: BackboneUnit(vit.parameter_shapes, vit.forward, vit.step_backward, vit.infer, False, vit.backward),
+             MiT: BackboneUnit(mit.parameter_shapes, mit.forward, mit.step_backward, mit.infer, False)}
 
 
 def check_backbone_spec(fn, spec):

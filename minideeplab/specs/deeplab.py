@@ -15,6 +15,9 @@ registry, says how each member is built: the backbone spec it runs (its trunk) a
             (torchvision's ``lraspp_mobilenet_v3_large``)
     linear  a ViT's token map (stride 16) -> Classifier (a 1x1 conv to the classes) -> bilinear to the input:
             SETR-naive / Segmenter-linear, the transformer baseline without a context module
+    segformer  SegFormer (``specs.segformer``): the MiT's four stages -> SegFormerHead (all-MLP decoder, stride 4)
+            -> Classifier -> bilinear to the input (align_corners False; smp's SegFormer: True, see
+            ``scratch.segformer``)
     v3, v3plus on a ViT (``specs.vit``): ASPP on the token map reshaped to stride 16, rates scaled to the grid;
             v3+'s decoder on the stride-4 map of a small conv stem beside the patch embedding
 
@@ -33,9 +36,10 @@ from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, DeepLabHead, Decoder, FCNHead, LargeFOVHead,
-                                     LRASPPHead, Step)
+                                     LRASPPHead, SegFormerHead, Step)
 from minideeplab.specs.mobilenet import MOBILENET_V3_RATES, MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MIT_SIZES, STAGES, MiT
 from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import Xception
 
@@ -43,16 +47,17 @@ __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_laye
            "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS", "NAMED_BACKBONES"]
 
 
-SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2, ViT)  # the backbone specs a config takes
+SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2, ViT, MiT)  # the backbone specs a config takes
 # the specs each model takes, and what its message says of the model
 MODEL_SPECS = {"v1": (VGG,), "v2": (ResNet, VGG), "v3": (ResNet, MobileNetV3, Xception, MobileNetV2, ViT),
-               "v3plus": (ResNet, Xception, MobileNetV2, ViT), "lraspp": (MobileNetV3,), "linear": (ViT,)}
+               "v3plus": (ResNet, Xception, MobileNetV2, ViT), "lraspp": (MobileNetV3,), "linear": (ViT,),
+               "segformer": (MiT,)}
 _MODEL_TITLES = {"v1": "v1 (DeepLab-LargeFOV)", "lraspp": "lraspp (LR-ASPP)", "linear": "linear (SETR-naive)"}
 _MODEL_WHY = {"lraspp": " (its stride-8 'low' features)"}
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50",
-                    "lraspp": "mobilenet_v3_large", "linear": "vit_mini"}
-DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16, "linear": 16}
-_NO_CONTEXT = ("lraspp", "linear")  # models with no atrous convolution and no dropout
+                    "lraspp": "mobilenet_v3_large", "linear": "vit_mini", "segformer": "mit_mini"}
+DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16, "linear": 16, "segformer": 32}
+_NO_CONTEXT = ("lraspp", "linear", "segformer")  # models with no atrous convolution and no dropout
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
@@ -63,7 +68,7 @@ SCORE_STD = 0.01                                            # DeepLab's init of 
 _APPLIES = {
     "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
     "fc_channels": ("v2",), "aux": ("v3",),
-    "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus",), "decoder_separable": ("v3plus",),
+    "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus", "segformer"), "decoder_separable": ("v3plus",),
     "decoder_layout": ("v3", "v3plus"), "inter_channels": ("lraspp",),
 }
 
@@ -304,7 +309,14 @@ def _linear(c: DeepLabConfig):
     return c.backbone, (Step("classifier", Classifier(c.backbone.out_channels, c.num_classes), ("out",), "scores"),)
 
 
-MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp, "linear": _linear}
+def _segformer(c: DeepLabConfig):
+    b = c.backbone
+    return b, (Step("decoder", SegFormerHead(b.widths, c.decoder_channels), STAGES, "decoder"),
+               Step("classifier", Classifier(c.decoder_channels, c.num_classes), ("decoder",), "scores"))
+
+
+MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp, "linear": _linear,
+          "segformer": _segformer}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,12 +376,29 @@ def _vit(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=Non
                small_heads=small)
 
 
+# the named MiTs: smp's mit_b0 / mit_b1, and mit_mini, SegFormer at the mini v3+'s budget (parameters and
+# multiply-adds within 1.5x, ``ablate.attention``; at 128 px B0 itself has 3.37 M parameters with the decoder 64
+# wide): B0's layout (sr ratios 8, 4, 2, 1; heads 32 wide) with widths (32, 64, 128, 160) and depths (3, 3, 3, 2),
+# the decoder a quarter as wide (64) as the mini ResNet's heads.
+_MITS = {"mit_b0": MiT(*MIT_SIZES["mit_b0"], name="mit_b0"), "mit_b1": MiT(*MIT_SIZES["mit_b1"], name="mit_b1"),
+         "mit_mini": MiT((32, 64, 128, 160), (3, 3, 3, 2), (1, 2, 4, 5), name="mit_mini", small_heads=True)}
+
+
+def _mit(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
+    if multi_grid is not None or dilation_convention != "torchvision":
+        raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+    if os_ not in (None, 32):
+        raise ValueError(f"{fn}: {backbone} has output stride 32 (its last stage), got output_stride={os_!r}")
+    return _MITS[backbone]
+
+
 # make_config's backbone names -> fn(fn, name, output_stride, multi_grid, dilation_convention, fc6_rate, model)
 # -> spec (model: the model's name, for a backbone whose parts depend on what the model reads)
 NAMED_BACKBONES = {"vgg16": _vgg, **{f"resnet{d}": _resnet(d) for d in (18, 34, 50, 101, 152)},
                    "mini": _resnet("mini"), "mobilenet_v3_large": _plain(lambda os_: MobileNetV3(output_stride=os_)),
                    **{f"xception{d}": _plain(lambda os_, d=d: Xception(d, os_)) for d in (41, 65, 71)},
-                   "mobilenet_v2": _plain(MobileNetV2), **{name: _vit for name in _VITS}}
+                   "mobilenet_v2": _plain(MobileNetV2), **{name: _vit for name in _VITS},
+                   **{name: _mit for name in _MITS}}
 BACKBONES = tuple(NAMED_BACKBONES)
 
 

@@ -12,6 +12,7 @@
     Classifier    a 1x1 conv with bias to the classes (v3+'s last layer)
     LRASPPHead    LR-ASPP on MobileNetV3: the stride-16 features gated by their global pool, upsampled to
                   the stride-8 ones; class scores of both, summed (torchvision's ``LRASPPHead``)
+    SegFormerHead SegFormer's all-MLP decoder on the MiT's four stages (smp's ``SegformerDecoder``)
 
 A model wires them in ``Step``s (``specs.deeplab``): each step names its module (the state_dict prefix of
 its parameters), the features it reads and the one it writes.
@@ -25,7 +26,8 @@ from typing import NamedTuple
 from minideeplab.specs.aspp import ASPP
 from minideeplab.specs.checks import check_flag, check_int, check_real
 
-__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "Step", "DECODER_LAYOUTS"]
+__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "SegFormerHead", "Step",
+           "DECODER_LAYOUTS"]
 
 DECODER_LAYOUTS = ("paper", "smp")
 
@@ -156,6 +158,24 @@ class LRASPPHead:
         for f in ("low_channels", "high_channels", "num_classes", "inter_channels"):
             set_(self, f, check_int("LRASPPHead", f, getattr(self, f)))
         set_(self, "align_corners", check_flag("LRASPPHead", "align_corners", self.align_corners))
+
+
+@dataclass(frozen=True)
+class SegFormerHead:
+    """SegFormer's all-MLP decoder (smp's ``SegformerDecoder`` names): each stage's map (``in_channels``, stride 4
+    first) through a linear layer to ``channels`` (``mlp_stage.{j}.linear``, j = 0 for the last stage), resized
+    (bilinear, align_corners False) to the first's size, concatenated last stage first, fused by a 1x1 conv + BN
+    + ReLU (``fuse_stage.0``, ``.1``). Output: (N, channels, H/4, W/4); a Classifier step follows."""
+
+    in_channels: tuple[int, int, int, int]
+    channels: int = 256
+
+    def __post_init__(self):
+        ins = self.in_channels
+        if not (isinstance(ins, tuple) and len(ins) == 4):
+            raise ValueError(f"SegFormerHead: in_channels must be a tuple of 4 (one per stage), got {ins!r}")
+        object.__setattr__(self, "in_channels", tuple(check_int("SegFormerHead", "in_channels", c) for c in ins))
+        object.__setattr__(self, "channels", check_int("SegFormerHead", "channels", self.channels))
 
 
 class Step(NamedTuple):
