@@ -238,23 +238,31 @@ def _weights_source(weights, arch):
 def _ablate(args) -> int:
     from minideeplab import ablate
 
+    study = ablate.get_study(args.study)
     if args.list:
-        print(ablate.format_rows())
+        print(ablate.format_rows(study.rows))
+        if study.name == "attention":
+            ratios = ablate.within_budget()
+            worst = max(max(v) for v in ratios.values())
+            print(f"\nevery row within {ablate.BUDGET}x of the mini CNN v3+ in parameters and multiply-adds "
+                  f"(the largest ratio: {worst:.2f}x)")
         return 0
     for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
-    rows = ablate.run_ablation(args.out, args.only, epochs=args.epochs, train_images=args.train_images,
+    rows = ablate.run_ablation(args.out, args.only, study=study.name, epochs=args.epochs,
+                               train_images=args.train_images,
                                val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
                                val_root=args.val_root,
                                results=args.results, threads=args.threads, log=print)
     results = Path(args.results or args.out)
-    print(f"\n{len(rows)} rows in {results / 'ablation.csv'} (and ablation.json, ablation_miou.png, "
-          f"ablation_trimap.png)\n")
+    n = study.name
+    print(f"\n{len(rows)} rows in {results / f'{n}.csv'} (and {n}.json, {n}_miou.png, {n}_trimap.png)\n")
     print(ablate.format_table(rows))
-    print()
-    for line in ablate.trends(rows):
-        print(f"- {line}")
+    if n == "ablation":  # the papers' claims are about that study's rows
+        print()
+        for line in ablate.trends(rows):
+            print(f"- {line}")
     return 0
 
 
@@ -506,13 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumes). Writes ablation.csv, ablation.json, ablation_miou.png and ablation_trimap.png "
                     "to RESULTS, prints the table and checks the papers' trends against it. The shipped "
                     "results: minideeplab ablate --out runs/ablation --results data/ablation")
+    ab.add_argument("--study", default="ablation", choices=("ablation", "attention"),
+                    help="ablation: DeepLab's (default); attention: atrous convolution on top of attention "
+                         "(minideeplab.ablate.attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
+                         "SegFormer-mini, ViT with dilated neighbourhood attention; 30 epochs)")
     ab.add_argument("--out", default="runs/ablation",
                     help="folder for the rows' checkpoints and results (default: %(default)s)")
     ab.add_argument("--results", default=None,
                     help="folder for the table and plots (default: OUT); data/ablation for the shipped ones")
     ab.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="these rows only (see --list); a CRF row brings the row whose weights it uses")
-    ab.add_argument("--epochs", type=_positive(int), default=8, help="(default: %(default)s, ablate.EPOCHS)")
+    ab.add_argument("--epochs", type=_positive(int), default=None,
+                    help="(default: the study's: 8 for ablation, ablate.EPOCHS; 30 for attention)")
     ab.add_argument("--train-images", type=_positive(int), default=None, metavar="N",
                     help="train on the first N images only (default: all)")
     ab.add_argument("--val-images", type=_positive(int), default=None, metavar="N",
