@@ -240,26 +240,34 @@ def _weights_source(weights, arch):
 def _ablate(args) -> int:
     from minideeplab import ablate
 
-    if args.study == "crf":
+    if args.study == "crf":  # its own runner (per-row schedules, fine-tuning from the shipped weights)
         return _crf_study(args)
+    study = ablate.get_study(args.study)
     if args.list:
-        print(ablate.format_rows())
+        print(ablate.format_rows(study.rows))
+        if study.name == "attention":
+            ratios = ablate.within_budget()
+            worst = max(max(v) for v in ratios.values())
+            print(f"\nevery row within {ablate.BUDGET}x of the mini CNN v3+ in parameters and multiply-adds "
+                  f"(the largest ratio: {worst:.2f}x)")
         return 0
     for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
-    args.out = args.out or "runs/ablation"
-    rows = ablate.run_ablation(args.out, args.only, epochs=args.epochs, train_images=args.train_images,
+    args.out = args.out or f"runs/{study.name}"
+    rows = ablate.run_ablation(args.out, args.only, study=study.name, epochs=args.epochs,
+                               train_images=args.train_images,
                                val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
                                val_root=args.val_root,
                                results=args.results, threads=args.threads, log=print)
     results = Path(args.results or args.out)
-    print(f"\n{len(rows)} rows in {results / 'ablation.csv'} (and ablation.json, ablation_miou.png, "
-          f"ablation_trimap.png)\n")
+    n = study.name
+    print(f"\n{len(rows)} rows in {results / f'{n}.csv'} (and {n}.json, {n}_miou.png, {n}_trimap.png)\n")
     print(ablate.format_table(rows))
-    print()
-    for line in ablate.trends(rows):
-        print(f"- {line}")
+    if n == "ablation":  # the papers' claims are about that study's rows
+        print()
+        for line in ablate.trends(rows):
+            print(f"- {line}")
     return 0
 
 
@@ -270,7 +278,7 @@ def _crf_study(args) -> int:
     if args.list:
         print(crf_study.format_crf_rows())
         return 0
-    if args.epochs != ablate.EPOCHS or args.crop_size != ablate.CROP_SIZE:
+    if args.epochs not in (None, ablate.EPOCHS) or args.crop_size != ablate.CROP_SIZE:
         raise ValueError("--study crf: its schedules are fixed (see --list: 'ablation' and 'finetune'); "
                          "--epochs and --crop-size apply to the ablation")
     for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
@@ -307,9 +315,11 @@ def _add_train(sub):
                     "reaches the same weights as an uninterrupted run. Data parallel: launch with torchrun "
                     "--nproc_per_node=N -m minideeplab train ... (gloo on the CPU, NCCL with --device cuda); "
                     "--batch-size is the global batch, so N processes make the run of one.")
-    p.add_argument("--model", default="v3plus", help="v1, v2, v3 or v3plus (default: %(default)s)")
+    p.add_argument("--model", default="v3plus",
+                   help="v1, v2, v3, v3plus, lraspp or linear (a ViT's tokens, a 1x1 conv) (default: %(default)s)")
     p.add_argument("--backbone", default="mini",
-                   help="vgg16, resnet18/34/50/101/152, or mini, which trains on a CPU (default: %(default)s)")
+                   help="vgg16, resnet18/34/50/101/152, mini (trains on a CPU), vit_mini, vit_mini_na, vit_tiny, "
+                        "vit_small, ... (specs.deeplab.NAMED_BACKBONES) (default: %(default)s)")
     p.add_argument("--output-stride", type=int, default=None,
                    help="8 or 16 for ResNets (default: the model's, 16 for v3/v3plus, 8 for v1/v2)")
     p.add_argument("--data-root", default="data/synthetic",
@@ -546,20 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumes). Writes ablation.csv, ablation.json, ablation_miou.png and ablation_trimap.png "
                     "to RESULTS, prints the table and checks the papers' trends against it. The shipped "
                     "results: minideeplab ablate --out runs/ablation --results data/ablation")
-    ab.add_argument("--study", choices=("ablation", "crf"), default="ablation",
-                    help="ablation: the papers' table (minideeplab.ablate.ROWS); crf: the dense CRF as post-processing "
-                         "against the trained CRF layer, 3 seeds (minideeplab.ablate.crf_study; its schedules are "
-                         "fixed, --list gives the expected CPU hours per row; the shipped results: --out runs/crf "
-                         "--results data/ablation --data-root runs/synthetic-3000 --val-root data/synthetic) "
-                         "(default: %(default)s)")
+    ab.add_argument("--study", choices=("ablation", "attention", "crf"), default="ablation",
+                    help="ablation: the papers' table (minideeplab.ablate.ROWS); attention: atrous convolution on "
+                         "top of attention (minideeplab.ablate.attention: mini CNN v3+, ViT + linear / ASPP / ASPP + "
+                         "decoder, SegFormer-mini, ViT with dilated neighbourhood attention; 30 epochs); crf: the "
+                         "dense CRF as post-processing against the trained CRF layer, 3 seeds "
+                         "(minideeplab.ablate.crf_study; its schedules are fixed, --list gives the expected CPU hours "
+                         "per row). The shipped results: --out runs/STUDY --results data/ablation --data-root "
+                         "runs/synthetic-3000 --val-root data/synthetic (default: %(default)s)")
     ab.add_argument("--out", default=None,
-                    help="folder for the rows' checkpoints and results (default: runs/ablation, runs/crf for "
-                         "--study crf)")
+                    help="folder for the rows' checkpoints and results (default: runs/STUDY)")
     ab.add_argument("--results", default=None,
                     help="folder for the table and plots (default: OUT); data/ablation for the shipped ones")
     ab.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="these rows only (see --list); a CRF row brings the row whose weights it uses")
-    ab.add_argument("--epochs", type=_positive(int), default=8, help="(default: %(default)s, ablate.EPOCHS)")
+    ab.add_argument("--epochs", type=_positive(int), default=None,
+                    help="(default: the study's: 8 for ablation, ablate.EPOCHS; 30 for attention)")
     ab.add_argument("--train-images", type=_positive(int), default=None, metavar="N",
                     help="train on the first N images only (default: all)")
     ab.add_argument("--val-images", type=_positive(int), default=None, metavar="N",

@@ -224,7 +224,8 @@ def test_rows_read_as_the_papers_table():
         assert (r.crf is None) == (r.weights_of is None)
         if r.weights_of:  # the same model as its base
             assert by[r.weights_of][1:5] == r[1:5] and by[r.weights_of].crf is None
-    assert build_parser().parse_args(["ablate"]).epochs == A.EPOCHS
+    assert build_parser().parse_args(["ablate"]).epochs is None  # the study's: A.EPOCHS for this one
+    assert A.get_study("ablation").epochs == A.EPOCHS
 
 
 def test_select_keeps_table_order_and_brings_a_crf_rows_base():

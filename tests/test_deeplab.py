@@ -463,7 +463,7 @@ def _without(d, key):
 
 
 BAD = [
-    ("make_config", lambda: scratch.make_config("v4"), "name must be one of 'v1', 'v2', 'v3', 'v3plus', 'lraspp', got 'v4'"),
+    ("make_config", lambda: scratch.make_config("v4"), "name must be one of 'v1', 'v2', 'v3', 'v3plus', 'lraspp', 'linear', 'segformer', got 'v4'"),
     ("make_config", lambda: scratch.make_config("v3", "resnet42"), "backbone must be a ResNet, VGG, .*spec or one of .* got 'resnet42'"),
     ("make_config", lambda: scratch.make_config("v3", "vgg16"), "v3 needs a ResNet, MobileNetV3.* backbone, got VGG"),
     ("make_config", lambda: scratch.make_config("v1", "resnet50"), r"v1 \(DeepLab-LargeFOV\) needs a VGG backbone"),

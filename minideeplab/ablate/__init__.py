@@ -4,6 +4,8 @@
     rows = read_csv("data/ablation/ablation.csv")                   # the notebook: no retraining
     print(format_table(rows)); print("\\n".join(trends(rows)))
 
+- ``attention``: the attention study's rows (issue 14: ViT, SegFormer, the mini CNN v3+ over seeds); ``studies``:
+  the registry of studies the runner takes (``run_ablation(study="attention")``).
 - ``study``: the rows, the schedule, the shallow network, each row's costs and field of view; its docstring
   explains each choice of the study.
 - ``run``: the training driver (``run_ablation``), per-image confusions, the CRF's evaluation, resumable rows.
@@ -14,16 +16,19 @@
   layer, three seeds, rows on ``run``'s machinery (imported on its own: ``from minideeplab.ablate import crf_study``).
 """
 
+from minideeplab.ablate.attention import ATTENTION, ATTENTION_ROWS, BUDGET, within_budget
 from minideeplab.ablate.claims import CLEARLY, trends
 from minideeplab.ablate.results import (columns, format_rows, format_table, read_csv, read_per_image, write_long_runs,
                                         write_results)
 from minideeplab.ablate.run import evaluate_crf, per_image_confusions, run_ablation
+from minideeplab.ablate.studies import STUDIES, get_study
 from minideeplab.ablate.stats import bootstrap_interval, bootstrap_miou_difference, mean_ious, pareto_front
 from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, IMAGE_SIZE, LR, NARROW, ROWS, SCALE_RANGE, SEED,
-                                      Row, ShallowConfig, ShallowFCN, costs, field_of_view, select)
+                                      Row, ShallowConfig, ShallowFCN, Study, costs, field_of_view, select)
 
 __all__ = ["Row", "ROWS", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
            "CLEARLY", "ShallowConfig", "ShallowFCN", "select", "field_of_view", "costs", "run_ablation",
            "evaluate_crf", "per_image_confusions", "write_results", "read_csv", "read_per_image", "format_table",
            "format_rows", "trends", "columns", "mean_ious", "bootstrap_miou_difference", "bootstrap_interval",
-           "pareto_front", "write_long_runs"]
+           "pareto_front", "write_long_runs", "Study", "STUDIES", "get_study", "ATTENTION", "ATTENTION_ROWS", "BUDGET",
+           "within_budget"]

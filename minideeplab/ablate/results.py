@@ -50,34 +50,34 @@ def _csv_cell(key, v):
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def write_results(rows, folder, per_image=None) -> list[Path]:
+def write_results(rows, folder, per_image=None, stem="ablation") -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
     (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
-    is removed); returns their paths."""
+    is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention")."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
-    with open(folder / "ablation.csv", "w", newline="") as f:
+    with open(folder / f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(names)
         for r in rows:
             w.writerow([_csv_cell(k, r.get(k)) for k in names])
-    (folder / "ablation.json").write_text(json.dumps(json_safe([{k: r.get(k) for k in names} for r in rows]),
+    (folder / f"{stem}.json").write_text(json.dumps(json_safe([{k: r.get(k) for k in names} for r in rows]),
                                                      indent=1))
-    paths = [folder / "ablation.csv", folder / "ablation.json"]
+    paths = [folder / f"{stem}.csv", folder / f"{stem}.json"]
     if rows:
         from minideeplab.viz.ablation import plot_miou, plot_trimap
 
-        paths += [plot_miou(rows, folder / "ablation_miou.png"), plot_trimap(rows, folder / "ablation_trimap.png")]
+        paths += [plot_miou(rows, folder / f"{stem}_miou.png"), plot_trimap(rows, folder / f"{stem}_trimap.png")]
     if rows and per_image and all(r["name"] in per_image for r in rows):
         first = per_image[rows[0]["name"]]
-        np.savez_compressed(folder / "ablation_per_image.npz", names=np.array([r["name"] for r in rows]),
+        np.savez_compressed(folder / f"{stem}_per_image.npz", names=np.array([r["name"] for r in rows]),
                             widths=first["widths"],
                             cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
                             trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
-        paths.append(folder / "ablation_per_image.npz")
+        paths.append(folder / f"{stem}_per_image.npz")
     else:  # a file from an earlier table would no longer match this one
-        (folder / "ablation_per_image.npz").unlink(missing_ok=True)
+        (folder / f"{stem}_per_image.npz").unlink(missing_ok=True)
     return paths
 
 
@@ -174,10 +174,11 @@ def format_rows(rows=ROWS, num_classes=7) -> str:
     for r in rows:
         c = costs(r, num_classes)
         pool = {True: "yes", False: "no", None: "-"}[r.image_pooling]
-        lines.append([r.name, r.model, str(r.output_stride), ",".join(map(str, r.atrous_rates)) or "-", pool,
-                      "yes" if r.decoder else "no", r.crf or "-", f"{field_of_view(r)}",
+        fov = field_of_view(r)
+        lines.append([r.name, r.model, r.backbone, str(r.output_stride), ",".join(map(str, r.atrous_rates)) or "-",
+                      pool, "yes" if r.decoder else "no", r.crf or "-", "-" if fov is None else f"{fov}",
                       f"{c['parameters'] / 1e6:.2f}M", f"{c['mult_adds'] / 1e9:.3f}G", r.about])
-    head = ["name", "model", "OS", "rates", "pool", "dec", "crf", "FOV px", "params", "MACs", "what"]
+    head = ["name", "model", "backbone", "OS", "rates", "pool", "dec", "crf", "FOV px", "params", "MACs", "what"]
     size = [max(len(x) for x in col) for col in zip(head, *lines)]
     right = {"OS", "FOV px", "params", "MACs"}
     fmt = lambda cells: "  ".join(c.rjust(n) if h in right else c.ljust(n)  # noqa: E731

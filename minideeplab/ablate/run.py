@@ -18,8 +18,9 @@ import torch
 from minideeplab import train as T
 from minideeplab.ablate.results import json_safe, write_results
 from minideeplab.training.evaluation import scores as summed_scores
-from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, LR, NARROW, ROWS, SCALE_RANGE, SEED, ShallowFCN,
-                                      costs, field_of_view, select)
+from minideeplab.ablate.studies import get_study
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, SCALE_RANGE, SEED, ShallowFCN, costs,
+                                      field_of_view, select)
 
 __all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
 
@@ -104,7 +105,7 @@ def _train_seconds(metrics, batch_size) -> float:
 
 
 def _record(row, classes, scores, cost, schedule, train_seconds, images, inference_ms, threads, final_loss):
-    record = {"name": row.name, "model": row.model, "backbone": "mini", "output_stride": row.output_stride,
+    record = {"name": row.name, "model": row.model, "backbone": row.backbone, "output_stride": row.output_stride,
               "atrous_rates": tuple(row.atrous_rates), "image_pooling": row.image_pooling, "decoder": row.decoder,
               "crf": row.crf, "field_of_view": field_of_view(row), **cost,
               "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
@@ -146,6 +147,8 @@ def _load_result(path, schedule):
 
 
 def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
+    if row.seed is not None:  # the row's own seed (a study repeating a configuration over seeds)
+        schedule = schedule | {"seed": row.seed}
     folder = out / row.name
     result = folder / "result.json"
     if result.exists():
@@ -155,7 +158,7 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
     source = out / (row.weights_of or row.name)
     checkpoint = source / "last.pt"
     if row.weights_of is None:
-        config = T.TrainConfig(model=row.model, backbone="mini",
+        config = T.TrainConfig(model=row.model, backbone=row.backbone,
                                output_stride=None if row.model == "shallow" else row.output_stride,
                                data_root=str(data_root), out=str(folder), epochs=schedule["epochs"],
                                batch_size=schedule["batch_size"], crop_size=schedule["crop_size"], lr=schedule["lr"],
@@ -206,18 +209,23 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
     return record
 
 
-def run_ablation(out="runs/ablation", only=None, *, epochs=EPOCHS, train_images=None, val_images=None,
-                 crop_size=CROP_SIZE, batch_size=BATCH_SIZE, lr=LR, seed=SEED, scale_range=SCALE_RANGE,
-                 data_root="data/synthetic", val_root=None, results=None, threads=1, timing_images=5,
-                 log=print) -> list[dict]:
-    """Train and measure the rows named in ``only`` (all of ``ROWS`` when None) that OUT does not hold yet,
-    then write the table of every row OUT holds (in ``ROWS`` order) to RESULTS (default OUT): ablation.csv,
-    ablation.json, ablation_miou.png, ablation_trimap.png. Rows train on data_root's train split and are scored
-    on val_root's val split (val_root None: data_root's). train_images / val_images: the first N (None: all).
-    threads: torch threads for the inference timing (the same for every row). Returns the table's records."""
+def run_ablation(out="runs/ablation", only=None, *, study="ablation", epochs=None, train_images=None,
+                 val_images=None, crop_size=CROP_SIZE, batch_size=BATCH_SIZE, lr=None, seed=SEED,
+                 scale_range=SCALE_RANGE, data_root="data/synthetic", val_root=None, results=None, threads=1,
+                 timing_images=5, log=print) -> list[dict]:
+    """Train and measure the rows of ``study`` (``studies.STUDIES``: "ablation", the default, or "attention")
+    named in ``only`` (all when None) that OUT does not hold yet, then write the table of every row of the study
+    OUT holds (in the study's order) to RESULTS (default OUT): <study>.csv, <study>.json, <study>_miou.png,
+    <study>_trimap.png. Rows train on data_root's train split and are scored on val_root's val split (val_root
+    None: data_root's). epochs, lr: None, the study's. train_images / val_images: the first N (None: all).
+    seed: of the rows without a seed of their own. threads: torch threads for the inference timing (the same
+    for every row). Returns the table's records."""
     out = Path(out)
+    spec = get_study(study)
+    epochs = spec.epochs if epochs is None else epochs
+    lr = spec.lr if lr is None else lr
     only = [only] if isinstance(only, str) else (None if only is None else list(only))
-    rows = select(only)
+    rows = select(only, spec.rows)
     if only is not None:
         for r in rows:
             if r.weights_of and r.weights_of not in only:
@@ -235,9 +243,9 @@ def run_ablation(out="runs/ablation", only=None, *, epochs=EPOCHS, train_images=
     for k, row in enumerate(rows, start=1):
         log(f"[{k}/{len(rows)}] {row.name}")
         _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
-    table = [_load_result(out / r.name / "result.json", schedule) for r in ROWS
-             if (out / r.name / "result.json").exists()]
+    table = [_load_result(out / r.name / "result.json", schedule | ({} if r.seed is None else {"seed": r.seed}))
+             for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}
-    write_results(table, out if results is None else results, per_image)
+    write_results(table, out if results is None else results, per_image, spec.name)
     return table

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Row", "ROWS", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
+__all__ = ["Row", "ROWS", "Study", "ABLATION", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
            "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
 
 EPOCHS = 8           # the shipped study: 8 x 375 = 3,000 iterations of 8 images on 3,000 generated train images
@@ -78,8 +78,9 @@ class Row(NamedTuple):
     image_pooling: the ASPP's image-level branch (None: the model has no ASPP). fc_channels: v2's fc6-fc7-fc8
     width (None: the ResNet form, one 3x3 conv per rate). crf: a ``scratch.crf.PARAMETER_SETS`` name; the row
     is row ``weights_of`` (trained once, for that row) evaluated with the dense CRF (post-processing).
-    crf_layer, seed, schedule: the CRF study's (``crf_study``): the CRF trained as a layer, the row's seed and
-    its named schedule."""
+    backbone: ``build_model``'s (the mini ResNet by default). seed: the row's own training seed (None: the
+    run's), for the studies that repeat a configuration over seeds. crf_layer, schedule: the CRF study's
+    (``crf_study``): the CRF trained as a layer, and the row's named schedule."""
 
     name: str
     model: str
@@ -91,8 +92,9 @@ class Row(NamedTuple):
     weights_of: str | None = None
     about: str = ""
     crf_layer: dict | None = None     # build_model's crf option: the CRF trained as the last layer
-    seed: int | None = None           # None: the run's (ablation) seed; the CRF study's rows name theirs
+    seed: int | None = None           # None: the run's seed; the studies over seeds name each row's
     schedule: str | None = None       # the CRF study's named schedule (``crf_study.SCHEDULES``); None: the run's
+    backbone: str = "mini"
 
     @property
     def decoder(self) -> bool:
@@ -102,7 +104,7 @@ class Row(NamedTuple):
         """build_model's options (TrainConfig.model_options) for this row."""
         if self.model == "shallow":
             return {}
-        options = {"atrous_rates": tuple(self.atrous_rates)}
+        options = {"atrous_rates": tuple(self.atrous_rates)} if self.atrous_rates else {}
         if self.image_pooling is not None:
             options["image_pooling"] = self.image_pooling
         if self.fc_channels is not None:
@@ -136,6 +138,19 @@ ROWS = (
         about="v3plus-os16's weights + dense CRF (DeepLab v2 ResNet-101's parameters)"),
 )
 _BY_NAME = {r.name: r for r in ROWS}
+
+
+class Study(NamedTuple):
+    """A study: its rows and its schedule (``run.run_ablation(study=name)``); its table is OUT/<name>.csv etc."""
+
+    name: str
+    rows: tuple
+    epochs: int = EPOCHS
+    lr: float = LR
+    about: str = ""
+
+
+ABLATION = Study("ablation", ROWS, EPOCHS, LR, "DeepLab's ablations on the mini ResNet")
 
 
 def select(only=None, rows=ROWS) -> list[Row]:
@@ -198,7 +213,7 @@ def _meta_model(row: Row, num_classes: int) -> nn.Module:
     with torch.device("meta"):
         if row.model == "shallow":
             return ShallowFCN(num_classes).eval()
-        return build_model(row.model, "mini", row.output_stride, num_classes, **row.model_options()).eval()
+        return build_model(row.model, row.backbone, row.output_stride, num_classes, **row.model_options()).eval()
 
 
 def costs(row: Row, num_classes: int = 7, size=IMAGE_SIZE) -> dict:
@@ -209,16 +224,19 @@ def costs(row: Row, num_classes: int = 7, size=IMAGE_SIZE) -> dict:
     module = _meta_model(row, num_classes)
     if row.model == "shallow":
         macs = mult_adds(module, (1, 3, *size))
-    else:  # convolutions only: a CRF layer's mean field is not counted (and cannot run on the meta device)
+    else:  # a CRF layer's mean field is not counted (it cannot run on the meta device)
         options = {k: v for k, v in row.model_options().items() if k != "crf"}
-        macs = model_mult_adds(row.model, "mini", row.output_stride, num_classes, size, **options)
+        macs = model_mult_adds(row.model, row.backbone, row.output_stride, num_classes, size, **options)
     return {"parameters": sum(p.numel() for p in module.parameters()), "mult_adds": int(sum(macs.values()))}
 
 
-def field_of_view(row: Row) -> int:
+def field_of_view(row: Row) -> int | None:
     """Theoretical receptive field of one output pixel along one axis, in input pixels: the convolutions and
     max pool on the longest path (each bottleneck's strided/dilated 3x3, the head's largest rate). Bilinear
-    resizes are not counted, nor image pooling, which sees the whole image whatever this says."""
+    resizes are not counted, nor image pooling, which sees the whole image whatever this says. None for a row
+    on another backbone than the mini ResNet (global attention sees the whole image)."""
+    if row.backbone != "mini":
+        return None
     from minideeplab.specs.backbone import ResNet
     from minideeplab.scratch.receptive import receptive_field
 

@@ -1,10 +1,12 @@
-"""What a DeepLab costs: multiply-adds (MACs) of its convolutions, counted from shapes, and one timed
-forward pass.
+"""What a DeepLab costs: multiply-adds (MACs) of its convolutions (and, in a transformer, its linear layers and
+attention products), counted from shapes, and one timed forward pass.
 
 Every count is read off forward hooks on the PyTorch twin: for each ``nn.Conv2d``, output elements x
-(in_channels / groups) x kh x kw. On the ``meta`` device that takes shapes only (no weights, no arithmetic).
-Batch norm, ReLU, pooling, resizing and residual sums are left out: a few operations per element,
-negligible beside the convolutions.
+(in_channels / groups) x kh x kw; for each ``nn.Linear``, output elements x in_features; for a module with a
+``mult_adds(inputs, output)`` method (``reference.vit.AttentionCore``: q k^T and the weighted sum of v), what
+it says. On the ``meta`` device that takes shapes only (no weights, no arithmetic).
+Batch norm, LayerNorm, ReLU, GELU, softmax, pooling, resizing and residual sums are left out: a few operations
+per element, negligible beside the convolutions and matrix products.
 
 * ``conv_counts(module, x)``: {conv name: (MACs, output elements)} for one forward pass, in forward order.
 * ``mult_adds(module, input_shape)``: MACs summed per top-level child (``backbone``, ``aspp``, ``decoder``,
@@ -27,7 +29,8 @@ __all__ = ["conv_counts", "mult_adds", "model_mult_adds", "conv_macs", "forward_
 
 
 def conv_counts(module, x) -> dict[str, tuple[int, int]]:
-    """{conv name: (MACs, output elements)} for ``module(x)`` (inference mode), in the order the convs ran."""
+    """{conv name: (MACs, output elements)} for ``module(x)`` (inference mode), in the order the convs ran (and
+    the linear layers and attention products, see the module's docstring)."""
     if not isinstance(module, nn.Module):
         raise ValueError(f"conv_counts: module must be a torch nn.Module, got {type(module).__name__}")
     counts, handles = {}, []
@@ -36,7 +39,15 @@ def conv_counts(module, x) -> dict[str, tuple[int, int]]:
             def hook(m, inputs, out, name=name):
                 per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
                 counts[name] = (out.numel() * per_output, out.numel())
-            handles.append(m.register_forward_hook(hook))
+        elif isinstance(m, nn.Linear):
+            def hook(m, inputs, out, name=name):
+                counts[name] = (out.numel() * m.in_features, out.numel())
+        elif callable(getattr(m, "mult_adds", None)):
+            def hook(m, inputs, out, name=name):
+                counts[name] = (int(m.mult_adds(inputs, out)), out.numel())
+        else:
+            continue
+        handles.append(m.register_forward_hook(hook))
     try:
         with torch.inference_mode():
             module(x)

@@ -15,14 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from minideeplab.reference.mit import MiTBackbone
 from minideeplab.reference.mobilenet import MobileNetV3Backbone
 from minideeplab.reference.resnet import ResNetBackbone
 from minideeplab.reference.mobilenet_v2 import MobileNetV2Backbone
 from minideeplab.reference.vgg import VGGLargeFOV
+from minideeplab.reference.vit import ViTBackbone
 from minideeplab.reference.xception import XceptionBackbone
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MiT
+from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import Xception
 
 __all__ = ["ResNetBackbone", "VGGLargeFOV", "MobileNetV3Backbone", "BACKBONES", "build_backbone", "params_to_torch",
@@ -31,7 +35,8 @@ __all__ = ["ResNetBackbone", "VGGLargeFOV", "MobileNetV3Backbone", "BACKBONES", 
 
 # the registry: a backbone spec's type -> its twin (scratch.backbone.BACKBONES's twin)
 BACKBONES = {ResNet: ResNetBackbone, VGG: VGGLargeFOV, MobileNetV3: MobileNetV3Backbone, Xception: XceptionBackbone,
-             MobileNetV2: MobileNetV2Backbone}
+             MobileNetV2: MobileNetV2Backbone, ViT: ViTBackbone,
+             MiT: MiTBackbone}
 
 
 def build_backbone(spec) -> nn.Module:

@@ -12,10 +12,11 @@ from torch import nn
 from minideeplab.reference import crf as _crf
 from minideeplab.reference.aspp import ASPPLModule, ASPPModule, Dropout, conv_unit
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
+from minideeplab.specs.heads import (Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead,
+                                     SegFormerHead)
 
 __all__ = ["LargeFOVHeadModule", "DeepLabHeadModule", "FCNHeadModule", "DecoderModule", "classifier_module",
-           "LRASPPHeadModule", "CRFHeadModule", "HEADS"]
+           "LRASPPHeadModule", "SegFormerHeadModule", "CRFHeadModule", "HEADS"]
 
 
 class LargeFOVHeadModule(nn.Module):
@@ -125,7 +126,37 @@ class CRFHeadModule(_crf.CRFLayer):
         return torch.log(q.clamp_min(torch.finfo(scores.dtype).tiny))
 
 
+class _StageLinear(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout)
+
+    def forward(self, m):
+        B, C, h, w = m.shape
+        return self.linear(m.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, -1, h, w)
+
+
+class SegFormerHeadModule(nn.Module):
+    """SegFormer's all-MLP decoder (smp's names): ``mlp_stage.{j}.linear`` (j = 0: the last stage), ``fuse_stage``
+    (1x1 conv, BN, ReLU). forward(*stages, stride 4 first) -> (N, channels, H/4, W/4)."""
+
+    def __init__(self, spec: SegFormerHead):
+        super().__init__()
+        self.mlp_stage = nn.ModuleList(_StageLinear(c, spec.channels) for c in reversed(spec.in_channels))
+        self.fuse_stage = conv_unit(4 * spec.channels, spec.channels, 1)
+        for m in self.mlp_stage.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, *stages):
+        size = stages[0].shape[-2:]
+        ups = [F.interpolate(lin(m), size=size, mode="bilinear", align_corners=False)
+               for lin, m in zip(self.mlp_stage, reversed(stages))]
+        return self.fuse_stage(torch.cat(ups, dim=1))
+
+
 # the registry: a head spec's type -> its twin's builder (scratch.heads.UNITS's twin)
 HEADS = {ASPP: ASPPModule, ASPPL: ASPPLModule, LargeFOVHead: LargeFOVHeadModule, DeepLabHead: DeepLabHeadModule,
            FCNHead: FCNHeadModule, Decoder: DecoderModule, Classifier: classifier_module, LRASPPHead: LRASPPHeadModule,
-           CRFHead: CRFHeadModule}
+           SegFormerHead: SegFormerHeadModule, CRFHead: CRFHeadModule}

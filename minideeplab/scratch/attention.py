@@ -170,6 +170,7 @@ class SelfAttentionCache(NamedTuple):
     sr: tuple | None   # (the conv's input (B, D, H, W), LayerNorm cache, ratio)
     attn: tuple
     merged: np.ndarray
+    window: tuple | None = None  # (kernel, rate): neighbourhood attention's
 
 
 def _split(t, heads):
@@ -182,8 +183,11 @@ def _merge(t):
     return t.transpose(0, 2, 1, 3).reshape(B, N, h * d)
 
 
-def self_attention(x, params, heads, hw=None, sr_ratio=1, ln_eps=1e-5):
+def self_attention(x, params, heads, hw=None, sr_ratio=1, ln_eps=1e-5, window=None):
     """Multi-head self-attention. x (B, N, D) -> (y (B, N, D), cache).
+
+    window: (kernel, rate): each query attends only to its dilated neighbourhood on the hw = (H, W) grid
+    (``neighbourhood_attention``) instead of to every token.
 
     params, ViT (timm): ``qkv.weight`` (3D, D), ``qkv.bias``, ``proj.weight`` (D, D), ``proj.bias``.
     SegFormer (sr_ratio R, tokens on an hw = (H, W) grid): ``q.weight``/``q.bias`` (D, D), ``kv.weight``/``kv.bias``
@@ -214,10 +218,13 @@ def self_attention(x, params, heads, hw=None, sr_ratio=1, ln_eps=1e-5):
             sr = (grid, ln_cache, sr_ratio)
         kv = linear(kv_in, params["kv.weight"], params["kv.bias"]).reshape(B, -1, 2, D)
         k, v = _split(kv[:, :, 0], heads), _split(kv[:, :, 1], heads)
-    out, attn_cache = attention(q, k, v)
+    if window is not None:
+        out, attn_cache = neighbourhood_attention(q, k, v, hw, *window)
+    else:
+        out, attn_cache = attention(q, k, v)
     merged = _merge(out)
     y = linear(merged, params["proj.weight"], params["proj.bias"])
-    return y, SelfAttentionCache(x, heads, x, kv_in, sr, attn_cache, merged)
+    return y, SelfAttentionCache(x, heads, x, kv_in, sr, attn_cache, merged, window)
 
 
 def self_attention_backward(dy, cache, params):
@@ -226,7 +233,8 @@ def self_attention_backward(dy, cache, params):
     B, N, D = c.x.shape
     g = {}
     dmerged, g["proj.weight"], g["proj.bias"] = linear_backward(dy, c.merged, params["proj.weight"])
-    dq, dk, dv = attention_backward(_split(dmerged, heads), c.attn)
+    backward = attention_backward if c.window is None else neighbourhood_attention_backward
+    dq, dk, dv = backward(_split(dmerged, heads), c.attn)
     dq, dk, dv = _merge(dq), _merge(dk), _merge(dv)
     if "qkv.weight" in params:
         dqkv = np.concatenate([dq, dk, dv], axis=-1)

@@ -41,12 +41,14 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from minideeplab.scratch import mobilenet, mobilenet_v2, resnet, vgg, xception
+from minideeplab.scratch import mit, mobilenet, mobilenet_v2, resnet, vgg, vit, xception
 from minideeplab.scratch.params import check_subset, init_params
 from minideeplab.specs.backbone import VGG, BlockPlan, ResNet, VGGLayer
 from minideeplab.specs.checks import check_float_array, names
 from minideeplab.specs.mobilenet import MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MiT
+from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import Xception
 
 __all__ = ["BlockPlan", "ResNet", "VGGLayer", "VGG", "BackboneUnit", "BACKBONES", "parameter_shapes", "init_backbone",
@@ -61,13 +63,17 @@ class BackboneUnit(NamedTuple):
                 features: name -> array; steps: [(name, cache)] in order; taps: feature -> the step it is out of
         step_backward(dy, step cache) -> (dx, grads)
         infer(spec, params, buffers, x) -> features                 eval, no caches
-    batch_norm: whether it has batch norm (training then needs more than one value per channel in "out")."""
+    batch_norm: whether it has batch norm (training then needs more than one value per channel in "out").
+    backward: None (the steps are one chain, run backwards by ``backbone_backward``, each feature's gradient
+    joining after the step it is out of), or, for a backbone with a branch beside its chain (the ViT's
+    stride-4 conv stem), backward(d_features, steps, taps) -> (dx, grads)."""
 
     shapes: Callable
     forward: Callable
     step_backward: Callable
     infer: Callable
     batch_norm: bool
+    backward: Callable | None = None
 
 
 # the registry: a backbone spec's type -> its unit
@@ -78,7 +84,9 @@ BACKBONES = {ResNet: BackboneUnit(resnet.parameter_shapes, resnet.forward, resne
              Xception: BackboneUnit(xception.parameter_shapes, xception.forward, xception.step_backward, xception.infer,
                                     True),
              MobileNetV2: BackboneUnit(mobilenet_v2.parameter_shapes, mobilenet_v2.forward, mobilenet_v2.step_backward,
-                                       mobilenet_v2.infer, True)}
+                                       mobilenet_v2.infer, True),
+             ViT: BackboneUnit(vit.parameter_shapes, vit.forward, vit.step_backward, vit.infer, False, vit.backward),
+             MiT: BackboneUnit(mit.parameter_shapes, mit.forward, mit.step_backward, mit.infer, False)}
 
 
 def check_backbone_spec(fn, spec):
@@ -202,14 +210,18 @@ def backbone_backward(spec, d_features, cache):
                              f"(the forward's {key})")
         d[key] = g
 
-    grads, step_backward = {}, BACKBONES[type(spec)].step_backward
-    joins = {cache.taps[key]: key for key in d if key != "out"}
-    dh = d["out"]
-    for name, c in reversed(cache.steps):
-        if name in joins:  # a feature is this step's output: its gradient joins here
-            dh = dh + d[joins[name]]
-        dh, g = step_backward(dh, c)
-        grads.update(g)
+    unit = BACKBONES[type(spec)]
+    if unit.backward is not None:
+        dh, grads = unit.backward(d, cache.steps, cache.taps)
+    else:
+        grads, step_backward = {}, unit.step_backward
+        joins = {cache.taps[key]: key for key in d if key != "out"}
+        dh = d["out"]
+        for name, c in reversed(cache.steps):
+            if name in joins:  # a feature is this step's output: its gradient joins here
+                dh = dh + d[joins[name]]
+            dh, g = step_backward(dh, c)
+            grads.update(g)
     order = parameter_shapes(spec)[0]
     return dh, {k: grads[k] for k in order}
 

@@ -32,10 +32,12 @@ from minideeplab.scratch.params import conv_unit_shapes, join
 from minideeplab.scratch.units import (conv1x1_backward, conv1x1_forward, conv1x1_infer, conv_unit_backward,
                                        conv_unit_forward, conv_unit_infer, maybe_dropout)
 from minideeplab.specs.aspp import ASPP, ASPPL
-from minideeplab.specs.heads import Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead
+from minideeplab.scratch.attention import linear, linear_backward
+from minideeplab.specs.heads import (Classifier, CRFHead, DeepLabHead, Decoder, FCNHead, LargeFOVHead, LRASPPHead,
+                                     SegFormerHead)
 
 __all__ = ["Unit", "HeadCache", "HEADS", "ASPP_UNIT", "ASPPL_UNIT", "LARGE_FOV", "DEEPLAB_HEAD", "FCN_HEAD", "DECODER",
-           "CLASSIFIER", "LRASPP", "CRF", "input_rgb"]
+           "CLASSIFIER", "LRASPP", "SEGFORMER_HEAD", "CRF", "input_rgb"]
 
 
 class Unit(NamedTuple):
@@ -416,6 +418,65 @@ def crf_infer(spec, params, buffers, xs, prefix):
 CRF = Unit(crf_shapes, crf_forward, crf_backward, crf_infer, crf_init)
 
 
+# ---------------------------------------------------------------------------------------------
+# SegFormer's all-MLP decoder: each stage -> linear -> resize to stride 4 -> concat (last first) -> 1x1 conv, BN, ReLU
+
+
+def segformer_head_shapes(spec: SegFormerHead, prefix):
+    params, buffers, E = {}, {}, spec.channels
+    for j, c in enumerate(reversed(spec.in_channels)):
+        lin = join(prefix, f"mlp_stage.{j}.linear")
+        params[f"{lin}.weight"], params[f"{lin}.bias"] = (E, c), (E,)
+    conv_unit_shapes(params, buffers, join(prefix, "fuse_stage"), 4 * E, E, 1)
+    return params, buffers
+
+
+def _stage_linear(params, prefix, j, m):
+    """A (B, C, h, w) map through stage j's linear layer -> (B, E, h, w)."""
+    lin = join(prefix, f"mlp_stage.{j}.linear")
+    B, C, h, w = m.shape
+    t = m.reshape(B, C, -1).transpose(0, 2, 1)
+    e = linear(t, params[f"{lin}.weight"], params[f"{lin}.bias"])
+    return np.ascontiguousarray(e.transpose(0, 2, 1)).reshape(B, -1, h, w), t
+
+
+def segformer_head_forward(spec, params, buffers, xs, training, rng, prefix, fn):
+    size, parts, ups = xs[0].shape[2:], {"prefix": prefix, "spec": spec}, []
+    for j, m in enumerate(reversed(xs)):
+        e, parts[f"tokens.{j}"] = _stage_linear(params, prefix, j, m)
+        parts[f"shape.{j}"], parts[f"weight.{j}"] = e.shape, params[f"{join(prefix, f'mlp_stage.{j}.linear')}.weight"]
+        ups.append(resize_bilinear(e, size, False) if e.shape[2:] != size else e)
+    y, parts["fuse"] = conv_unit_forward(concat(ups), params, buffers, join(prefix, "fuse_stage"), 1, False, training)
+    return y, HeadCache(parts, {})
+
+
+def segformer_head_backward(dy, cache):
+    c = cache.parts
+    prefix, E = c["prefix"], c["spec"].channels
+    dcat, grads = conv_unit_backward(dy, c["fuse"])
+    dxs = []
+    for j, dup in enumerate(concat_backward(dcat, [E] * 4)):
+        shape = c[f"shape.{j}"]
+        de = resize_bilinear_backward(dup, shape, False) if dup.shape != shape else dup
+        B, _, h, w = shape
+        lin = join(prefix, f"mlp_stage.{j}.linear")
+        dt, grads[f"{lin}.weight"], grads[f"{lin}.bias"] = linear_backward(
+            de.reshape(B, E, -1).transpose(0, 2, 1), c[f"tokens.{j}"], c[f"weight.{j}"])
+        dxs.append(np.ascontiguousarray(dt.transpose(0, 2, 1)).reshape(B, -1, h, w))
+    return tuple(reversed(dxs)), grads
+
+
+def segformer_head_infer(spec, params, buffers, xs, prefix):
+    size, ups = xs[0].shape[2:], []
+    for j, m in enumerate(reversed(xs)):
+        e = _stage_linear(params, prefix, j, m)[0]
+        ups.append(resize_bilinear_infer(e, size, False) if e.shape[2:] != size else e)
+    return conv_unit_infer(np.concatenate(ups, axis=1), params, buffers, join(prefix, "fuse_stage"), 1, False)
+
+
+SEGFORMER_HEAD = Unit(segformer_head_shapes, segformer_head_forward, segformer_head_backward, segformer_head_infer)
+
+
 # the registry: a head spec's type -> its unit (a new head: its spec, its unit here, its twin, one line each)
 HEADS = {ASPP: ASPP_UNIT, ASPPL: ASPPL_UNIT, LargeFOVHead: LARGE_FOV, DeepLabHead: DEEPLAB_HEAD, FCNHead: FCN_HEAD,
-         Decoder: DECODER, Classifier: CLASSIFIER, LRASPPHead: LRASPP, CRFHead: CRF}
+         Decoder: DECODER, Classifier: CLASSIFIER, LRASPPHead: LRASPP, SegFormerHead: SEGFORMER_HEAD, CRFHead: CRF}

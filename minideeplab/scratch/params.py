@@ -46,7 +46,9 @@ def conv_unit_shapes(params, buffers, prefix, cin, cout, kernel, separable=False
 def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params", std=None):
     """Fresh arrays for the given shapes, as torchvision initialises: conv weights Kaiming normal, fan-out
     mode, std sqrt(2 / (Cout/groups * kh * kw)) (a depthwise kernel (C, 1, k, k) counts k * k), conv
-    biases 0; BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64).
+    biases 0; BN weight 1, bias 0; running mean 0, var 1; num_batches_tracked 0 (int64). Transformer
+    parameters as timm's ViT (normal, not truncated): linear weights (2-D) N(0, 0.02), biases 0; ``pos_embed``
+    N(0, 0.02); ``cls_token`` N(0, 1e-6); LayerNorm weights (1-D ``.weight`` without BN statistics) 1.
     std: {conv weight name: std} drawn N(0, std) instead (DeepLab's class-score layers); the draws are
     the same ones, in the same order, only scaled differently."""
     std = {} if std is None else std
@@ -63,6 +65,12 @@ def init_params(shapes, buffer_shapes, rng, dtype=np.float32, fn="init_params", 
             params[name] = (rng.standard_normal(shape) * std.get(name, np.sqrt(2.0 / fan_out))).astype(dtype)
         elif name.endswith(".weight") and name[:-len(".weight")] + ".running_mean" in buffer_shapes:
             params[name] = np.ones(shape, dtype=dtype)  # BN gamma
+        elif len(shape) == 2 and name.endswith(".weight") or name.endswith("pos_embed"):
+            params[name] = (rng.standard_normal(shape) * 0.02).astype(dtype)  # a linear layer's weight
+        elif name.endswith("cls_token"):
+            params[name] = (rng.standard_normal(shape) * 1e-6).astype(dtype)
+        elif len(shape) == 1 and name.endswith(".weight"):
+            params[name] = np.ones(shape, dtype=dtype)  # LayerNorm gamma
         else:
             params[name] = np.zeros(shape, dtype=dtype)  # BN beta, conv bias
     buffers = {}

@@ -1,7 +1,10 @@
 """SegFormer from scratch, eval: the Mix Transformer encoder and the all-MLP decoder (see
 ``minideeplab.specs.segformer``; smp's layout and names), built from ``minideeplab.scratch.attention``'s
-layers. ``minideeplab.interop.from_smp`` loads smp's ``Segformer`` into a ``SegFormer``. Training (the
-backward of a whole SegFormer) is not here yet: the layers' backwards are in ``attention.py``.
+layers. ``minideeplab.interop.from_smp`` loads smp's ``Segformer`` into a ``SegFormer``. Training: SegFormer is
+also a member of the DeepLab family, ``build_model("segformer", backbone="mit_mini" | "mit_b0" | "mit_b1")``: the
+MiT encoder as a backbone (``scratch.mit``, forward and backward) and the all-MLP decoder as a head
+(``scratch.heads.SEGFORMER_HEAD``), trained by both trainers (there the logits are upsampled with
+align_corners=False, as every DeepLab here).
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ registry, says how each member is built: the backbone spec it runs (its trunk) a
             features at output stride 16, ASPP rates (12, 24, 36); aux FCNHead on the stride-8 ``low``)
     lraspp  MobileNetV3-Large -> LRASPPHead (``low`` at stride 8, ``out`` at 16) -> bilinear to the input
             (torchvision's ``lraspp_mobilenet_v3_large``)
+    linear  a ViT's token map (stride 16) -> Classifier (a 1x1 conv to the classes) -> bilinear to the input:
+            SETR-naive / Segmenter-linear, the transformer baseline without a context module
+    segformer  SegFormer (``specs.segformer``): the MiT's four stages -> SegFormerHead (all-MLP decoder, stride 4)
+            -> Classifier -> bilinear to the input (align_corners False; smp's SegFormer: True, see
+            ``scratch.segformer``)
+    v3, v3plus on a ViT (``specs.vit``): ASPP on the token map reshaped to stride 16, rates scaled to the grid;
+            v3+'s decoder on the stride-4 map of a small conv stem beside the patch embedding
 
 The scratch model (``minideeplab.scratch.deeplab``) and its twin (``minideeplab.reference.deeplab``) run any
 config the same generic way: the backbone's features, then each step in order, then the "scores" resized to
@@ -29,24 +36,28 @@ from minideeplab.specs.aspp import ASPP, ASPPL
 from minideeplab.specs.backbone import VGG, ResNet
 from minideeplab.specs.checks import check_flag, check_int, check_real, is_int
 from minideeplab.specs.heads import (DECODER_LAYOUTS, Classifier, CRFHead, DeepLabHead, Decoder, FCNHead,
-                                     LargeFOVHead, LRASPPHead, Step)
+                                     LargeFOVHead, LRASPPHead, SegFormerHead, Step)
 from minideeplab.specs.mobilenet import MOBILENET_V3_RATES, MobileNetV3
 from minideeplab.specs.mobilenet_v2 import MobileNetV2
+from minideeplab.specs.segformer import MIT_SIZES, STAGES, MiT
+from minideeplab.specs.vit import ViT
 from minideeplab.specs.xception import Xception
 
 __all__ = ["MODELS", "BACKBONES", "DeepLabConfig", "make_config", "is_score_layer", "SCORE_STD", "AUX_DROPOUT",
            "MINI_HEAD", "V2_RATES", "V3_RATES", "MOBILENET_V3_RATES", "DECODER_LAYOUTS", "NAMED_BACKBONES"]
 
 
-SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2)  # the backbone specs a config takes
+SPECS = (ResNet, VGG, MobileNetV3, Xception, MobileNetV2, ViT, MiT)  # the backbone specs a config takes
 # the specs each model takes, and what its message says of the model
-MODEL_SPECS = {"v1": (VGG,), "v2": (ResNet, VGG), "v3": (ResNet, MobileNetV3, Xception, MobileNetV2),
-               "v3plus": (ResNet, Xception, MobileNetV2), "lraspp": (MobileNetV3,)}
-_MODEL_TITLES = {"v1": "v1 (DeepLab-LargeFOV)", "lraspp": "lraspp (LR-ASPP)"}
+MODEL_SPECS = {"v1": (VGG,), "v2": (ResNet, VGG), "v3": (ResNet, MobileNetV3, Xception, MobileNetV2, ViT),
+               "v3plus": (ResNet, Xception, MobileNetV2, ViT), "lraspp": (MobileNetV3,), "linear": (ViT,),
+               "segformer": (MiT,)}
+_MODEL_TITLES = {"v1": "v1 (DeepLab-LargeFOV)", "lraspp": "lraspp (LR-ASPP)", "linear": "linear (SETR-naive)"}
 _MODEL_WHY = {"lraspp": " (its stride-8 'low' features)"}
 DEFAULT_BACKBONE = {"v1": "vgg16", "v2": "resnet101", "v3": "resnet50", "v3plus": "resnet50",
-                    "lraspp": "mobilenet_v3_large"}
-DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16}
+                    "lraspp": "mobilenet_v3_large", "linear": "vit_mini", "segformer": "mit_mini"}
+DEFAULT_OUTPUT_STRIDE = {"v1": 8, "v2": 8, "v3": 16, "v3plus": 16, "lraspp": 16, "linear": 16, "segformer": 32}
+_NO_CONTEXT = ("lraspp", "linear", "segformer")  # models with no atrous convolution and no dropout
 V2_RATES = (6, 12, 18, 24)                                  # ASPP-L
 V3_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}  # tied to the output stride (v3 paper)
 AUX_DROPOUT = 0.1                                           # torchvision's FCNHead
@@ -57,7 +68,7 @@ SCORE_STD = 0.01                                            # DeepLab's init of 
 _APPLIES = {
     "image_pooling": ("v3", "v3plus"), "aspp_separable": ("v3", "v3plus"), "aspp_channels": ("v3", "v3plus"),
     "fc_channels": ("v2",), "aux": ("v3",),
-    "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus",), "decoder_separable": ("v3plus",),
+    "low_level_channels": ("v3plus",), "decoder_channels": ("v3plus", "segformer"), "decoder_separable": ("v3plus",),
     "decoder_layout": ("v3", "v3plus"), "inter_channels": ("lraspp",),
 }
 
@@ -76,7 +87,7 @@ def _one_of(types) -> str:
 class DeepLabConfig:
     """One member of the family. Built by ``make_config`` / ``build_model``, or directly.
 
-    name: "v1", "v2", "v3", "v3plus" or "lraspp".
+    name: "v1", "v2", "v3", "v3plus", "lraspp" or "linear" (a ViT's tokens, a 1x1 conv to the classes).
     backbone: a ``ResNet``, ``VGG``, ``MobileNetV3``, ``Xception`` (``specs.xception``) or ``MobileNetV2``
       (``specs.mobilenet_v2``) spec (it carries ``output_stride``, ``multi_grid`` and the dilation
       convention). v1: VGG. v2: ResNet or VGG (used up to pool5: ASPP-L's fc6 replaces LargeFOV's).
@@ -161,8 +172,11 @@ class DeepLabConfig:
             raise _cfg_error(f"decoder_layout must be one of {', '.join(map(repr, DECODER_LAYOUTS))}, "
                              f"got {self.decoder_layout!r}")
         set_(self, "dropout", check_real("DeepLabConfig", "dropout", self.dropout, 0, 1, hi_open=True))
-        if name == "lraspp" and self.dropout not in (0.0, 0.5):
-            raise _cfg_error(f"dropout={self.dropout!r}: lraspp (LR-ASPP) has no dropout")
+        if name in _NO_CONTEXT and self.dropout not in (0.0, 0.5):
+            raise _cfg_error(f"dropout={self.dropout!r}: {_MODEL_TITLES[name]} has no dropout")
+        if name in _APPLIES["low_level_channels"] and spec.low_level_channels is None:
+            raise _cfg_error(f"{name} reads stride-4 'low_level' features, which {spec.label} has none of: build "
+                             f"it with a stem (ViT(..., low_level_stem=channels)), or name it (backbone='vit_mini')")
         defaults = {f.name: f.default for f in fields(self)}
         for f, models in _APPLIES.items():
             if getattr(self, f) != defaults[f] and name not in models:
@@ -194,9 +208,9 @@ class DeepLabConfig:
                 raise _cfg_error(f"v1's one atrous rate is its VGG's fc6_rate ({spec.fc6_rate}), got atrous_rates="
                                  f"{rates!r}: set it with VGG(fc6_rate=...)")
             rates = (spec.fc6_rate,)
-        elif name == "lraspp":
+        elif name in _NO_CONTEXT:
             if rates is not None:
-                raise _cfg_error(f"atrous_rates={rates!r}: lraspp (LR-ASPP) has no atrous convolution")
+                raise _cfg_error(f"atrous_rates={rates!r}: {_MODEL_TITLES[name]} has no atrous convolution")
         elif rates is None and spec.default_aspp_rates is not None:
             rates = spec.default_aspp_rates
         elif rates is None:
@@ -325,14 +339,25 @@ def _v3plus(c: DeepLabConfig):
                         Step("classifier", Classifier(c.decoder_channels, c.num_classes), ("decoder",), "scores"))
 
 
-MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp}
+def _linear(c: DeepLabConfig):
+    return c.backbone, (Step("classifier", Classifier(c.backbone.out_channels, c.num_classes), ("out",), "scores"),)
+
+
+def _segformer(c: DeepLabConfig):
+    b = c.backbone
+    return b, (Step("decoder", SegFormerHead(b.widths, c.decoder_channels), STAGES, "decoder"),
+               Step("classifier", Classifier(c.decoder_channels, c.num_classes), ("decoder",), "scores"))
+
+
+MODELS = {"v1": _v1, "v2": _v2, "v3": _v3, "v3plus": _v3plus, "lraspp": _lraspp, "linear": _linear,
+          "segformer": _segformer}
 
 
 # ---------------------------------------------------------------------------------------------
 # building a config
 
 
-def _vgg(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+def _vgg(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
     if os_ is not None and os_ != 8:
         raise ValueError(f"{fn}: VGG-16 LargeFOV has output stride 8, got output_stride={os_!r}")
     if multi_grid is not None:
@@ -341,25 +366,73 @@ def _vgg(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
 
 
 def _resnet(depth):
-    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
         return ResNet(depth, os_, dilation_convention, multi_grid)
     return make
 
 
 def _plain(make_spec):
     """A backbone built from its output stride alone (multi_grid and dilation_convention are a ResNet's)."""
-    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate):
+    def make(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
         if multi_grid is not None or dilation_convention != "torchvision":
             raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
         return make_spec(os_)
     return make
 
 
-# make_config's backbone names -> fn(fn, name, output_stride, multi_grid, dilation_convention, fc6_rate) -> spec
+# the named ViTs: (embed_dim, depth, num_heads, mlp_ratio, img_size, class_token, stem channels, small_heads,
+# neighbourhood).
+# vit_mini: built for the 128 px crops, trains on a CPU about as fast as the mini ResNet v3+ and sits within 1.5x
+# of its parameters and multiply-adds with any of the heads (the attention study's budget). Issue 14 proposed
+# width 128, depth 6; measured here (torch trainer, 1 thread, 8 crops of 128 px) that ViT + linear head steps in
+# 0.43 s against the mini v3+'s 0.77 s and has 0.088 G multiply-adds against 0.238 G (2.7x fewer): outside the
+# budget. Width 192 (ViT-Tiny's width and heads), depth 6 (half its depth): 0.78 s, 0.19 G; with the MLP 4x as
+# wide, v3+ on it has 3.30 M parameters, 1.506x the mini v3+'s 2.19 M, so the MLP is 3.5x (672). No class token (a
+# segmentation backbone does not need one, and vit_mini_na, the same ViT with dilated neighbourhood attention
+# in blocks 0-3, cannot have one). vit_tiny / vit_small: timm's vit_*_patch16_224 layouts.
+VIT_MINI_NA = ((0, 3, 1), (1, 3, 2), (2, 3, 1), (3, 3, 2))  # DiNAT: local, then dilated (rate floor(8 / 3) = 2)
+_VITS = {"vit_mini": (192, 6, 3, 3.5, (128, 128), False, 32, True, ()),
+         "vit_mini_na": (192, 6, 3, 3.5, (128, 128), False, 32, True, VIT_MINI_NA),
+         "vit_tiny": (192, 12, 3, 4.0, (224, 224), True, 64, False, ()),
+         "vit_small": (384, 12, 6, 4.0, (224, 224), True, 64, False, ())}
+
+
+def _vit(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
+    """A named ViT for a model: patch 16 (output stride 16 only), position embeddings resized for other inputs,
+    the stride-4 stem only when the model reads ``low_level`` (v3plus)."""
+    if multi_grid is not None or dilation_convention != "torchvision":
+        raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+    if os_ not in (None, 16):
+        raise ValueError(f"{fn}: {backbone} has output stride 16 (its 16x16 patches), got output_stride={os_!r}")
+    D, depth, heads, mlp_ratio, size, cls, stem, small, na = _VITS[backbone]
+    return ViT(D, depth, heads, 16, mlp_ratio, size, class_token=cls, resize_pos_embed=True, neighbourhood=na,
+               low_level_stem=stem if model in _APPLIES["low_level_channels"] else None, name=backbone,
+               small_heads=small)
+
+
+# the named MiTs: smp's mit_b0 / mit_b1, and mit_mini, SegFormer at the mini v3+'s budget (parameters and
+# multiply-adds within 1.5x, ``ablate.attention``; at 128 px B0 itself has 3.37 M parameters with the decoder 64
+# wide): B0's layout (sr ratios 8, 4, 2, 1; heads 32 wide) with widths (32, 64, 128, 160) and depths (3, 3, 3, 2),
+# the decoder a quarter as wide (64) as the mini ResNet's heads.
+_MITS = {"mit_b0": MiT(*MIT_SIZES["mit_b0"], name="mit_b0"), "mit_b1": MiT(*MIT_SIZES["mit_b1"], name="mit_b1"),
+         "mit_mini": MiT((32, 64, 128, 160), (3, 3, 3, 2), (1, 2, 4, 5), name="mit_mini", small_heads=True)}
+
+
+def _mit(fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, model=None):
+    if multi_grid is not None or dilation_convention != "torchvision":
+        raise ValueError(f"{fn}: multi_grid and dilation_convention apply to a ResNet, not to {backbone}")
+    if os_ not in (None, 32):
+        raise ValueError(f"{fn}: {backbone} has output stride 32 (its last stage), got output_stride={os_!r}")
+    return _MITS[backbone]
+
+
+# make_config's backbone names -> fn(fn, name, output_stride, multi_grid, dilation_convention, fc6_rate, model)
+# -> spec (model: the model's name, for a backbone whose parts depend on what the model reads)
 NAMED_BACKBONES = {"vgg16": _vgg, **{f"resnet{d}": _resnet(d) for d in (18, 34, 50, 101, 152)},
                    "mini": _resnet("mini"), "mobilenet_v3_large": _plain(lambda os_: MobileNetV3(output_stride=os_)),
                    **{f"xception{d}": _plain(lambda os_, d=d: Xception(d, os_)) for d in (41, 65, 71)},
-                   "mobilenet_v2": _plain(MobileNetV2)}
+                   "mobilenet_v2": _plain(MobileNetV2), **{name: _vit for name in _VITS},
+                   **{name: _mit for name in _MITS}}
 BACKBONES = tuple(NAMED_BACKBONES)
 
 
@@ -378,7 +451,7 @@ def _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_co
                          f"{', '.join(map(repr, BACKBONES))}, got {backbone!r}")
     os_ = output_stride if output_stride is not None or backbone == "vgg16" else DEFAULT_OUTPUT_STRIDE[name]
     try:
-        return NAMED_BACKBONES[backbone](fn, backbone, os_, multi_grid, dilation_convention, fc6_rate)
+        return NAMED_BACKBONES[backbone](fn, backbone, os_, multi_grid, dilation_convention, fc6_rate, name)
     except ValueError as e:
         raise ValueError(f"{fn}: {str(e).removeprefix(f'{fn}: ')}") from None
 
@@ -388,12 +461,13 @@ _OPTIONS = tuple(f.name for f in fields(DeepLabConfig) if f.name not in ("name",
 
 def make_config(name, backbone=None, output_stride=None, num_classes=21, *, multi_grid=None,
                 dilation_convention="torchvision", _fn="make_config", **options) -> DeepLabConfig:
-    """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus", "lraspp"}.
+    """The DeepLabConfig for ``name`` in {"v1", "v2", "v3", "v3plus", "lraspp", "linear"}.
 
     backbone: a ResNet, VGG, MobileNetV3, Xception or MobileNetV2 spec, or a name: "vgg16", "resnet18",
       "resnet34", "resnet50", "resnet101", "resnet152", "mini" (the small ResNet of ``backbone``: ResNet-50's
       widths / 4), "mobilenet_v3_large" (v3, lraspp), "xception41", "xception65", "xception71" (aligned
-      Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus). None: the paper's, "vgg16" for v1,
+      Xception), "mobilenet_v2" (smp's encoder; v3 and v3plus), "vit_mini", "vit_mini_na", "vit_tiny",
+      "vit_small" (``_VITS``; linear, v3, v3plus; v3plus gets the ViT's stride-4 conv stem). None: the paper's, "vgg16" for v1,
       "resnet101" for v2, "resnet50" for v3 and v3plus, "mobilenet_v3_large" for lraspp.
     output_stride: None: 8 for v1, v2 and any VGG, 16 for v3, v3plus and lraspp (VGG: 8 only; MobileNetV3:
       16 or 32).
@@ -418,7 +492,7 @@ def make_config(name, backbone=None, output_stride=None, num_classes=21, *, mult
         if isinstance(rates, (tuple, list)) and len(rates) == 1:
             fc6_rate = rates[0]
     spec = _resolve_backbone(fn, name, backbone, output_stride, multi_grid, dilation_convention, fc6_rate)
-    if isinstance(spec, ResNet) and spec.depth == "mini":
+    if (isinstance(spec, ResNet) and spec.depth == "mini") or getattr(spec, "small_heads", False):
         options = {k: v for k, v in MINI_HEAD.items() if name in _APPLIES[k]} | options
     try:
         return DeepLabConfig(name, spec, num_classes, **options)

@@ -12,6 +12,7 @@
     Classifier    a 1x1 conv with bias to the classes (v3+'s last layer)
     LRASPPHead    LR-ASPP on MobileNetV3: the stride-16 features gated by their global pool, upsampled to
                   the stride-8 ones; class scores of both, summed (torchvision's ``LRASPPHead``)
+    SegFormerHead SegFormer's all-MLP decoder on the MiT's four stages (smp's ``SegformerDecoder``)
     CRFHead       the dense CRF as the last layer (CRF-as-RNN): mean-field iterations on the class scores,
                   resized to the input, and the input's RGB colours; learns its kernel weights and compatibility
 
@@ -30,8 +31,8 @@ import numpy as np
 from minideeplab.specs.aspp import ASPP
 from minideeplab.specs.checks import check_flag, check_int, check_real
 
-__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "CRFHead", "Step",
-           "DECODER_LAYOUTS", "INPUT_MEAN", "INPUT_STD", "CRF_METHODS"]
+__all__ = ["LargeFOVHead", "DeepLabHead", "FCNHead", "Decoder", "Classifier", "LRASPPHead", "SegFormerHead",
+           "CRFHead", "Step", "DECODER_LAYOUTS", "INPUT_MEAN", "INPUT_STD", "CRF_METHODS"]
 
 DECODER_LAYOUTS = ("paper", "smp")
 # the normalisation of every model's input: ImageNet's mean and std on RGB in [0, 1] (``training.data.to_tensor``)
@@ -230,6 +231,24 @@ class CRFHead:
                 raise ValueError(f"CRFHead: {f} must be 3 finite numbers (RGB in [0, 1]{', > 0' * (f == 'std')}), "
                                  f"got {v!r}")
             set_(self, f, tuple(float(c) for c in v))
+
+
+@dataclass(frozen=True)
+class SegFormerHead:
+    """SegFormer's all-MLP decoder (smp's ``SegformerDecoder`` names): each stage's map (``in_channels``, stride 4
+    first) through a linear layer to ``channels`` (``mlp_stage.{j}.linear``, j = 0 for the last stage), resized
+    (bilinear, align_corners False) to the first's size, concatenated last stage first, fused by a 1x1 conv + BN
+    + ReLU (``fuse_stage.0``, ``.1``). Output: (N, channels, H/4, W/4); a Classifier step follows."""
+
+    in_channels: tuple[int, int, int, int]
+    channels: int = 256
+
+    def __post_init__(self):
+        ins = self.in_channels
+        if not (isinstance(ins, tuple) and len(ins) == 4):
+            raise ValueError(f"SegFormerHead: in_channels must be a tuple of 4 (one per stage), got {ins!r}")
+        object.__setattr__(self, "in_channels", tuple(check_int("SegFormerHead", "in_channels", c) for c in ins))
+        object.__setattr__(self, "channels", check_int("SegFormerHead", "channels", self.channels))
 
 
 class Step(NamedTuple):

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from minideeplab.specs.checks import check_int
 
-__all__ = ["MiT", "MIT_SIZES", "SegFormerConfig", "MIT_BLOCK_EPS", "MIT_EMBED_EPS"]
+__all__ = ["MiT", "MIT_SIZES", "SegFormerConfig", "MIT_BLOCK_EPS", "MIT_EMBED_EPS", "STAGES"]
+
+STAGES = ("low_level", "stage2", "stage3", "out")  # the backbone's features: the stages' maps, strides 4 to 32
 
 MIT_BLOCK_EPS, MIT_EMBED_EPS = 1e-6, 1e-5
 # smp's encoder names -> (widths, depths); heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp_ratio 4 for all
@@ -30,13 +32,34 @@ MIT_SIZES = {"mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)), "mit_b1": ((64, 128, 
 
 @dataclass(frozen=True)
 class MiT:
-    """widths and depths of the four stages, their heads and sr_ratios, mlp_ratio (Mix-FFN's hidden width / D)."""
+    """widths and depths of the four stages, their heads and sr_ratios, mlp_ratio (Mix-FFN's hidden width / D).
+
+    As a DeepLab backbone (``build_model("segformer", backbone="mit_mini")``): features ``STAGES``, the stages'
+    maps after their norms at strides 4, 8, 16, 32 ("low_level" the first, "out" the last); name (in messages),
+    small_heads (make_config: the heads a quarter as wide, as the mini ResNet's)."""
 
     widths: tuple[int, int, int, int] = (32, 64, 160, 256)
     depths: tuple[int, int, int, int] = (2, 2, 2, 2)
     heads: tuple[int, int, int, int] = (1, 2, 5, 8)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     mlp_ratio: int = 4
+    name: str = "mit"
+    small_heads: bool = False
+
+    aux_tap = None
+    default_aspp_rates = None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def low_level_channels(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.widths[3]
 
     def __post_init__(self):
         for f in ("widths", "depths", "heads", "sr_ratios"):

@@ -1,0 +1,69 @@
+"""The attention study (issue 14, section 3): is atrous convolution still useful on top of attention? Run by the
+ablation's runner (``minideeplab ablate --study attention``; ``run.run_ablation(study="attention")``): each row
+in OUT/<name>/ (last.pt, result.json, per_image.npz), finished rows skipped, an interrupted one resumed; the table
+in RESULTS/attention.csv (one line per configuration and seed: name, seed, miou, parameters, mult_adds, the
+trimap accuracies, ...), attention.json, attention_miou.png, attention_trimap.png, attention_per_image.npz (for
+paired bootstraps over val images, ``ablate.stats``).
+
+Rows (every model at parameters and multiply-adds within 1.5x of the mini CNN v3+, ``within_budget``; the
+seeds are the rows' own, three for the rows the answer rests on):
+
+    cnn-v3plus       the mini ResNet v3+ (OS 16, ASPP rates (2, 4, 6), image pooling): the course's model
+    vit-linear       vit_mini + a 1x1 conv to the classes (SETR-naive / Segmenter-linear): attention alone
+    vit-aspp         vit_mini + v3's head (ASPP (2, 4, 6) on the 8x8 token map, image pooling)
+    vit-aspp-dec     vit_mini + v3+'s ASPP and decoder (the stride-4 conv stem beside the patch embedding)
+    segformer        SegFormer-mini (mit_mini + the all-MLP decoder): DeepLab's descendant
+    vit-na-linear    vit_mini_na (dilated neighbourhood attention in blocks 0-3) + the linear head: atrous
+                     convolution's idea inside attention
+
+The schedule: "about the full 30 epochs" on the 3,000-image set (``study``'s docstring: the shipped model, lr
+0.05, 30 epochs of 375 iterations, reaches 0.80 mIoU; at 20 and 25 epochs 0.695 and 0.763, under 90 % of it),
+batch 8, crops of 128, scales (0.75, 1.5), SGD with momentum 0.9 and the poly schedule for every row (the
+transformers too: one recipe, the CNN's; ViTs are usually trained with AdamW and warm-up, so this is the
+question "does the DeepLab recipe's model benefit from ASPP on a ViT", not a tuned transformer).
+"""
+
+from __future__ import annotations
+
+from minideeplab.ablate.study import LR, Row, Study, costs
+
+__all__ = ["ATTENTION", "ATTENTION_ROWS", "ATTENTION_EPOCHS", "SEEDS", "BUDGET", "within_budget"]
+
+ATTENTION_EPOCHS = 30
+SEEDS = (0, 1, 2)
+BUDGET = 1.5  # parameters and multiply-adds within this factor of the mini CNN v3+'s
+RATES = (2, 4, 6)  # the ablation's / 3 rule on the 8x8 map (``study``'s docstring; ``specs.vit``)
+
+_CONFIGS = (
+    # name            model        backbone       OS  rates  pooling  seeds  about
+    ("cnn-v3plus",    "v3plus",    "mini",        16, RATES, True,  SEEDS, "mini ResNet v3+: ASPP + decoder"),
+    ("vit-linear",    "linear",    "vit_mini",    16, (),    None,  SEEDS, "ViT + 1x1 conv (SETR-naive)"),
+    ("vit-aspp",      "v3",        "vit_mini",    16, RATES, True,  SEEDS, "ViT + v3's ASPP head"),
+    ("vit-aspp-dec",  "v3plus",    "vit_mini",    16, RATES, True,  (0,),  "ViT + ASPP + decoder (conv stem)"),
+    ("segformer",     "segformer", "mit_mini",    32, (),    None,  (0,),  "SegFormer-mini (MiT + all-MLP)"),
+    ("vit-na-linear", "linear",    "vit_mini_na", 16, (),    None,  (0,),
+     "ViT with dilated neighbourhood attention in blocks 0-3 + 1x1 conv"),
+)
+
+# seed by seed: every configuration's seed 0 first, so that a study stopped early has one run of each
+ATTENTION_ROWS = tuple(Row(f"{name}-s{seed}", model, os_, rates, pool, about=about, backbone=backbone, seed=seed)
+                       for seed in SEEDS
+                       for name, model, backbone, os_, rates, pool, seeds, about in _CONFIGS if seed in seeds)
+ATTENTION = Study("attention", ATTENTION_ROWS, ATTENTION_EPOCHS, LR,
+                  "atrous convolution on top of attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
+                  "SegFormer-mini, ViT with dilated neighbourhood attention")
+
+
+def within_budget(rows=ATTENTION_ROWS, num_classes=7, factor=BUDGET) -> dict[str, tuple[float, float]]:
+    """{row name: (parameters ratio, multiply-adds ratio)} of each row against the mini CNN v3+ (cnn-v3plus-s0),
+    each ratio >= 1 (the larger over the smaller); ValueError naming the rows outside ``factor``."""
+    base = costs(ATTENTION_ROWS[0], num_classes)
+    ratios = {}
+    for r in rows:
+        c = costs(r, num_classes)
+        ratios[r.name] = tuple(max(c[k], base[k]) / min(c[k], base[k]) for k in ("parameters", "mult_adds"))
+    outside = {n: v for n, v in ratios.items() if max(v) > factor}
+    if outside:
+        raise ValueError(f"within_budget: rows outside {factor}x of the mini CNN v3+: " + ", ".join(
+            f"{n} (parameters {p:.2f}x, multiply-adds {m:.2f}x)" for n, (p, m) in outside.items()))
+    return ratios

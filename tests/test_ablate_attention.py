@@ -1,0 +1,61 @@
+"""The attention study's definition and its runner (the ablation's, ``run_ablation(study="attention")``) on a tiny
+schedule: the 1.5x budget, the rows' own seeds, the table's columns, finished rows skipped. The study itself is
+not run here."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from minideeplab import ablate
+from minideeplab.ablate.attention import ATTENTION_ROWS, SEEDS, within_budget
+from minideeplab.cli import main
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+
+
+def test_rows_and_budget():
+    names = [r.name for r in ATTENTION_ROWS]
+    assert len(names) == len(set(names)) == 3 * 3 + 3
+    assert names[:6] == [f"{c}-s0" for c in ("cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer",
+                                            "vit-na-linear")]  # seed 0 of everything first
+    for config in ("cnn-v3plus", "vit-linear", "vit-aspp"):  # the rows the answer rests on: three seeds
+        assert [r.seed for r in ATTENTION_ROWS if r.name.rsplit("-s", 1)[0] == config] == list(SEEDS)
+    ratios = within_budget()
+    assert set(ratios) == set(names) and all(1 <= v <= 1.5 for pair in ratios.values() for v in pair)
+    assert ratios["cnn-v3plus-s0"] == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"rows outside 1.2x of the mini CNN v3\+: vit-linear-s0 \(parameters"):
+        within_budget(factor=1.2)
+    assert ablate.get_study("attention").epochs == 30 and ablate.get_study("ablation").epochs == ablate.EPOCHS
+    with pytest.raises(ValueError, match="study must be one of 'ablation', 'attention', got 'crf2'"):
+        ablate.get_study("crf2")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_runner_on_a_tiny_schedule(tmp_path, capsys):
+    lines = []
+    kw = dict(study="attention", epochs=1, train_images=2, val_images=2, crop_size=32, batch_size=2,
+              data_root=str(DATA), timing_images=1, log=lines.append)
+    table = ablate.run_ablation(tmp_path, ["vit-linear-s1", "segformer-s0"], **kw)
+    assert [r["name"] for r in table] == ["segformer-s0", "vit-linear-s1"]  # the study's order: seed by seed
+    assert [r["seed"] for r in table] == [0, 1] and table[1]["backbone"] == "vit_mini"
+    with open(tmp_path / "attention.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["segformer-s0", "vit-linear-s1"]
+    for key in ("seed", "miou", "parameters", "mult_adds", "trimap_2"):
+        assert all(r[key] != "" for r in rows), key
+    vit_linear = next(r for r in ATTENTION_ROWS if r.name == "vit-linear-s1")
+    assert int(rows[1]["parameters"]) == ablate.costs(vit_linear)["parameters"]
+    assert json.loads((tmp_path / "vit-linear-s1" / "result.json").read_text())["seed"] == 1
+    for f in ("attention.json", "attention_miou.png", "attention_trimap.png", "attention_per_image.npz"):
+        assert (tmp_path / f).is_file(), f
+    # rerun: finished rows skipped, the table rewritten from them
+    lines.clear()
+    again = ablate.run_ablation(tmp_path, ["vit-linear-s1"], **kw)
+    assert any("vit-linear-s1: measured earlier" in line for line in lines)
+    assert [r["miou"] for r in again] == [r["miou"] for r in table]
+    # the command line lists the study with its budget
+    assert main(["ablate", "--study", "attention", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "vit-na-linear-s0" in out and "within 1.5x of the mini CNN v3+" in out
