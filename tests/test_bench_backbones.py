@@ -93,3 +93,15 @@ def test_the_live_timing_times_both_sides_on_the_same_weights():
 def test_the_live_timing_names_a_bad_argument(kw, expected):
     with pytest.raises(ValueError, match=expected):
         time_model("v3plus", "mini", **kw)
+
+
+def test_the_separable_timing_counts_and_times_both_convs():
+    from minideeplab.bench.backbones import time_separable
+
+    r = time_separable(8, 16, k=3, size=9, repeat=1)
+    assert r["full"]["mult_adds"] == 9 * 8 * 16 * 81 and r["separable"]["mult_adds"] == (9 * 8 + 8 * 16) * 81
+    assert all(r[n][s] > 0 for n in ("full", "separable") for s in ("scratch_s", "torch_s"))
+    with pytest.raises(ValueError, match="k must be odd"):
+        time_separable(8, 16, k=2)
+    with pytest.raises(ValueError, match="c_in must be an int >= 1, got 0"):
+        time_separable(0, 16)

@@ -1,6 +1,7 @@
 """What notebook 10 shows of the backbones' cost: a committed ``minideeplab bench model --json`` run read back
-(``read_model_json``, ``format_model_table``), and one forward pass timed live, scratch against torch
-(``time_model``), small enough to repeat in a notebook.
+(``read_model_json``, ``format_model_table``), and timings small enough to repeat in a notebook, scratch against
+torch in the same process and thread count: a full conv against its depthwise-separable replacement
+(``time_separable``) and one forward pass of a model (``time_model``).
 
 ``read_model_json`` takes the document as ``bench model --json`` writes it: the run's settings (``threads``,
 ``repeat``, ``quick``, ``dtype``, ``batch``, ...) and ``cases``, one row per case name with ``model``, ``input``
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MODEL_JSON_COMMAND", "read_model_json", "format_model_table", "time_model"]
+__all__ = ["MODEL_JSON_COMMAND", "read_model_json", "format_model_table", "time_model", "time_separable"]
 
 MODEL_JSON_COMMAND = "minideeplab bench model --json --threads 2 > data/bench/model.json"
 
@@ -153,3 +154,58 @@ def time_model(name, backbone, size=257, repeat=3, threads=1, seed=0, **options)
     err = float(np.abs(out["scratch"] - out["torch"]).max() / max(float(np.abs(out["torch"]).max()), 1e-30))
     return {"model": model.config.describe(), "size": size, "scratch_s": seconds["scratch"],
             "torch_s": seconds["torch"], "ratio": seconds["scratch"] / seconds["torch"], "max_rel_err": err}
+
+
+def time_separable(c_in, c_out, k=3, size=33, rate=1, threads=1, repeat=5, seed=0) -> dict:
+    """A full k x k conv (c_in -> c_out) against a depthwise k x k (groups = c_in) then a pointwise 1x1, "same"
+    padding, no bias, on one seeded (1, c_in, size, size) float32 map: the scratch convolution
+    (``scratch.atrous.atrous_conv2d``) and torch's ``F.conv2d``, ``threads`` threads each, the median of ``repeat``.
+    -> {"full": {...}, "separable": {...}}, each {"mult_adds" (counted from torch's modules), "scratch_s",
+    "torch_s"}."""
+    import numba
+    import torch
+    import torch.nn.functional as F
+    from threadpoolctl import threadpool_limits
+
+    from minideeplab.bench.atrous import median_seconds
+    from minideeplab.bench.cost import conv_counts
+    from minideeplab.scratch.atrous import atrous_conv2d
+
+    for name, v in (("c_in", c_in), ("c_out", c_out), ("k", k), ("size", size), ("rate", rate), ("threads", threads),
+                    ("repeat", repeat)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"time_separable: {name} must be an int >= 1, got {v!r}")
+    if k % 2 == 0:
+        raise ValueError(f"time_separable: k must be odd ('same' padding), got {k}")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, c_in, size, size), dtype=np.float32)
+    w = {"full": rng.standard_normal((c_out, c_in, k, k), dtype=np.float32),
+         "dw": rng.standard_normal((c_in, 1, k, k), dtype=np.float32),
+         "pw": rng.standard_normal((c_out, c_in, 1, 1), dtype=np.float32)}
+    wt = {n: torch.from_numpy(v) for n, v in w.items()}
+    xt, pad = torch.from_numpy(x), rate * (k - 1) // 2
+    runs = {
+        "full": (lambda: atrous_conv2d(x, w["full"], None, rate=rate),
+                 lambda: F.conv2d(xt, wt["full"], None, 1, pad, rate)),
+        "separable": (lambda: atrous_conv2d(atrous_conv2d(x, w["dw"], None, rate=rate, groups=c_in), w["pw"], None),
+                      lambda: F.conv2d(F.conv2d(xt, wt["dw"], None, 1, pad, rate, c_in), wt["pw"])),
+    }
+    with torch.device("meta"):
+        modules = {"full": torch.nn.Conv2d(c_in, c_out, k, 1, pad, rate, bias=False),
+                   "separable": torch.nn.Sequential(torch.nn.Conv2d(c_in, c_in, k, 1, pad, rate, groups=c_in, bias=False),
+                                                    torch.nn.Conv2d(c_in, c_out, 1, bias=False))}
+        macs = {n: sum(m for m, _ in conv_counts(mod, torch.empty(1, c_in, size, size)).values())
+                for n, mod in modules.items()}
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    out = {}
+    try:
+        with threadpool_limits(limits=threads), torch.inference_mode():
+            for name, (ours, theirs) in runs.items():
+                out[name] = {"mult_adds": int(macs[name]), "scratch_s": median_seconds(ours, repeat),
+                             "torch_s": median_seconds(theirs, repeat)}
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+    return out
