@@ -105,3 +105,23 @@ def test_the_separable_timing_counts_and_times_both_convs():
         time_separable(8, 16, k=2)
     with pytest.raises(ValueError, match="c_in must be an int >= 1, got 0"):
         time_separable(0, 16)
+
+
+def test_model_costs_count_as_bench_cost_does_and_restore_the_initialisers():
+    import torch
+
+    from minideeplab.bench.backbones import meta_modules, model_costs
+    from minideeplab.bench.cost import model_mult_adds
+    from minideeplab.reference.deeplab import build_model
+
+    normal = torch.nn.init.normal_
+    c = model_costs("lraspp", "mobilenet_v3_large", size=(65, 49))
+    assert torch.nn.init.normal_ is normal
+    assert c["mult_adds"] == model_mult_adds("lraspp", "mobilenet_v3_large", size=(65, 49))
+    assert c["params"] == 3_221_538  # torchvision's lraspp_mobilenet_v3_large (its weights' metadata)
+    with pytest.raises(RuntimeError), meta_modules():
+        raise RuntimeError("inside")
+    assert torch.nn.init.normal_ is normal  # restored after an error too
+    with meta_modules():
+        m = build_model("v3plus", "mini", num_classes=3)
+    assert all(p.device.type == "meta" for p in m.parameters())

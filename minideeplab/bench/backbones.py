@@ -1,7 +1,8 @@
 """What notebook 10 shows of the backbones' cost: a committed ``minideeplab bench model --json`` run read back
 (``read_model_json``, ``format_model_table``), and timings small enough to repeat in a notebook, scratch against
 torch in the same process and thread count: a full conv against its depthwise-separable replacement
-(``time_separable``) and one forward pass of a model (``time_model``).
+(``time_separable``) and one forward pass of a model (``time_model``); and the parameters and multiply-adds of a
+model counted from its twin's shapes (``model_costs``), quickly (``meta_modules``).
 
 ``read_model_json`` takes the document as ``bench model --json`` writes it: the run's settings (``threads``,
 ``repeat``, ``quick``, ``dtype``, ``batch``, ...) and ``cases``, one row per case name with ``model``, ``input``
@@ -13,11 +14,13 @@ billions is read too). A field a run did not write is None in the rows; fields i
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MODEL_JSON_COMMAND", "read_model_json", "format_model_table", "time_model", "time_separable"]
+__all__ = ["MODEL_JSON_COMMAND", "read_model_json", "format_model_table", "meta_modules", "model_costs", "time_model",
+           "time_separable"]
 
 MODEL_JSON_COMMAND = "minideeplab bench model --json --threads 2 > data/bench/model.json"
 
@@ -209,3 +212,37 @@ def time_separable(c_in, c_out, k=3, size=33, rate=1, threads=1, repeat=5, seed=
         torch.set_num_threads(before[0])
         numba.set_num_threads(before[1])
     return out
+
+
+_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+          "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def meta_modules():
+    """Build torch modules on the meta device (shapes, no memory) without running ``torch.nn.init``'s
+    initialisers, which there compute nothing and cost milliseconds a tensor (ResNet-101's twin: 1 s of 1.1 s,
+    measured). The initialisers are restored on exit; modules built inside hold meta tensors only."""
+    import torch
+
+    saved = {n: getattr(torch.nn.init, n) for n in _INITS}
+    for n in _INITS:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+def model_costs(name, backbone=None, output_stride=None, num_classes=21, size=(512, 512), **options) -> dict:
+    """The parameters and multiply-adds of the twin of ``build_model(name, backbone, output_stride, num_classes,
+    **options)`` for one (3, *size) image, counted from shapes (``meta_modules``, ``bench.cost.mult_adds``)
+    -> {"params": int, "mult_adds": {top-level child: int} (backbone, aspp, decoder, classifier, ...)}."""
+    from minideeplab.bench.cost import mult_adds
+    from minideeplab.reference.deeplab import build_model
+
+    with meta_modules():
+        module = build_model(name, backbone, output_stride, num_classes, **options).eval()
+    return {"params": sum(p.numel() for p in module.parameters()), "mult_adds": mult_adds(module, (1, 3, *size))}

@@ -332,16 +332,15 @@ _PLAN_CASES = [(depth, os_) for depth in (65, 41, 71) for os_ in (16, 8, 32)]
 @functools.lru_cache(maxsize=None)
 def _torch_plan(depth, output_stride):
     """(nominal strides of the blocks, (stride, rate) of every block): the twin built on the meta device with
-    the published depth (narrow widths: shapes only), read off each block's strided depthwise conv."""
-    import torch
-
+    the published depth, read off each block's strided depthwise conv."""
+    from minideeplab.bench.backbones import meta_modules
     from minideeplab.reference.xception import XceptionBackbone
     from minideeplab.specs.xception import XCEPTION_DEPTHS, Xception
 
     entry, middle = XCEPTION_DEPTHS[depth]
     nominal = [s for _, s in entry] + [1] * middle + [2, 1]
-    with torch.device("meta"):
-        twin = XceptionBackbone(Xception(depth, output_stride, widths=(2,) * 8))
+    with meta_modules():
+        twin = XceptionBackbone(Xception(depth, output_stride))
     rows = [(b.stack.conv3.conv_dw.stride[0], b.stack.conv3.conv_dw.dilation[0]) for b in twin.blocks]
     return tuple(nominal), np.array(rows, dtype=np.int64)
 
