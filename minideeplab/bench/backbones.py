@@ -115,7 +115,8 @@ def format_model_table(run: dict, names=None) -> str:
         mem = ("-" if r["scratch_extra_mb"] is None or r["torch_extra_mb"] is None
                else f"{r['scratch_extra_mb']:.0f}, {r['torch_extra_mb']:.0f}")
         lines.append(f"{r['model']:<{width}s} {size:>9s} {_cell(params, '.1f', 7)} {_cell(macs, '.2f', 7)} | "
-                     f"{_cell(r['scratch_s'], '.3f', 8)} {_cell(r['torch_s'], '.3f', 8)} {_cell(r['ratio'], '.2f', 6)} | "
+                     f"{_cell(r['scratch_s'], '.3f', 8)} {_cell(r['torch_s'], '.3f', 8)} "
+                     f"{_cell(r['ratio'], '.2f', 6)} | "
                      f"{mem:>17s}")
     return "\n".join(lines)
 
@@ -194,9 +195,10 @@ def time_separable(c_in, c_out, k=3, size=33, rate=1, threads=1, repeat=5, seed=
                       lambda: F.conv2d(F.conv2d(xt, wt["dw"], None, 1, pad, rate, c_in), wt["pw"])),
     }
     with torch.device("meta"):
-        modules = {"full": torch.nn.Conv2d(c_in, c_out, k, 1, pad, rate, bias=False),
-                   "separable": torch.nn.Sequential(torch.nn.Conv2d(c_in, c_in, k, 1, pad, rate, groups=c_in, bias=False),
-                                                    torch.nn.Conv2d(c_in, c_out, 1, bias=False))}
+        nn = torch.nn
+        modules = {"full": nn.Conv2d(c_in, c_out, k, 1, pad, rate, bias=False),
+                   "separable": nn.Sequential(nn.Conv2d(c_in, c_in, k, 1, pad, rate, groups=c_in, bias=False),
+                                              nn.Conv2d(c_in, c_out, 1, bias=False))}
         macs = {n: sum(m for m, _ in conv_counts(mod, torch.empty(1, c_in, size, size)).values())
                 for n, mod in modules.items()}
     before = torch.get_num_threads(), numba.get_num_threads()

@@ -62,7 +62,8 @@ def _cost_variants(c_in, c_out, k, height, width, stride, rate):
         pw_hw = ho * wo if pw_hw is None else pw_hw
         dw_w = kk * kk * (c_in * c_out if dw_full else dw_out)
         pw_w = c_in * c_out if pointwise else 0
-        return {"full_mult_adds": kk * kk * c_in * c_out * ho * wo, "full_params": kk * kk * c_in * c_out + bias * c_out,
+        full = kk * kk * c_in * c_out
+        return {"full_mult_adds": full * ho * wo, "full_params": full + bias * c_out,
                 "separable_mult_adds": dw_w * ho * wo + pw_w * pw_hw,
                 "separable_params": dw_w + pw_w + bias * ((c_out if dw_full else dw_out) + c_out * pointwise)}
 
