@@ -124,3 +124,43 @@ def test_a_local_state_dict_needs_its_arch(torch_home, photo, tmp_path, monkeypa
                               "torch", "--quiet"], empty, monkeypatch, capsys)
     assert rc == 0, stderr
     assert (tmp_path / "c" / "coffee.png").exists()
+
+
+def test_notebook_10s_photo_section_labels_as_segment_does(torch_home, photo, tmp_path, monkeypatch, capsys):
+    """viz.photo.segment_photo (the notebook's last section) on an array and on a file, both backends: segment's
+    labels, an overlay over a legend of the classes present."""
+    from minideeplab.viz.photo import segment_photo
+
+    rc, _, stderr = _segment([photo, "--weights", f"torchvision:{ARCH}", "--out", tmp_path / "cli", "--quiet"],
+                             torch_home, monkeypatch, capsys)
+    assert rc == 0, stderr
+    cli = np.asarray(Image.open(tmp_path / "cli" / "coffee.png"))
+    numpy_ = segment_photo(PHOTO, ARCH)
+    torch_ = segment_photo(photo, ARCH, backend="torch")
+    assert np.array_equal(numpy_["labels"], cli)
+    assert numpy_["labels"].shape == (60, 80) and np.mean(numpy_["labels"] == torch_["labels"]) >= 0.999
+    assert numpy_["classes"] == [VOC_CLASSES[c] for c in np.unique(cli)] and len(numpy_["classes"]) >= 10
+    overlay = numpy_["overlay"]
+    assert overlay.dtype == np.uint8 and overlay.shape[1:] == (80, 3) and overlay.shape[0] > 60
+    assert np.array_equal(overlay, np.asarray(Image.open(tmp_path / "cli" / "coffee_overlay.png").convert("RGB")))
+
+
+def test_notebook_10s_photo_section_says_where_the_weights_go_and_downloads_nothing(tmp_path, monkeypatch):
+    import minideeplab.pretrained
+    from minideeplab.viz.photo import segment_photo
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("MINIDEEPLAB_OFFLINE", raising=False)
+    monkeypatch.setattr(minideeplab.pretrained, "load_torchvision", lambda *a, **k: pytest.fail("tried to load"))
+    with pytest.raises(WeightsMissing) as info:
+        segment_photo(PHOTO, "deeplabv3_mobilenet_v3_large")
+    msg = str(info.value)
+    assert "deeplabv3_mobilenet_v3_large-fc3c493d.pth goes in " + str(tmp_path / "empty" / "hub" / "checkpoints") in msg
+    assert "minideeplab segment --weights torchvision:deeplabv3_mobilenet_v3_large PHOTO.jpg" in msg
+    assert "download https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth into" in msg
+    with pytest.raises(ValueError, match="arch must be one of deeplabv3_resnet50, .*got 'fcn'"):
+        segment_photo(PHOTO, "fcn")
+    with pytest.raises(ValueError, match=r"an \(H, W, 3\) uint8 array, got an array \(60, 80\) uint8"):
+        segment_photo(PHOTO[..., 0], ARCH)
+    with pytest.raises(FileNotFoundError, match="nowhere.jpg is not a file"):
+        segment_photo(tmp_path / "nowhere.jpg", ARCH)

@@ -326,3 +326,19 @@ def test_ablation_figures_tell_the_rows_apart(tmp_path):
                 for b in fig.axes[0].texts[i + 1:] if a.get_window_extent().overlaps(b.get_window_extent())]
     assert not overlaps
     plt.close("all")
+
+
+def test_dilation_summary_names_the_strided_and_dilated_units():
+    from minideeplab.specs.backbone import ResNet
+    from minideeplab.specs.mobilenet import MobileNetV3
+    from minideeplab.specs.xception import Xception
+    from minideeplab.viz.backbone import dilation_summary
+
+    assert dilation_summary(ResNet(50, 16)) == "stride 2: conv1, layer2.0, layer3.0; rate 2: layer4.1-2"
+    assert dilation_summary(ResNet(50, 8, "smp")) == "stride 2: conv1, layer2.0; rate 2: layer3.0-5; rate 4: layer4.0-2"
+    assert dilation_summary(Xception(65, 8)) == ("stride 2: stem.0, blocks.0-1; rate 2: blocks.3-19; "
+                                                 "rate 4: blocks.20")
+    assert dilation_summary(MobileNetV3()) == "stride 2: 0, 2, 4, 7; rate 2: 13-15"
+    assert dilation_summary(ResNet(18, 32)) == "stride 2: conv1, layer2.0, layer3.0, layer4.0; no dilation"
+    with pytest.raises(ValueError, match="spec must be a backbone spec with conv_table\\(\\), got str"):
+        dilation_summary("resnet50")

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from minideeplab.specs.checks import is_int
 
-__all__ = ["XCEPTION_DEPTHS", "XCEPTION_WIDTHS", "XCEPTION_BN_EPS", "XceptionBlock", "Xception"]
+__all__ = ["XCEPTION_DEPTHS", "XCEPTION_WIDTHS", "XCEPTION_BN_EPS", "XceptionBlock", "Xception", "stride_rate_plan"]
 
 # depth -> (entry flow as (width index, stride) per block, middle blocks); widths index XCEPTION_WIDTHS[2:5]
 XCEPTION_DEPTHS = {
@@ -61,6 +61,24 @@ class XceptionBlock(NamedTuple):
 
 def _spec_error(msg):
     return ValueError(f"Xception: {msg}")
+
+
+def stride_rate_plan(strides, output_stride: int, stride: int = 2) -> tuple[tuple[int, int], ...]:
+    """TF DeepLab's ``stack_blocks_dense`` over blocks of nominal ``strides`` (one int per block, the input
+    already at ``stride``: 2 after Xception's stem) -> ((stride kept, rate), ...) one pair per block.
+
+    A block keeps its stride while the running stride times it stays within ``output_stride``; past that it
+    keeps stride 1 and runs at the current rate, and the rate of every later block is multiplied by the stride
+    it gave up. E.g. Xception-65 at output stride 16: exit block 1 (1, 1), the last block (1, 2)."""
+    plan, rate = [], 1
+    for s in strides:
+        if s > 1 and stride * s > output_stride:
+            plan.append((1, rate))
+            rate *= s
+        else:
+            plan.append((s, rate))
+            stride *= s
+    return tuple(plan)
 
 
 @dataclass(frozen=True)
@@ -122,18 +140,13 @@ class Xception:
         plan = [(w[2 + k], w[2 + k], w[2 + k], s) for k, s in entry]
         plan += [(w[4], w[4], w[4], 1)] * m
         plan += [(w[4], w[5], w[5], 2), (w[6], w[6], w[7], 1)]
-        blocks, cin, stride, rate, low = [], w[1], 2, 1, None
-        for i, (*outs, s) in enumerate(plan):
+        nominal = [s for *_, s in plan]
+        blocks, cin, stride, low = [], w[1], 2, None
+        for i, ((*outs, _), (s, dilation)) in enumerate(zip(plan, stride_rate_plan(nominal, self.output_stride))):
             last = i == len(plan) - 1
-            if s > 1 and stride == 4 and low is None:
+            if nominal[i] > 1 and stride == 4 and low is None:
                 low = i
-            dilation = rate
-            if s > 1:
-                if stride * s > self.output_stride:
-                    rate *= s
-                    s = 1
-                else:
-                    stride *= s
+            stride *= s
             skip = "none" if last else ("conv" if s != 1 or cin != outs[2] else "sum")
             blocks.append(XceptionBlock(cin, tuple(outs), s, dilation, skip, not last))
             cin = outs[2]

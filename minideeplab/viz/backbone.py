@@ -86,3 +86,45 @@ def plot_stage_footprints(cases: dict, figsize=None):
         shown[name] = np.zeros_like(g)
         shown[name][read] = np.log10(g[read] / g[read].min()) + 1  # log scale from 1; zeros stay zero (white)
     return plot_footprints(shown, figsize=figsize)
+
+
+def _unit(conv_name: str) -> str:
+    """A conv's unit: its name up to its first integer part ("layer4.1.conv2" -> "layer4.1", "blocks.19.stack.conv1
+    .conv_dw" -> "blocks.19", "14.block.1.0" -> "14"), the whole name without one ("conv1")."""
+    parts = conv_name.split(".")
+    i = next((j for j, p in enumerate(parts) if p.isdigit()), len(parts) - 1)
+    return ".".join(parts[:i + 1])
+
+
+def _ranges(units: list[str]) -> str:
+    """["layer4.1", "layer4.2", "blocks.3"] -> "layer4.1-2, blocks.3" (runs of consecutive indices merged)."""
+    runs: list[list] = []
+    for u in units:
+        head, _, idx = u.rpartition(".")
+        if idx.isdigit() and runs and runs[-1][0] == head and runs[-1][2] == int(idx) - 1:
+            runs[-1][2] = int(idx)
+        else:
+            runs.append([head, int(idx) if idx.isdigit() else idx, int(idx) if idx.isdigit() else idx])
+    text = []
+    for head, a, b in runs:
+        prefix = f"{head}." if head else ""
+        text.append(f"{prefix}{a}" if a == b else f"{prefix}{a}-{b}")
+    return ", ".join(text)
+
+
+def dilation_summary(spec) -> str:
+    """Where a backbone spec (anything with ``conv_table()``: ResNet, VGG, MobileNetV3, Xception, MobileNetV2)
+    strides and dilates, unit by unit (a unit: a block, or a conv outside blocks), in forward order:
+    "stride 2: conv1, layer2.0, layer3.0; rate 2: layer4.1-2" (a unit's largest stride and rate; pools, which
+    are not convs, are not listed)."""
+    if not hasattr(spec, "conv_table"):
+        raise ValueError(f"dilation_summary: spec must be a backbone spec with conv_table(), got {type(spec).__name__}")
+    units: dict[str, tuple[int, int]] = {}
+    for name, (stride, rate) in spec.conv_table().items():
+        s, r = units.get(_unit(name), (1, 1))
+        units[_unit(name)] = (max(s, stride), max(r, rate))
+    strided = [u for u, (s, _) in units.items() if s > 1]
+    rates = sorted({r for _, r in units.values() if r > 1})
+    parts = [f"stride 2: {_ranges(strided)}" if strided else "no stride"]
+    parts += [f"rate {r}: {_ranges([u for u, (_, q) in units.items() if q == r])}" for r in rates]
+    return "; ".join(parts) if rates else parts[0] + "; no dilation"

@@ -19,4 +19,5 @@ from minideeplab.grading.checks.backprop import *  # noqa: F403  notebook 06
 from minideeplab.grading.checks.metrics import *  # noqa: F403  notebook 07
 from minideeplab.grading.checks.crf import *  # noqa: F403  notebook 08
 from minideeplab.grading.checks.ablate import *  # noqa: F403  notebook 09
+from minideeplab.grading.checks.separable import *  # noqa: F403  notebook 10
 from minideeplab.grading.checks.attention import *  # noqa: F403  notebook 11

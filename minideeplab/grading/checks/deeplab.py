@@ -7,10 +7,9 @@ statistics, shows.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 
+from minideeplab.grading.checks.common import one_torch_thread
 from minideeplab.grading.core import ExerciseWrong, compare_arrays, crash_hint, exercise_check, passed
 
 __all__ = ["exercise_5_1", "exercise_5_2"]
@@ -31,20 +30,6 @@ _MODEL_CASES = [
     ((1, 3, 65, 65), 8, True, np.float32, "paper"),
     ((1, 3, 64, 80), 16, True, np.float64, "smp"),      # smp's layout: multiples of 16, align_corners True
 ]
-
-
-@contextmanager
-def _one_torch_thread():
-    """Tiny layers: torch's thread pool beside BLAS's on few cores made these checks 5x slower (measured on
-    2 shared cores: 9 s -> 1.7 s for 5.1). One thread, restored after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _reference(output_stride, align_corners, dtype, layout, seed=5):
@@ -161,7 +146,7 @@ def _distinct(known, expected, rtol, atol):
 
 
 @exercise_check("5.1")
-@_one_torch_thread()
+@one_torch_thread()
 def exercise_5_1(decoder):
     """decoder(low_level, aspp_out, params, align_corners) against the reference twin's decoder modules,
     on the features its backbone and ASPP compute from seeded images."""
@@ -296,7 +281,7 @@ def _model_variants(s, size, ac):
 
 
 @exercise_check("5.2")
-@_one_torch_thread()
+@one_torch_thread()
 def exercise_5_2(deeplabv3plus):
     """deeplabv3plus(x, backbone, aspp, decoder, align_corners) with the reference twin's pieces, against the
     reference model's whole forward (``DeepLabModule(x)["out"]``)."""
