@@ -19,3 +19,4 @@ from minideeplab.grading.checks.backprop import *  # noqa: F403  notebook 06
 from minideeplab.grading.checks.metrics import *  # noqa: F403  notebook 07
 from minideeplab.grading.checks.crf import *  # noqa: F403  notebook 08
 from minideeplab.grading.checks.ablate import *  # noqa: F403  notebook 09
+from minideeplab.grading.checks.crf_layer import *  # noqa: F403  notebook 12
