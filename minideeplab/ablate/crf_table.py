@@ -19,8 +19,8 @@ import numpy as np
 from minideeplab.ablate.stats import bootstrap_interval
 from minideeplab.data import DATA_DIR
 
-__all__ = ["STUDY", "read_table", "read_per_image", "summarize", "missing_configurations", "format_summary",
-           "report", "learned_crf"]
+__all__ = ["STUDY", "study_path", "read_table", "read_per_image", "summarize", "missing_configurations",
+           "format_summary", "report", "learned_crf"]
 
 # What the CRF study's runner writes and how to run it. Fix here when the runner lands (names, paths, command).
 # Paths are relative to the repository's root (the folder that holds data/); a path passed to a function is not.
@@ -42,9 +42,17 @@ STUDY = dict(
 )
 
 
-def _default(key, path):
-    """path as given, or STUDY[key] under the repository's root."""
+def study_path(key, path=None) -> Path:
+    """path as given, or STUDY[key] ("csv", "per_image", "checkpoint") under the repository's root."""
     return Path(path) if path is not None else DATA_DIR.parent / STUDY[key]
+
+
+def _shown(path) -> str:
+    """path relative to the repository's root when it lies inside it (as STUDY names it), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(DATA_DIR.parent.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _cell(key, value):
@@ -63,7 +71,7 @@ def _cell(key, value):
 def read_table(path=None) -> list[dict]:
     """crf.csv -> one dict per line: name (str), seed (int), numbers as floats (nan for an empty cell), any other
     text as it is. A missing file raises FileNotFoundError naming it and the command that writes it."""
-    path = _default("csv", path)
+    path = study_path("csv", path)
     if not path.is_file():
         raise FileNotFoundError(f"read_table: {path} does not exist (the CRF study writes it: {STUDY['command']})")
     with open(path, newline="") as f:
@@ -77,7 +85,7 @@ def read_table(path=None) -> list[dict]:
 
 def read_per_image(path=None) -> dict:
     """The per-image confusion matrices -> {(name, seed): (N, C, C) int64}; {} when the file does not exist."""
-    path = _default("per_image", path)
+    path = study_path("per_image", path)
     if not path.is_file():
         return {}
     with np.load(path) as z:
@@ -150,17 +158,17 @@ def format_summary(summary) -> str:
 def report(path=None, per_image_path=None) -> str:
     """What the CRF study has measured, as text: the table (``format_summary``) and, plainly, the configurations
     not measured yet and the command that measures them; when the table does not exist, only that."""
-    path = _default("csv", path)
+    path = study_path("csv", path)
     run = f"Run the study (CPU hours; resumable, measured rows are kept): {STUDY['command']}"
     if not path.is_file():
         wanted = "\n".join(f"  {n}: {about}" for n, about in STUDY["rows"].items())
-        return f"Not measured yet: {path} does not exist, so none of the study's configurations has a number:\n" \
-               f"{wanted}\n{run}"
+        return (f"Not measured yet: {_shown(path)} does not exist, so none of the study's configurations has a "
+                f"number:\n{wanted}\n{run}")
     rows = read_table(path)
     summary = summarize(rows, read_per_image(per_image_path))
     text = [format_summary(summary)]
     if not any(r["vs_baseline"] for r in summary):
-        text.append(f"No bootstrap intervals: {_default('per_image', per_image_path)} "
+        text.append(f"No bootstrap intervals: {_shown(study_path('per_image', per_image_path))} "
                     f"(every val image's confusion matrix) is missing, or has no {STUDY['baseline']} rows.")
     missing = missing_configurations(rows)
     if missing:
@@ -174,7 +182,7 @@ def learned_crf(path=None) -> dict:
     state_dict entry whose name ends in "compat"."""
     from minideeplab.training.checkpoint import load_checkpoint
 
-    path = _default("checkpoint", path)
+    path = study_path("checkpoint", path)
     ckpt = load_checkpoint(path)
     found = [k for k in ckpt["model"] if k.split(".")[-1] == "compat"]
     if len(found) != 1:

@@ -355,7 +355,8 @@ def plot_tangent(xs, losses, x0, loss0, slope, xlabel, ylabel="loss", figsize=(6
     ax.plot(xs, losses, "o-", ms=3, label="loss, one CRF run per value")
     half = (xs.max() - xs.min()) / 6
     t = np.array([x0 - half, x0 + half])
-    ax.plot(t, loss0 + slope * (t - x0), "--", color="tab:red", label=f"tangent from the backward pass, slope {slope:.3g}")
+    ax.plot(t, loss0 + slope * (t - x0), "--", color="tab:red",
+            label=f"tangent from the backward pass, slope {slope:.3g}")
     ax.plot([x0], [loss0], "o", color="tab:red")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -49,8 +49,9 @@ def _step_cases():
         unary = -np.log(_softmax_labels(2.0 * rng.standard_normal((C, N))))
         dq_new = rng.standard_normal((C, N))
         norm = "D^-1/2 K D^-1/2" if normalization == "symmetric" else "D^-1 K"
+        mu = "Potts 1 - I" if potts else "1 - I + noise (not symmetric)"
         desc = (f"{size[0]}x{size[1]} photo, C={C}, N={N}, kernels {weights[0]:g} * k(xy 3) + {weights[1]:g} * "
-                f"k(xy 10, rgb 13) normalised {norm}, compat {'Potts 1 - I' if potts else '1 - I + noise (not symmetric)'}")
+                f"k(xy 10, rgb 13) normalised {norm}, compat {mu}")
         cases.append((desc, dq_new, q, unary, mats, weights, compat))
     return cases
 
