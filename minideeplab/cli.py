@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(5 iterations, float32)")
             suite.add_argument("--window", action="store_true",
                                help="time the local-window CRF (windows 5, 7, 11) against the lattice at 128x128 "
-                                    "and 513x513, with its label agreement with the full CRF")
+                                    "and 513x513, with its label agreement with the full CRF (with --backward: "
+                                    "both, one JSON object holding both reports)")
 
     _add_train(sub)
     ev = sub.add_parser(

@@ -54,15 +54,28 @@ def test_bench_crf_backward_quick_json():
     assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
 
 
-def test_bench_crf_window_quick_json():
-    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--window", "--quick", "--json",
-                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_bench_crf_backward_and_window_quick_json(tmp_path):
+    """Both parts in one run, one JSON object (--backward alone: above); the notebook's reader formats it."""
+    from minideeplab.bench.crf import format_costs, read_report
+
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--backward", "--window", "--quick",
+                          "--json", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = json.loads(res.stdout)["rows"]
+    report = json.loads(res.stdout)
+    assert report["threads"] == 1 and report["quick"] is True and report["backward"]["agree"] is True
+    rows = report["window"]["rows"]
     assert [r["window"] for r in rows] == [5, 7, 11]
     for r in rows:
         assert r["ratio"] == pytest.approx(r["window_s"] / r["lattice_s"])
         assert 0.8 < r["agreement"] <= 1.0  # a window CRF is close to the full one, and the agreement is a share
+    (tmp_path / "crf.json").write_text(res.stdout)
+    text = format_costs(read_report(tmp_path / "crf.json"))
+    assert f"{rows[0]['lattice_s']:.3f} s at 48x48" in text
+    assert f"backward {report['backward']['sets']['deeplab-v2-resnet']['backward_s']:.3f} s" in text
+    assert f"{100 * rows[-1]['agreement']:.2f}%" in text
+    (tmp_path / "one.json").write_text(json.dumps(report["backward"]))
+    with pytest.raises(ValueError, match="has no 'backward' part: it is not the output of"):
+        read_report(tmp_path / "one.json")
 
 
 def test_bench_model_quick_json():

@@ -104,6 +104,58 @@ def test_blur_matches_reference_and_reads_only_the_previous_pass(lattice_5d):
     assert np.all(v[1:] > 0), "the blur must not modify its input"
 
 
+def test_blur_transposed_is_the_adjoint_and_the_forward_order_is_not(lattice_5d):
+    _, lat = lattice_5d
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, lat.n_points + 1, 3))
+    x[0] = y[0] = 0
+    bx = crf.lattice_blur(lat, x)
+    bty = crf.lattice_blur_transposed(lat, y)
+    scale = np.linalg.norm(bx) * np.linalg.norm(y)
+    assert abs(np.sum(bx * y) - np.sum(x * bty)) < 1e-12 * scale
+    assert abs(np.sum(bx * y) - np.sum(x * crf.lattice_blur(lat, y))) > 1e-3 * scale  # the passes do not commute
+    fast_out = fast.blur(y.astype(np.float32), np.empty_like(y, np.float32), np.ascontiguousarray(lat.neighbours[::-1]))
+    np.testing.assert_allclose(fast_out, bty, rtol=1e-5, atol=1e-5 * np.abs(bty).max())  # LatticeFilter.transposed's
+
+
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_step_backward_matches_autograd_and_unrolls_to_mean_field_backward(normalization):
+    import torch
+
+    image, _, probs = _scene("coffee", (6, 8), n_labels=3)
+    rng = np.random.default_rng(3)
+    C, N = 3, 48
+    kernels = [crf.normalize_kernel(crf.gaussian_kernel(crf.pixel_features(image, 3.0)), normalization),
+               crf.normalize_kernel(crf.gaussian_kernel(crf.pixel_features(image, 67.0, 3.0)), normalization)]
+    mu = 1.0 - np.eye(C) + 0.5 * rng.standard_normal((C, C))  # not symmetric
+    q, unary, dq = probs.reshape(C, N).astype(np.float64), rng.standard_normal((C, N)), rng.standard_normal((C, N))
+    t = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (unary, q, [3.0, 4.0], mu)]
+    out = ref.mean_field_update(t[1], t[0], [torch.from_numpy(k) for k in kernels], list(t[2]), t[3])
+    (out * torch.from_numpy(dq)).sum().backward()
+    for got, want in zip(crf.mean_field_update_backward(dq, q, unary, kernels, [3.0, 4.0], mu), t):
+        np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # T steps backwards, from the last, are mean_field_backward (Q_0 = softmax(logits) adds one softmax backward)
+    logits = rng.standard_normal((C, 6, 8))
+    params = dict(n_iters=3, pos_w=3.0, bi_w=4.0, pos_xy_std=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, method="exact",
+                  compat=mu, normalization=normalization)
+    Q, cache = crf.mean_field(logits, image, **params)
+    dQ = rng.standard_normal(Q.shape)
+    want = crf.mean_field_backward(dQ, cache)
+    u = -logits.reshape(C, N)
+    qs = [np.exp(-u) / np.exp(-u).sum(0)]
+    for _ in range(3):
+        qs.append(crf.mean_field_update(qs[-1], u, kernels, [3.0, 4.0], mu))
+    np.testing.assert_allclose(qs[-1], Q.reshape(C, N), atol=1e-12)
+    d, dlogits, dw, dmu = dQ.reshape(C, N), 0.0, 0.0, 0.0
+    for t in range(3, 0, -1):
+        du, d, dwt, dmut = crf.mean_field_update_backward(d, qs[t - 1], u, kernels, [3.0, 4.0], mu)
+        dlogits, dw, dmu = dlogits - du, dw + dwt, dmu + dmut
+    dlogits = dlogits + qs[0] * (d - np.sum(d * qs[0], axis=0))
+    np.testing.assert_allclose(dlogits, want["logits"].reshape(C, N), atol=1e-10)
+    np.testing.assert_allclose(dw, [want["pos_w"], want["bi_w"]], rtol=1e-10)
+    np.testing.assert_allclose(dmu, want["compat"], atol=1e-10)
+
+
 @pytest.mark.parametrize("d_features", ["position", "bilateral"])
 def test_lattice_approximates_the_gaussian_sum_from_below(d_features):
     """The raw lattice output underestimates the exact kernel sum (about 0.85x in 2-D, 0.6-0.7x in 5-D),

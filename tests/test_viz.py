@@ -101,6 +101,27 @@ def test_crf_figures_build(crf_scene):
     assert len(fig.axes) == 2
 
 
+def test_crf_layer_figures_build():
+    from minideeplab.viz.crf import plot_compat, plot_tangent
+
+    mu = np.array([[0.0, 1.2, -0.4], [0.9, 0.0, 0.3], [1.1, 0.2, 0.0]])
+    fig = plot_compat(mu, ["bg", "disc", "square"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["bg", "disc", "square"]
+    assert len(ax.texts) == 9 and ax.texts[1].get_text() == "1.20"
+    assert ax.images[0].get_clim() == (-1.2, 1.2)  # centred at 0: a reward shows blue, a penalty red
+    with pytest.raises(ValueError, match=r"C x C matrix, got shape \(2, 3\)"):
+        plot_compat(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="2 class names for a 3 x 3 matrix"):
+        plot_compat(mu, ["a", "b"])
+    xs = np.linspace(0, 10, 11)
+    fig = plot_tangent(xs, (xs - 3) ** 2, 4.0, 1.0, 2.0, "w")
+    fig.canvas.draw()
+    tangent = fig.axes[0].lines[1].get_xydata()
+    np.testing.assert_allclose(tangent[:, 1], 1.0 + 2.0 * (tangent[:, 0] - 4.0))
+
+
 def test_lattice_points_are_the_simplex_corners():
     from minideeplab.scratch import crf
     from minideeplab.viz.crf import lattice_points_2d

@@ -13,6 +13,10 @@ with); the ratio is backward / forward, and the float32 gradient is checked agai
 ``--window`` times the local-window CRF (``method="window"``, ConvCRF's message) for windows of 5, 7 and 11
 against the lattice on 128x128 and 513x513 photographs (DeepLab v2's parameters, 21 labels, 10 iterations),
 with the share of pixels whose label agrees with the full CRF's (the lattice).
+
+``--backward --window`` runs both; its JSON holds both reports (``"backward"``, ``"window"``). The committed run,
+data/bench/crf.json, is what notebook 12 reads (``read_report``, ``format_costs``): the cost of the CRF as
+post-processing, as a layer in training and as a ConvCRF.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
+from pathlib import Path
 
 from minideeplab.bench.atrous import median_seconds
 from minideeplab.scratch.crf import PARALLEL_MIN_PIXELS, PARAMETER_SETS, PROB_FLOOR
@@ -69,13 +75,22 @@ def run(threads=2, repeat=5, as_json=False, quick=False, backward=False, window=
     saved = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        if window:
-            return _run_window(repeat, as_json, quick, n_labels, threads)
+        if not (backward or window):
+            return _run(threads, repeat, as_json, quick, size, n_labels, n_iters)
+        reports = {}
         if backward:
-            return _run_backward(threads, repeat, as_json, quick, size, n_labels, n_iters=5)
-        return _run(threads, repeat, as_json, quick, size, n_labels, n_iters)
+            reports["backward"] = _measure_backward(threads, repeat, quick, size, n_labels, n_iters=5)
+        if window:
+            reports["window"] = _measure_window(repeat, quick, n_labels, threads)
     finally:
         numba.set_num_threads(saved)
+    if as_json:  # one part: its object; both: {"threads", "repeat", "quick", "backward": ..., "window": ...}
+        print(json.dumps(next(iter(reports.values())) if len(reports) == 1 else
+                         dict(threads=threads, repeat=1 if quick else repeat, quick=quick, **reports)))
+    else:
+        for name, report in reports.items():
+            {"backward": _print_backward, "window": _print_window}[name](report)
+    return 1 if reports.get("backward", {}).get("agree") is False else 0
 
 
 def _run(threads, repeat, as_json, quick, size, n_labels, n_iters):
@@ -118,7 +133,7 @@ def _run(threads, repeat, as_json, quick, size, n_labels, n_iters):
     return 1 if wrong else 0
 
 
-def _run_backward(threads, repeat, as_json, quick, size, n_labels, n_iters):
+def _measure_backward(threads, repeat, quick, size, n_labels, n_iters):
     from minideeplab.data.photos import coarse_probs, photograph, region_labels
     from minideeplab.scratch.crf import mean_field, mean_field_backward
 
@@ -141,26 +156,28 @@ def _run_backward(threads, repeat, as_json, quick, size, n_labels, n_iters):
         sets[name] = dict(params=params, forward_s=t_f, backward_s=t_b, ratio=t_b / t_f,
                           logits_grad_rel_err=err, weight_grad_rel_err=float(w_err))
     wrong = [n for n, r in sets.items() if r["logits_grad_rel_err"] > 1e-3 or r["weight_grad_rel_err"] > 1e-3]
-    if as_json:
-        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, image=f"coffee {size[0]}x{size[1]}",
-                              labels=n_labels, n_iters=n_iters, agree=not wrong,
-                              ratio=max(r["ratio"] for r in sets.values()), sets=sets)))
-        return 1 if wrong else 0
-    print(f"the CRF as a layer, {size[1]}x{size[0]} photograph, {n_labels} labels, {n_iters} iterations, float32, "
-          f"{threads} numba threads; median of {repeat}; ratio = backward / forward (lattice construction in the "
-          f"forward); gradient error: float32 against float64, relative to the largest")
+    return dict(threads=threads, repeat=repeat, quick=quick, image=f"coffee {size[0]}x{size[1]}", labels=n_labels,
+                n_iters=n_iters, agree=not wrong, ratio=max(r["ratio"] for r in sets.values()), sets=sets)
+
+
+def _print_backward(report):
+    sets, size = report["sets"], report["image"].split()[1].split("x")
+    print(f"the CRF as a layer, {size[1]}x{size[0]} photograph, {report['labels']} labels, {report['n_iters']} "
+          f"iterations, float32, {report['threads']} numba threads; median of {report['repeat']}; ratio = backward / "
+          f"forward (lattice construction in the forward); gradient error: float32 against float64, relative to the "
+          f"largest")
     head = f"{'parameters':<20}{'forward':>10}{'backward':>10}{'ratio':>7}{'dlogits err':>13}{'dw err':>9}"
     print(head)
     print("-" * len(head))
     for name, r in sets.items():
         print(f"{name:<20}{r['forward_s']:>9.3f}s{r['backward_s']:>9.3f}s{r['ratio']:>7.2f}"
               f"{r['logits_grad_rel_err']:>13.1e}{r['weight_grad_rel_err']:>9.1e}")
-    if wrong:
+    if not report["agree"]:
+        wrong = [n for n, r in sets.items() if r["logits_grad_rel_err"] > 1e-3 or r["weight_grad_rel_err"] > 1e-3]
         print(f"WRONG: the float32 gradients differ from the float64 ones by more than 1e-3 on: {', '.join(wrong)}")
-    return 1 if wrong else 0
 
 
-def _run_window(repeat, as_json, quick, n_labels, threads):
+def _measure_window(repeat, quick, n_labels, threads):
     from minideeplab.data.photos import coarse_probs, photograph, region_labels
     from minideeplab.scratch.crf import dense_crf
 
@@ -178,17 +195,54 @@ def _run_window(repeat, as_json, quick, n_labels, threads):
             rows.append(dict(size=side, window=k, window_s=t, lattice_s=t_lattice, ratio=t / t_lattice,
                              agreement=float(np.mean(labels == full)),
                              changed_by_full=float(np.mean(full != probs.argmax(0)))))
-    if as_json:
-        print(json.dumps(dict(threads=threads, repeat=repeat, quick=quick, labels=n_labels, params=params,
-                              rows=rows)))
-        return 0
-    print(f"the local-window CRF against the lattice (the full CRF), coffee photograph, {n_labels} labels, "
-          f"10 iterations, DeepLab v2's parameters, {threads} numba threads; median of {repeat}; ratio = window / "
-          f"lattice; agreement = pixels labelled as the full CRF labels them")
+    return dict(threads=threads, repeat=repeat, quick=quick, labels=n_labels, params=params, rows=rows)
+
+
+def _print_window(report):
+    rows = report["rows"]
+    print(f"the local-window CRF against the lattice (the full CRF), coffee photograph, {report['labels']} labels, "
+          f"10 iterations, DeepLab v2's parameters, {report['threads']} numba threads; median of {report['repeat']}; "
+          f"ratio = window / lattice; agreement = pixels labelled as the full CRF labels them")
     head = f"{'size':>8}{'window':>8}{'time':>10}{'lattice':>10}{'ratio':>8}{'agreement':>11}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['size']:>4}^2  {r['window']:>6}{r['window_s']:>9.3f}s{r['lattice_s']:>9.3f}s{r['ratio']:>8.2f}"
               f"{100 * r['agreement']:>10.2f}%")
-    return 0
+
+
+def read_report(path) -> dict:
+    """The JSON of ``minideeplab bench crf --backward --window --json`` (both parts) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"read_report: {path} does not exist (write it with 'minideeplab bench crf "
+                                "--backward --window --json > data/bench/crf.json')")
+    report = json.loads(path.read_text())
+    missing = [k for k in ("backward", "window") if k not in report]
+    if missing:
+        raise ValueError(f"read_report: {path} has no {missing[0]!r} part: it is not the output of "
+                         "'bench crf --backward --window --json'")
+    return report
+
+
+def format_costs(report) -> str:
+    """The three ways to run a CRF, from ``read_report``'s dict, as aligned text: post-processing (dense_crf,
+    10 iterations), the layer in training (mean_field's forward and backward, 5 iterations) and the ConvCRF
+    (windows 5, 7, 11, 10 iterations, with its label agreement with the full CRF); seconds per image."""
+    back, win = report["backward"], report["window"]
+    lines = [f"seconds per image, {win['labels']} labels, {report['threads']} numba threads, median of "
+             f"{report['repeat']}", ""]
+    sizes = sorted({r["size"] for r in win["rows"]})
+    lattice = {r["size"]: r["lattice_s"] for r in win["rows"]}
+    lines.append("post-processing, dense_crf (lattice), 10 iterations: " +
+                 ", ".join(f"{lattice[s]:.3f} s at {s}x{s}" for s in sizes))
+    size = back["image"].split()[-1]
+    for name, r in back["sets"].items():
+        lines.append(f"the layer ({name}), mean_field at {size}, {back['n_iters']} iterations, float32: forward "
+                     f"{r['forward_s']:.3f} s, backward {r['backward_s']:.3f} s (backward / forward {r['ratio']:.2f})")
+    lines += ["", "ConvCRF (method='window'), 10 iterations, against the lattice:",
+              f"{'size':>9}{'window':>8}{'time':>10}{'x lattice':>11}{'same label as full CRF':>24}"]
+    for r in win["rows"]:
+        lines.append(f"{r['size']:>4}x{r['size']:<4}{r['window']:>8}{r['window_s']:>9.3f}s{r['ratio']:>11.2f}"
+                     f"{100 * r['agreement']:>23.2f}%")
+    return "\n".join(lines)

@@ -128,6 +128,27 @@ def mean_field_update(q: np.ndarray, unary: np.ndarray, kernels, weights, compat
     return e / e.sum(axis=0, keepdims=True)
 
 
+def mean_field_update_backward(dq_new, q, unary, kernels, weights, compat):
+    """The backward of ``mean_field_update(q, unary, kernels, weights, compat)`` for a (C, C) penalty compat
+    (Potts is 1 - I), written out for reading: ``mean_field_backward`` runs these steps, pixel-major, for each
+    iteration. dq_new: dLoss/d(new q), (C, N). With m = sum_k w_k q K_k^T, z = -unary - compat m, q' = softmax(z):
+
+        dz = q' * (dq' - sum_l dq' q')        dm = -compat^T dz         dcompat = -dz m^T
+        dq = sum_k w_k dm K_k                 dw_k = <dm, q K_k^T>      dunary = -dz
+
+    -> (dunary (C, N), dq (C, N), dweights (len(kernels),), dcompat (C, C)). K_k, not K_k^T, multiplies dm: the
+    same matrix for the symmetric normalisation, a different one for D^-1 K."""
+    compat = np.asarray(compat, dtype=q.dtype)
+    messages = [q @ k.T for k in kernels]                           # (C, N) each: K_k applied to q
+    m = sum(w * mk for w, mk in zip(weights, messages))
+    q_new = mean_field_update(q, unary, kernels, weights, compat)
+    dz = q_new * (dq_new - np.sum(dq_new * q_new, axis=0, keepdims=True))
+    dm = -(compat.T @ dz)
+    dq = sum(w * (dm @ k) for w, k in zip(weights, kernels))
+    dweights = np.array([np.sum(dm * mk) for mk in messages], dtype=q.dtype)
+    return -dz, dq, dweights, -(dz @ m.T)
+
+
 # ---------------------------------------------------------------------------------------------
 # the permutohedral lattice, readable version
 
@@ -188,6 +209,13 @@ def lattice_blur(lattice: Lattice, values: np.ndarray) -> np.ndarray:
         values = values + 0.5 * (values[left] + values[right])
         values[0] = 0.0
     return values
+
+
+def lattice_blur_transposed(lattice: Lattice, values: np.ndarray) -> np.ndarray:
+    """B^T for B = ``lattice_blur`` (= B_d .. B_1 B_0): the same passes with the directions in reverse order,
+    B_0 .. B_d. Each pass B_j is a symmetric matrix (m is j-neighbour of n iff n is of m), but B_j and B_k do not
+    commute where the lattice has no point (its edges), so the forward order is not the transpose."""
+    return lattice_blur(lattice._replace(neighbours=lattice.neighbours[::-1]), values)
 
 
 def lattice_slice(lattice: Lattice, lattice_values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@
 * ``plot_kernel_rows``: which pixels one pixel listens to, under each of the two kernels.
 * ``plot_lattice_steps``: splat, blur and slice of the permutohedral lattice on 2-D (position) features.
 * ``plot_trimap``: the boundary band and the accuracy inside it before and after the CRF.
+* ``plot_tangent`` and ``plot_compat`` (notebook 12, the CRF as a layer): a loss against one CRF parameter with
+  the tangent its backward pass gives, and a learned C x C label compatibility.
 """
 
 from __future__ import annotations
@@ -336,4 +338,55 @@ def plot_trimap(image, labels, widths, curves: dict, band_width: int = BAND_WIDT
     b.set_title("accuracy near borders (DeepLab's trimap experiment)", fontsize=10)
     b.grid(alpha=0.3)
     b.legend(fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the CRF as a layer (notebook 12)
+
+
+def plot_tangent(xs, losses, x0, loss0, slope, xlabel, ylabel="loss", figsize=(6.5, 3.4)):
+    """A loss measured at each of ``xs`` (dots and line) and the tangent at ``x0`` with the given ``slope`` (the
+    gradient a backward pass computes), drawn over the middle part of the range. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    xs, losses = np.asarray(xs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    ax.plot(xs, losses, "o-", ms=3, label="loss, one CRF run per value")
+    half = (xs.max() - xs.min()) / 6
+    t = np.array([x0 - half, x0 + half])
+    ax.plot(t, loss0 + slope * (t - x0), "--", color="tab:red",
+            label=f"tangent from the backward pass, slope {slope:.3g}")
+    ax.plot([x0], [loss0], "o", color="tab:red")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_compat(compat, classes=None, title="label compatibility mu (a penalty: row label next to column label)",
+                figsize=None):
+    """A C x C compatibility matrix as a grid of coloured cells with their values, on a scale centred at 0 (red: a
+    penalty for the pair, blue: a reward); ``classes`` names the rows and columns. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    mu = np.asarray(compat, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape[0] != mu.shape[1]:
+        raise ValueError(f"plot_compat: compat must be a C x C matrix, got shape {mu.shape}")
+    C = mu.shape[0]
+    names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(C)]
+    if len(names) != C:
+        raise ValueError(f"plot_compat: {len(names)} class names for a {C} x {C} matrix")
+    fig, ax = plt.subplots(figsize=figsize or (1.2 + 0.55 * C, 0.8 + 0.5 * C), layout="constrained")
+    top = float(np.abs(mu).max()) or 1.0
+    shown = ax.imshow(mu, cmap="RdBu_r", vmin=-top, vmax=top)
+    for i in range(C):
+        for j in range(C):
+            ax.text(j, i, f"{mu[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(mu[i, j]) > 0.6 * top else "black")
+    ax.set_xticks(range(C), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(C), names, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
     return fig

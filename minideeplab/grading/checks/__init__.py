@@ -21,3 +21,4 @@ from minideeplab.grading.checks.crf import *  # noqa: F403  notebook 08
 from minideeplab.grading.checks.ablate import *  # noqa: F403  notebook 09
 from minideeplab.grading.checks.separable import *  # noqa: F403  notebook 10
 from minideeplab.grading.checks.attention import *  # noqa: F403  notebook 11
+from minideeplab.grading.checks.crf_layer import *  # noqa: F403  notebook 12
