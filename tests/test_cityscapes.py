@@ -114,10 +114,10 @@ def test_palette_is_cityscapes_for_its_classes_only():
 
 def test_train_and_evaluate_read_the_cityscapes_layout(tmp_path, capsys):
     root = tmp_path / "cityscapes"
-    _tree(root, size=(64, 128))
+    _tree(root, size=(32, 48))
     out = tmp_path / "run"
     assert main(["train", "--data-root", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "2",
-                 "--crop-size", "64", "--quiet"]) == 0
+                 "--crop-size", "32", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
