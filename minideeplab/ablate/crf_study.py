@@ -197,15 +197,15 @@ def write_crf_results(rows, folder, per_image) -> list[Path]:
 def learned_compat(folder=None) -> dict:
     """The CRF layers the study trained, from its crf.json in folder (default data/ablation: no checkpoint
     needed) -> {row name: {"compat": (C, C) float64, "pos_w", "bi_w", "classes": the iou_<class> columns'
-    names}}, in the table's order; {} when no CRF-layer row is measured yet (FileNotFoundError without crf.json)."""
+    names}}, in the table's order; {} when no CRF-layer row is measured yet (no crf.json: a study not run, as
+    ``measured.read_study`` reads it)."""
     if folder is None:
         from minideeplab.data import DATA_DIR
 
         folder = Path(DATA_DIR) / "ablation"
     path = Path(folder) / "crf.json"
     if not path.is_file():
-        raise FileNotFoundError(f"learned_compat: {path} does not exist (the CRF study writes it: "
-                                f"{CRF_EXPECTED.command})")
+        return {}
     out = {}
     for r in json.loads(path.read_text())["rows"]:
         if r.get("crf_compat") is not None:

@@ -296,5 +296,5 @@ def answer_lines(summary) -> list[str]:
                      f"{min(len(ra['seeds']), len(rb['seeds']))} seeds")
         out.append(line)
     if any(c["a"] not in by or c["b"] not in by for c in summary["comparisons"]):
-        out.append(f"the rows not yet measured run with: {summary['command']}")
+        out.append(f"Run the rows not yet measured with: {summary['command']}")
     return out
