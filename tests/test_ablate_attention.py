@@ -1,6 +1,7 @@
 """The attention study's definition and its runner (the ablation's, ``run_ablation(study="attention")``) on a tiny
-schedule: the 1.5x budget, the rows' own seeds, the table's columns, finished rows skipped. The study itself is
-not run here."""
+schedule: the 1.5x budget, the rows' own seeds, the table's columns, finished rows skipped, and the files read
+back by the study's reader (``measured.read_study(ATTENTION_EXPECTED)``, notebook 11). The study itself is not
+run here."""
 
 import csv
 import json
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from minideeplab import ablate
-from minideeplab.ablate.attention import ATTENTION_ROWS, SEEDS, within_budget
+from minideeplab.ablate import measured
+from minideeplab.ablate.attention import ATTENTION_EXPECTED, ATTENTION_ROWS, SEEDS, within_budget
 from minideeplab.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -50,6 +52,22 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     assert json.loads((tmp_path / "vit-linear-s1" / "result.json").read_text())["seed"] == 1
     for f in ("attention.json", "attention_miou.png", "attention_trimap.png", "attention_per_image.npz"):
         assert (tmp_path / f).is_file(), f
+    # the reader on the runner's files: what is there, what is missing, intervals where both sides are measured
+    s = measured.read_study(ATTENTION_EXPECTED, tmp_path, n_samples=50)
+    assert [(c["configuration"], c["seeds"], c["rows"]) for c in s["configurations"]] == [
+        ("vit-linear", [1], ["vit-linear-s1"]), ("segformer", [0], ["segformer-s0"])]
+    assert s["configurations"][0]["miou"] == table[1]["miou"] and s["configurations"][1]["parameters"] == \
+        table[0]["parameters"]
+    assert [(m["configuration"], m["seeds"], m["seeds_expected"]) for m in s["missing"]] == [
+        ("cnn-v3plus", 0, 3), ("vit-linear", 1, 3), ("vit-aspp", 0, 3), ("vit-aspp-dec", 0, 1),
+        ("vit-na-linear", 0, 1)]
+    assert s["missing"][1]["rows"] == ["vit-linear-s0", "vit-linear-s2"]
+    assert all(c["vs_baseline"] is None for c in s["configurations"])  # no cnn-v3plus row yet
+    assert all(c["intervals"] is None for c in s["comparisons"])
+    against = measured.read_study(ATTENTION_EXPECTED, tmp_path, baseline="vit-linear", n_samples=50)
+    d, lo, hi = against["configurations"][1]["vs_baseline"]["miou"]
+    assert d == pytest.approx(table[0]["miou"] - table[1]["miou"]) and lo <= d <= hi
+    assert set(against["configurations"][1]["vs_baseline"]) == {"miou", "trimap_1", "trimap_2"}
     # rerun: finished rows skipped, the table rewritten from them
     lines.clear()
     again = ablate.run_ablation(tmp_path, ["vit-linear-s1"], **kw)

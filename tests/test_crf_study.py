@@ -1,5 +1,7 @@
 """The CRF study's runner (``minideeplab ablate --study crf``) on a tiny schedule: rows trained (from scratch, from
-the shipped weights, with and without the CRF layer), post-processing rows, resumption, the results files."""
+the shipped weights, with and without the CRF layer), post-processing rows, resumption, the results files, and
+those files read back by the study's reader (``measured.read_study(CRF_EXPECTED)``, ``learned_compat``: notebook
+12)."""
 
 import csv
 import json
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from minideeplab.ablate import crf_study as S
+from minideeplab.ablate import measured
 from minideeplab.ablate.stats import bootstrap_accuracy_interval
 from minideeplab.cli import main
 
@@ -63,12 +66,35 @@ def test_the_study_runs_resumes_and_writes_its_results(study, tmp_path):
     report = json.loads((out / "results" / "crf.json").read_text())
     assert report["summary"]["v3plus-ft"]["seeds"] == [0]
     pairs = {(c["a"], c["b"]): c for c in report["comparisons"]}
-    post = pairs[("v3plus-mini-crfpost", "v3plus-mini")]["per_seed"][0]
-    assert post["miou"] == pytest.approx(by["v3plus-mini-crfpost-s0"]["miou"] - by["v3plus-mini-s0"]["miou"])
-    assert post["miou_low"] <= post["miou"] <= post["miou_high"]
+    d, lo, hi = pairs[("v3plus-mini-crfpost", "v3plus-mini")]["intervals"]["miou"]
+    assert d == pytest.approx(by["v3plus-mini-crfpost-s0"]["miou"] - by["v3plus-mini-s0"]["miou"])
+    assert lo <= d <= hi
     assert (out / "results" / "crf_miou.png").stat().st_size > 1000
     with np.load(out / "results" / "crf_per_image.npz") as z:
         assert list(z["names"]) == names and z["cms"].shape == (6, 3, 7, 7)
+
+    # the reader on the runner's files (notebook 12): every configuration at seed 0, the other seeds to run
+    s = measured.read_study(S.CRF_EXPECTED, out / "results")
+    assert [(c["configuration"], c["seeds"]) for c in s["configurations"]] == [(S.configuration(n), [0]) for n in names]
+    assert s["configurations"][0]["miou"] == by["v3plus-mini-s0"]["miou"]
+    short = ("v3plus-mini", "v3plus-mini-crfpost", "v3plus-ft", "v3plus-ft-crfpost", "v3plus-ft-crflayer")
+    assert [(m["configuration"], m["seeds"], m["seeds_expected"]) for m in s["missing"]] == [(c, 1, 3) for c in short]
+    assert s["missing"][0]["rows"] == ["v3plus-mini-s1", "v3plus-mini-s2"]
+    assert all(set(c["intervals"]) == {"miou", "trimap_1", "trimap_2"} for c in s["comparisons"])
+    assert len(s["comparisons"]) == len(S.COMPARISONS)
+    vs = {c["configuration"]: c["vs_baseline"] for c in s["configurations"]}["v3plus-ft"]
+    assert vs["miou"][0] == pytest.approx(by["v3plus-ft-s0"]["miou"] - by["v3plus-mini-s0"]["miou"])
+    assert report["comparisons"][0]["intervals"]["miou"] == pytest.approx(
+        list(s["comparisons"][0]["intervals"]["miou"]))  # crf.json's summary is the reader's (same samples)
+    # the learned compatibility, from crf.json: no checkpoint needed
+    learned = S.learned_compat(out / "results")
+    assert list(learned) == ["v3plus-mini-crflayer-s0", "v3plus-ft-crflayer-s0"]
+    np.testing.assert_array_equal(learned["v3plus-ft-crflayer-s0"]["compat"], compat)
+    assert learned["v3plus-ft-crflayer-s0"]["classes"] == [k[len("iou_"):] for k in table[0] if k.startswith("iou_")]
+    assert len(learned["v3plus-ft-crflayer-s0"]["classes"]) == 7
+    assert learned["v3plus-ft-crflayer-s0"]["bi_w"] == by["v3plus-ft-crflayer-s0"]["crf_bi_w"]
+    assert S.learned_crf(out / "runs" / "v3plus-ft-crflayer-s0" / "last.pt")["compat"] == pytest.approx(compat)
+    assert S.learned_compat(tmp_path) == {}  # no crf.json: the study not run
 
     # a rerun measures nothing again
     again = []

@@ -14,6 +14,9 @@
 - ``claims``: ``trends``, the papers' claims checked against a table.
 - ``crf_study``: the CRF study (``minideeplab ablate --study crf``): post-processing against the trained CRF
   layer, three seeds, rows on ``run``'s machinery (imported on its own: ``from minideeplab.ablate import crf_study``).
+- ``measured``: a study over seeds read for its answer (notebooks 11 and 12): per configuration the seed means and
+  spread, the paired bootstrap against a baseline, the rows still to run; what each study expects
+  (``measured.Expected``) is declared beside its rows (``attention.ATTENTION_EXPECTED``, ``crf_study.CRF_EXPECTED``).
 """
 
 from minideeplab.ablate.attention import ATTENTION, ATTENTION_ROWS, BUDGET, within_budget

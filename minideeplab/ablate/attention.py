@@ -3,7 +3,8 @@ ablation's runner (``minideeplab ablate --study attention``; ``run.run_ablation(
 in OUT/<name>/ (last.pt, result.json, per_image.npz), finished rows skipped, an interrupted one resumed; the table
 in RESULTS/attention.csv (one line per configuration and seed: name, seed, miou, parameters, mult_adds, the
 trimap accuracies, ...), attention.json, attention_miou.png, attention_trimap.png, attention_per_image.npz (for
-paired bootstraps over val images, ``ablate.stats``).
+paired bootstraps over val images, ``ablate.stats``). Read back by ``measured.read_study(ATTENTION_EXPECTED)``
+(notebook 11): the configurations and seeds below, the baseline and the questions asked of them.
 
 Rows (every model at parameters and multiply-adds within 1.5x of the mini CNN v3+, ``within_budget``; the
 seeds are the rows' own, three for the rows the answer rests on):
@@ -25,9 +26,11 @@ question "does the DeepLab recipe's model benefit from ASPP on a ViT", not a tun
 
 from __future__ import annotations
 
+from minideeplab.ablate.measured import Expected
 from minideeplab.ablate.study import LR, Row, Study, costs
 
-__all__ = ["ATTENTION", "ATTENTION_ROWS", "ATTENTION_EPOCHS", "SEEDS", "BUDGET", "within_budget"]
+__all__ = ["ATTENTION", "ATTENTION_ROWS", "ATTENTION_EXPECTED", "ATTENTION_EPOCHS", "SEEDS", "BUDGET",
+           "within_budget"]
 
 ATTENTION_EPOCHS = 30
 SEEDS = (0, 1, 2)
@@ -52,6 +55,16 @@ ATTENTION_ROWS = tuple(Row(f"{name}-s{seed}", model, os_, rates, pool, about=abo
 ATTENTION = Study("attention", ATTENTION_ROWS, ATTENTION_EPOCHS, LR,
                   "atrous convolution on top of attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
                   "SegFormer-mini, ViT with dilated neighbourhood attention")
+# what the study's reader (``measured``, notebook 11) expects: the configurations and seeds of the rows above, the
+# baseline and the questions, each comparison a - b over the same val images
+ATTENTION_EXPECTED = Expected("attention", ATTENTION_ROWS, baseline="cnn-v3plus", comparisons=(
+    ("vit-aspp", "vit-linear", "does ASPP help on top of attention?"),
+    ("vit-linear", "cnn-v3plus", "attention with a linear head against the CNN DeepLab:"),
+    ("vit-aspp", "cnn-v3plus", "ViT + ASPP against the CNN DeepLab:"),
+    ("vit-aspp-dec", "vit-aspp", "does the v3+ decoder help the ViT?"),
+    ("vit-na-linear", "vit-linear", "dilated neighbourhood attention against global attention:"),
+    ("segformer", "cnn-v3plus", "SegFormer against the CNN DeepLab:"),
+))
 
 
 def within_budget(rows=ATTENTION_ROWS, num_classes=7, factor=BUDGET) -> dict[str, tuple[float, float]]:

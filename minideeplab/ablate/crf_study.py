@@ -23,28 +23,30 @@ The "ablation" schedule is the one of the ablation's table, by name, so that ano
 rows) can share the v3plus-mini rows: same OUT, same names, and result.json's schedule check refuses a mix.
 v3plus-mini-s0 is the ablation's v3plus-os16 row (same config, seed and schedule).
 
-Results (``write_crf_results``): crf.csv (one line per row: configuration and seed), crf.json (the rows, the
-learned compatibility matrices, per configuration the mean and spread over seeds, and the paired comparisons:
-per seed the difference in mIoU and in trimap accuracy at 1 and 2 px with its paired-bootstrap interval over
-the val images), crf_per_image.npz and crf_miou.png.
+Results (``write_crf_results``): crf.csv (one line per row: configuration and seed), crf.json (the rows with the
+learned compatibility matrices, and ``measured.summarise``'s reading of them: per configuration the mean and
+spread over seeds, the configurations not yet measured, and COMPARISONS: the difference of the seed means in
+mIoU and in trimap accuracy at 1 and 2 px with its paired-bootstrap interval over the val images),
+crf_per_image.npz (``results.write_per_image``'s layout, as every study's) and crf_miou.png. Notebook 12 reads
+them with ``measured.read_study(CRF_EXPECTED)`` and ``learned_compat``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from minideeplab import train as T
-from minideeplab.ablate.results import _csv_cell, json_safe
+from minideeplab.ablate.measured import Expected, configuration, summarise
+from minideeplab.ablate.results import json_safe, write_per_image, write_table
 from minideeplab.ablate.run import _load_result, _run_row, _schedule
-from minideeplab.ablate.stats import bootstrap_accuracy_interval, bootstrap_interval
 from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, select
 
-__all__ = ["SCHEDULES", "CRF_ROWS", "COMPARISONS", "SEEDS", "SHIPPED", "STEP_SECONDS", "run_crf_study",
-           "write_crf_results", "format_crf_rows", "configuration"]
+__all__ = ["SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS", "SHIPPED", "STEP_SECONDS",
+           "run_crf_study", "write_crf_results", "format_crf_rows", "configuration", "learned_compat",
+           "learned_crf"]
 
 SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models" / "mini_v3plus.pt"
 MAX_FINETUNE_ITERATIONS = 2000
@@ -93,19 +95,18 @@ def _rows():
     return tuple(made[c](s) for c in _ORDER for s in seeds.get(c, SEEDS))
 
 
-# (a, b): a - b, seed by seed, over the same val images
-COMPARISONS = (("v3plus-mini-crfpost", "v3plus-mini"), ("v3plus-mini-crflayer", "v3plus-mini"),
-               ("v3plus-mini-crflayer", "v3plus-mini-crfpost"), ("v3plus-ft-crfpost", "v3plus-ft"),
-               ("v3plus-ft-crflayer", "v3plus-ft"), ("v3plus-ft-crflayer", "v3plus-ft-crfpost"))
-
-
-def configuration(name: str) -> str:
-    """A row's configuration: its name without the seed ("v3plus-ft-s2" -> "v3plus-ft")."""
-    base, _, seed = name.rpartition("-s")
-    return base if base and seed.isdigit() else name
-
-
 CRF_ROWS = _rows()
+# (a, b, the question): a - b, the seed means over the same val images
+COMPARISONS = (
+    ("v3plus-mini-crfpost", "v3plus-mini", "does the dense CRF as post-processing help the network from scratch?"),
+    ("v3plus-mini-crflayer", "v3plus-mini", "does training with the CRF layer from scratch help?"),
+    ("v3plus-mini-crflayer", "v3plus-mini-crfpost", "from scratch, the CRF layer against post-processing:"),
+    ("v3plus-ft-crfpost", "v3plus-ft", "does post-processing help the fine-tuned network?"),
+    ("v3plus-ft-crflayer", "v3plus-ft", "does fine-tuning with the CRF layer beat fine-tuning without it?"),
+    ("v3plus-ft-crflayer", "v3plus-ft-crfpost", "fine-tuned, the CRF layer against post-processing:"),
+)
+# what the study's reader (``measured``, notebook 12, crf.json's summary) expects: the rows above, the baseline
+CRF_EXPECTED = Expected("crf", CRF_ROWS, baseline="v3plus-mini", comparisons=COMPARISONS)
 
 
 def _iterations(schedule, train_images=TRAIN_IMAGES):
@@ -169,75 +170,68 @@ def _columns(rows):
     return _FIRST + trimap + [k for k in keys if k.startswith("iou_")] + _LAST
 
 
-def _summary(rows) -> dict:
-    """Per configuration: its seeds, and the mean and sample standard deviation (over seeds) of each score."""
-    out = {}
-    for config in dict.fromkeys(configuration(r["name"]) for r in rows):
-        mine = [r for r in rows if configuration(r["name"]) == config]
-        entry = {"seeds": [r["seed"] for r in mine]}
-        for k in ["miou", "pixel_accuracy"] + [k for k in mine[0] if k.startswith("trimap_")]:
-            v = np.array([r[k] for r in mine], float)
-            entry[f"{k}_mean"] = float(v.mean())
-            entry[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-        out[config] = entry
-    return out
-
-
-def _comparisons(rows, per_image, widths) -> list[dict]:
-    """Each of COMPARISONS with rows on both sides: per seed, a - b in mIoU and trimap accuracy at 1 and 2 px
-    on all val images, with the 95 % paired-bootstrap interval over the val images (``stats``)."""
-    by = {r["name"]: r for r in rows}
-    found = []
-    for a, b in COMPARISONS:
-        seeds = [s for s in SEEDS if f"{a}-s{s}" in by and f"{b}-s{s}" in by]
-        if not seeds:
-            continue
-        entry = {"a": a, "b": b, "per_seed": []}
-        for s in seeds:
-            pa, pb = per_image[f"{a}-s{s}"], per_image[f"{b}-s{s}"]
-            d, lo, hi = bootstrap_interval(pa["cms"], pb["cms"], seed=s)
-            item = {"seed": s, "miou": d, "miou_low": lo, "miou_high": hi}
-            for w in (1, 2):
-                i = list(widths).index(w)
-                d, lo, hi = bootstrap_accuracy_interval(pa["trimaps"][:, i], pb["trimaps"][:, i], seed=s)
-                item.update({f"trimap_{w}": d, f"trimap_{w}_low": lo, f"trimap_{w}_high": hi})
-            entry["per_seed"].append(item)
-        for k in ("miou", "trimap_1", "trimap_2"):
-            entry[f"{k}_mean"] = float(np.mean([x[k] for x in entry["per_seed"]]))
-        found.append(entry)
-    return found
-
-
 def write_crf_results(rows, folder, per_image) -> list[Path]:
-    """crf.csv, crf.json, crf_per_image.npz (when every row has its per-image matrices) and crf_miou.png."""
-    import csv
-
+    """crf.csv, crf.json (the rows, their learned CRF parameters, and ``measured.summarise``'s reading:
+    "summary" {configuration: its seed means and spreads}, "missing", "comparisons"), crf_per_image.npz (when
+    every row has its per-image matrices) and crf_miou.png. per_image: row name -> {"cms", "trimaps", "widths"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{**r, "configuration": configuration(r["name"])} for r in rows]
     names = _columns(rows)
-    with open(folder / "crf.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for r in rows:
-            w.writerow([_csv_cell(k, r.get(k)) for k in names])
-    widths = T.TRIMAP_WIDTHS
-    report = {"rows": [{k: r.get(k) for k in names + ["crf_compat"]} for r in rows], "summary": _summary(rows),
-              "comparisons": _comparisons(rows, per_image, widths) if per_image else [],
+    paths = [write_table(rows, folder / "crf.csv", names), folder / "crf.json"]
+    reading = summarise(CRF_EXPECTED, rows, per_image)
+    report = {"rows": [{k: r.get(k) for k in names + ["crf_compat"]} for r in rows],
+              "summary": {c["configuration"]: c for c in reading["configurations"]},
+              "missing": reading["missing"], "comparisons": reading["comparisons"],
               "schedules": {k: {**v, "iterations": _iterations(v)} for k, v in SCHEDULES.items()}}
-    (folder / "crf.json").write_text(json.dumps(json_safe(report), indent=1))
-    paths = [folder / "crf.csv", folder / "crf.json"]
-    if rows and all(r["name"] in per_image for r in rows):
-        np.savez_compressed(folder / "crf_per_image.npz", names=np.array([r["name"] for r in rows]),
-                            widths=np.asarray(widths),
-                            cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
-                            trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
-        paths.append(folder / "crf_per_image.npz")
+    paths[1].write_text(json.dumps(json_safe(report), indent=1))
+    images = write_per_image(rows, folder / "crf_per_image.npz", per_image)
+    paths += [images] if images else []
     if rows:
         from minideeplab.viz.ablation import plot_seeds
 
         paths.append(plot_seeds(rows, folder / "crf_miou.png", configuration))
     return paths
+
+
+def learned_compat(folder=None) -> dict:
+    """The CRF layers the study trained, from its crf.json in folder (default data/ablation: no checkpoint
+    needed) -> {row name: {"compat": (C, C) float64, "pos_w", "bi_w", "classes": the iou_<class> columns'
+    names}}, in the table's order; {} when no CRF-layer row is measured yet (no crf.json: a study not run, as
+    ``measured.read_study`` reads it)."""
+    if folder is None:
+        from minideeplab.data import DATA_DIR
+
+        folder = Path(DATA_DIR) / "ablation"
+    path = Path(folder) / "crf.json"
+    if not path.is_file():
+        return {}
+    out = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r.get("crf_compat") is not None:
+            out[r["name"]] = {"compat": np.asarray(r["crf_compat"], dtype=np.float64), "pos_w": r.get("crf_pos_w"),
+                              "bi_w": r.get("crf_bi_w"),
+                              "classes": [k[len("iou_"):] for k in r if k.startswith("iou_")]}
+    return out
+
+
+def learned_crf(path) -> dict:
+    """A trained CRF layer's parameters from a checkpoint (OUT/<row>/last.pt of a CRF-layer row): {"compat":
+    (C, C) float64, "classes": [...], and the kernel weights found (a ``log_<name>`` parameter as ``<name>`` =
+    exp of it)}. The compatibility is the one state_dict entry whose name ends in "compat"."""
+    from minideeplab.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    found = [k for k in ckpt["model"] if k.split(".")[-1] == "compat"]
+    if len(found) != 1:
+        raise ValueError(f"learned_crf: {path} has {len(found)} compatibility matrices ({found}); expected one, "
+                         "a model with a CRF layer")
+    out = {"compat": ckpt["model"][found[0]].double().numpy(), "classes": list(ckpt["classes"])}
+    prefix = found[0][:-len("compat")]
+    for k, v in ckpt["model"].items():
+        if k.startswith(prefix + "log_") and v.numel() == 1:
+            out[k[len(prefix) + len("log_"):]] = float(v.double().exp())
+    return out
 
 
 def _hours(row, schedule) -> float:

@@ -15,8 +15,8 @@ import numpy as np
 from minideeplab import train as T
 from minideeplab.ablate.study import ROWS, costs, field_of_view
 
-__all__ = ["columns", "json_safe", "write_results", "read_csv", "read_per_image", "write_long_runs", "format_table",
-           "format_rows"]
+__all__ = ["columns", "json_safe", "write_table", "write_per_image", "write_results", "read_csv", "read_per_image",
+           "write_long_runs", "format_table", "format_rows"]
 
 _FIRST = ["name", "model", "backbone", "output_stride", "atrous_rates", "image_pooling", "decoder", "crf",
           "field_of_view", "parameters", "mult_adds", "miou", "pixel_accuracy", "mean_accuracy"]
@@ -50,6 +50,32 @@ def _csv_cell(key, v):
     return repr(v) if isinstance(v, float) else str(v)
 
 
+def write_table(rows, path, names) -> Path:
+    """One CSV line per record, the columns ``names`` (atrous rates space-separated, nan and None as empty)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for r in rows:
+            w.writerow([_csv_cell(k, r.get(k)) for k in names])
+    return Path(path)
+
+
+def write_per_image(rows, path, per_image) -> Path | None:
+    """The per-image file of a table, the one layout every study writes and ``read_per_image`` reads: names (R,)
+    (the records' order), widths (W,), cms (R, N, C, C) and trimaps (R, N, W, C, C) int32, when per_image (row
+    name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row; else an earlier file is
+    removed (it would no longer match the table) and None returned."""
+    path = Path(path)
+    if not (rows and per_image and all(r["name"] in per_image for r in rows)):
+        path.unlink(missing_ok=True)
+        return None
+    first = per_image[rows[0]["name"]]
+    np.savez_compressed(path, names=np.array([r["name"] for r in rows]), widths=np.asarray(first["widths"]),
+                        cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
+                        trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
+    return path
+
+
 def write_results(rows, folder, per_image=None, stem="ablation") -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
     (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
@@ -57,37 +83,28 @@ def write_results(rows, folder, per_image=None, stem="ablation") -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
-    with open(folder / f"{stem}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for r in rows:
-            w.writerow([_csv_cell(k, r.get(k)) for k in names])
-    (folder / f"{stem}.json").write_text(json.dumps(json_safe([{k: r.get(k) for k in names} for r in rows]),
-                                                     indent=1))
-    paths = [folder / f"{stem}.csv", folder / f"{stem}.json"]
+    paths = [write_table(rows, folder / f"{stem}.csv", names), folder / f"{stem}.json"]
+    paths[1].write_text(json.dumps(json_safe([{k: r.get(k) for k in names} for r in rows]), indent=1))
     if rows:
         from minideeplab.viz.ablation import plot_miou, plot_trimap
 
         paths += [plot_miou(rows, folder / f"{stem}_miou.png"), plot_trimap(rows, folder / f"{stem}_trimap.png")]
-    if rows and per_image and all(r["name"] in per_image for r in rows):
-        first = per_image[rows[0]["name"]]
-        np.savez_compressed(folder / f"{stem}_per_image.npz", names=np.array([r["name"] for r in rows]),
-                            widths=first["widths"],
-                            cms=np.stack([per_image[r["name"]]["cms"] for r in rows]).astype(np.int32),
-                            trimaps=np.stack([per_image[r["name"]]["trimaps"] for r in rows]).astype(np.int32))
-        paths.append(folder / f"{stem}_per_image.npz")
-    else:  # a file from an earlier table would no longer match this one
-        (folder / f"{stem}_per_image.npz").unlink(missing_ok=True)
-    return paths
+    images = write_per_image(rows, folder / f"{stem}_per_image.npz", per_image)
+    return paths + ([images] if images else [])
 
 
 def read_per_image(path) -> dict:
-    """ablation_per_image.npz -> {row name: {"cms": (N, C, C), "trimaps": (N, len(widths), C, C)}} (int64, one
-    matrix per val image, in the val split's order) and {"widths": ...} under the key "widths"."""
+    """A study's <study>_per_image.npz (``write_per_image``) -> {row name: {"cms": (N, C, C), "trimaps":
+    (N, len(widths), C, C)}} (int64, one matrix per val image, in the val split's order) and the widths under the
+    key "widths"."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"read_per_image: {path} does not exist (write it with 'minideeplab ablate')")
     with np.load(path) as z:
+        missing = [k for k in ("names", "widths", "cms", "trimaps") if k not in z.files]
+        if missing:
+            raise ValueError(f"read_per_image: {path} has no array {missing[0]!r} (arrays: {z.files}); the layout "
+                             "is write_per_image's: names, widths, cms, trimaps")
         out = {str(n): {"cms": z["cms"][k].astype(np.int64), "trimaps": z["trimaps"][k].astype(np.int64)}
                for k, n in enumerate(z["names"])}
         out["widths"] = z["widths"].tolist()

@@ -1,12 +1,13 @@
 """Statistics of the study's table: mIoUs of resampled val images, the paired bootstrap of a difference between
-two rows and its interval (exercise 9.1), the Pareto front of cost and score (exercise 9.2)."""
+two rows and its interval (exercise 9.1; for configurations over seeds, ``bootstrap_seeds_interval``), the
+Pareto front of cost and score (exercise 9.2)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = ["mean_ious", "bootstrap_miou_difference", "bootstrap_interval", "bootstrap_accuracy_interval",
-           "pareto_front"]
+           "bootstrap_seeds_interval", "pareto_front"]
 
 
 def mean_ious(cms, samples) -> np.ndarray:
@@ -23,6 +24,52 @@ def bootstrap_miou_difference(cms_a, cms_b, samples) -> np.ndarray:
     """The paired bootstrap of an mIoU difference (exercise 9.1): for each row of samples, (B, N) indices of
     images drawn with replacement, mIoU(a) - mIoU(b) on those images -> (B,) float64."""
     return mean_ious(cms_a, samples) - mean_ious(cms_b, samples)
+
+
+def _miou_of_sums(cm) -> np.ndarray:
+    """(..., C, C) summed confusion matrices -> (...,) mIoU (classes absent from a matrix left out)."""
+    inter = np.diagonal(cm, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmean(inter / (cm.sum(-1) + cm.sum(-2) - inter), axis=-1)
+
+
+def _accuracy_of_sums(cm) -> np.ndarray:
+    """(..., C, C) summed confusion matrices -> (...,) pixel accuracy (nan for an empty matrix)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.trace(cm, axis1=-2, axis2=-1) / cm.sum((-2, -1))
+
+
+_SCORES = {"miou": _miou_of_sums, "accuracy": _accuracy_of_sums}
+
+
+def bootstrap_seeds_interval(cms_a, cms_b, score="miou", n_samples=2000, level=0.95,
+                             seed=0) -> tuple[float, float, float]:
+    """cms_a (Sa, N, C, C), cms_b (Sb, N, C, C): two configurations, each seed's per-image matrices on the same N
+    val images -> (difference of the seed means of ``score`` on all images, and the percentile interval of level
+    of its paired bootstrap): the images resampled with replacement n_samples times, the same sample for every
+    seed of both. score: "miou", or "accuracy" (the pixel accuracy of the summed matrices: the trimap accuracy
+    from trimap confusions). The interval measures the luck of the val images given these seeds; the seeds' own
+    spread is another question. With one seed a side: ``bootstrap_interval``'s numbers (the same samples)."""
+    if score not in _SCORES:
+        raise ValueError(f"bootstrap_seeds_interval: score must be 'miou' or 'accuracy', got {score!r}")
+    a, b = np.asarray(cms_a, dtype=np.int64), np.asarray(cms_b, dtype=np.int64)
+    if a.ndim != 4 or b.ndim != 4 or a.shape[1:] != b.shape[1:] or a.shape[2] != a.shape[3] or not (
+            len(a) and len(b) and a.shape[1]):
+        raise ValueError(f"bootstrap_seeds_interval: cms_a and cms_b must be (seeds, N, C, C) with one N > 0 and C "
+                         f"and at least one seed each, got {a.shape} and {b.shape}")
+    f, n, C = _SCORES[score], a.shape[1], a.shape[2]
+    samples = np.random.default_rng(seed).integers(0, n, (n_samples, n))
+    # how often each image is drawn in each sample: a sample's summed matrix is then one product (exact in float64)
+    counts = np.bincount((np.arange(n_samples)[:, None] * n + samples).ravel(), minlength=n_samples * n)
+    counts = counts.reshape(n_samples, n).astype(np.float64)
+
+    def mean_score(cms, weights):
+        return np.mean([f((weights @ c.reshape(n, C * C)).reshape(-1, C, C)) for c in cms.astype(np.float64)], 0)
+
+    diffs = mean_score(a, counts) - mean_score(b, counts)
+    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    whole = mean_score(a, np.ones((1, n))) - mean_score(b, np.ones((1, n)))
+    return float(whole[0]), float(lo), float(hi)
 
 
 def bootstrap_interval(cms_a, cms_b, n_samples=2000, level=0.95, seed=0) -> tuple[float, float, float]:
@@ -43,22 +90,11 @@ def bootstrap_interval(cms_a, cms_b, n_samples=2000, level=0.95, seed=0) -> tupl
 def bootstrap_accuracy_interval(cms_a, cms_b, n_samples=2000, level=0.95, seed=0) -> tuple[float, float, float]:
     """``bootstrap_interval`` for the pixel accuracy of the summed matrices (the trimap accuracy, from per-image
     trimap confusions (N, C, C)): (accuracy(a) - accuracy(b) on all images, the percentile interval)."""
-    a, b = np.asarray(cms_a, dtype=np.int64), np.asarray(cms_b, dtype=np.int64)
+    a, b = np.asarray(cms_a), np.asarray(cms_b)
     if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise ValueError(f"bootstrap_accuracy_interval: cms_a and cms_b must both be (N, C, C), got {a.shape} and "
                          f"{b.shape}")
-    n = len(a)
-    samples = np.random.default_rng(seed).integers(0, n, (n_samples, n))
-
-    def accuracy(cms, idx):
-        cm = cms[idx].sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.trace(cm, axis1=-2, axis2=-1) / cm.sum((-2, -1))
-
-    diffs = accuracy(a, samples) - accuracy(b, samples)
-    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    whole = accuracy(a, np.arange(n)[None])[0] - accuracy(b, np.arange(n)[None])[0]
-    return float(whole), float(lo), float(hi)
+    return bootstrap_seeds_interval(a[None], b[None], "accuracy", n_samples, level, seed)
 
 
 def pareto_front(cost, score) -> np.ndarray:
