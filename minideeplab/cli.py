@@ -42,7 +42,7 @@ def _bench(args) -> int:
     import importlib
 
     run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
-    options = {k: getattr(args, k) for k in ("backward", "window") if hasattr(args, k)}  # a suite's own options
+    options = {k: getattr(args, k) for k in ("backward", "window", "depthwise") if hasattr(args, k)}  # a suite's own options
     return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
 
 
@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     suites = {
         "atrous": ("atrous convolution on DeepLab layer shapes, forward and backward",
                    "Time minideeplab.scratch.atrous_conv2d (forward and backward) against "
-                   "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes, with the "
+                   "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes (ASPP, "
+                   "backbone, and the depthwise convs of Xception-65 and MobileNetV3), with the "
                    "same thread count for numba, NumPy's BLAS and torch. Prints a table and the "
                    "median ratio scratch/torch.",
                    "threads for every library", 7, "small shapes, one repeat"),
@@ -435,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
         suite.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
         suite.add_argument("--quick", action="store_true", help=f"{quick_help}: a smoke test of the benchmark")
         suite.set_defaults(func=_bench)
+        if name == "atrous":
+            suite.add_argument("--depthwise", action="store_true",
+                               help="only the depthwise rows (groups == channels)")
         if name == "crf":
             suite.add_argument("--backward", action="store_true",
                                help="time the CRF as a layer: mean_field's backward against its forward "
