@@ -85,7 +85,8 @@ def run(threads=2, repeat=7, as_json=False, quick=False, depthwise=False) -> int
     with threadpool_limits(limits=threads):
         for name, C, Cout, size, k, rate, stride, groups in suite:
             x = rng.standard_normal((1, C, size, size), dtype=np.float32)
-            w = rng.standard_normal((Cout, C // groups, k, k), dtype=np.float32) * np.float32((k * k * C / groups) ** -0.5)
+            w = rng.standard_normal((Cout, C // groups, k, k), dtype=np.float32)
+            w *= np.float32((k * k * C / groups) ** -0.5)
             b = rng.standard_normal(Cout, dtype=np.float32)
             xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
             args = dict(rate=rate, stride=stride, padding="same", groups=groups)
@@ -131,12 +132,14 @@ def run(threads=2, repeat=7, as_json=False, quick=False, depthwise=False) -> int
         return 1 if wrong else 0
     print(f"atrous conv, float32, N=1, 'same'; {threads} threads; median of {repeat}; "
           f"ratio = scratch / torch (lower is better)")
-    head = (f"{'shape':<26}{'k':>2}{'rate':>5}{'str':>4} | {'fwd scratch':>11}{'torch':>8}{'ratio':>7}{'rel err':>9} | "
+    head = (f"{'shape':<26}{'k':>2}{'rate':>5}{'str':>4} | "
+            f"{'fwd scratch':>11}{'torch':>8}{'ratio':>7}{'rel err':>9} | "
             f"{'bwd scratch':>11}{'torch':>8}{'ratio':>7}{'rel err':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['name']:<26}{r['kernel']:>2}{r['rate']:>5}{r['stride']:>4} | {r['forward_scratch_ms']:>9.2f}ms{r['forward_torch_ms']:>6.2f}ms"
+        print(f"{r['name']:<26}{r['kernel']:>2}{r['rate']:>5}{r['stride']:>4} | "
+              f"{r['forward_scratch_ms']:>9.2f}ms{r['forward_torch_ms']:>6.2f}ms"
               f"{r['forward_ratio']:>7.2f}{r['forward_max_rel_err']:>9.1e} | "
               f"{r['backward_scratch_ms']:>9.2f}ms{r['backward_torch_ms']:>6.2f}ms"
               f"{r['backward_ratio']:>7.2f}{r['backward_max_rel_err']:>9.1e}")

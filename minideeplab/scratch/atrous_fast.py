@@ -260,7 +260,8 @@ def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, threads):
 def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw, threads):
     """dx and dweight (both zeroed on entry, C-contiguous) of the depthwise conv.
 
-    dweight[o, 0, i, j] = sum over n, y, q of dout[n, o, y, q] * x[n, c, y*stride + i*rate - ph, q*stride + j*rate - pw];
+    dweight[o, 0, i, j] = sum over n, y, q of dout[n, o, y, q] * x[n, c, y*stride + i*rate - ph, q*stride + j*rate - pw]
+    (c = o // m);
     dx is the transposed conv: dx[n, c, r, s] sums weight[o, 0, i, j] * dout[n, o, y, q] over the taps with
     y*stride = r + ph - i*rate and q*stride = s + pw - j*rate: a stride-1 correlation of dout with zeros
     inserted between its pixels (``db``, dout's rows at full column resolution) and the kernel read backwards."""
