@@ -16,16 +16,19 @@ saves most of the work; PyTorch's oneDNN kernels do the same.
 * the input gradient of a stride-1 conv is a stride-1 conv of dout with the kernel flipped and its
   channel axes swapped, so it reuses the forward; dweight_t = dout[R_t] @ x[R_t shifted]^T.
 * any stride (``_forward_strided``): per tap, gather what it reads (im2col restricted to R_t), GEMM, add.
-* depthwise (one input channel per group): no GEMM worth the name, a numba loop per channel.
+* depthwise (one input channel per group): no GEMM worth the name, a numba kernel of its own
+  (``_depthwise_forward`` / ``_depthwise_backward``, described where they are defined); the plain loops to
+  read are ``atrous.atrous_conv2d_naive``, and the tests run the same cases through both.
 * im2col (``_forward_im2col``): when few of the kernel's reads fall in the padding (a backbone conv,
   the 7x7 stem, any stride), one GEMM over K = C*kh*kw per band of output rows, written straight
   into the output: no per-tap partial sums to add up. Bands bound the column buffer (``IM2COL_BYTES``).
 * ``conv2d_fused``: the eval unit act(conv(x) * scale + shift (+ residual)): the conv's GEMMs, then
   one in-place pass (``_affine_act``) for eval batch norm, the residual sum and the ReLU. No cache.
 
-The numba kernels are serial on purpose: BLAS already uses every core, and a numba parallel region
-(OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms instead of 1 ms for
-a gather + GEMM + scatter on 2 cores). The serial copies cost a few percent of the GEMMs.
+The numba kernels of the GEMM paths are serial on purpose: BLAS already uses every core, and a numba
+parallel region (OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms
+instead of 1 ms for a gather + GEMM + scatter on 2 cores). The serial copies cost a few percent of the
+GEMMs. The depthwise kernels, which have no GEMM to hide behind, split their planes over numba's threads.
 """
 
 from __future__ import annotations
@@ -108,9 +111,13 @@ def _tap_range(size, out, off, stride):
 # wrap-around (a[-1]), which stops LLVM from vectorising, and a slice taken inside the loops costs
 # its reference counting, more than the row's arithmetic on 33-pixel rows (measured: 2x the time).
 #
-# The planes are split over numba's threads (prange). The backward gives each thread whole channels:
-# it owns dx[:, c] and dweight[c's outputs] and sums over the batch in a fixed order, so the result
-# is the same on any number of threads and no two threads write the same element.
+# The work is split over threads in contiguous chunks (``_split``): the forward's (image, channel)
+# planes; in the backward whole channels, each chunk owning dx[:, c] and dweight[c's outputs] and summing
+# over the batch in a fixed order, so the result is the same on any number of threads and no two threads
+# write the same element. The threads are Python threads running the kernels without the GIL (nogil), not
+# a numba parallel region: OpenMP's workers, woken between two OpenBLAS calls whose own workers still
+# spin, waited for a core (measured in Xception-65 on 2 cores: the depthwise convs 3.3 s in a prange, 0.5 s
+# serial, the GEMMs unchanged).
 
 VEC = 8  # pixels per vector (8 float32 in AVX2): output rows are computed in multiples of this
 _FAST = {"reassoc", "nsz", "contract"}  # lets LLVM vectorise the sums (changes their order, nothing else)
@@ -213,11 +220,11 @@ def _fill_plane(xb, width, left, x, n, c):
             xb[b + np.uint64(q)] = xrow[q]
 
 
-@numba.njit(cache=True, parallel=True, fastmath=_FAST)
-def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, threads):
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, p0, p1):
     """out[n, o] = bias[o] + sum_taps weight[o, 0, i, j] * x[n, o // m] (shifted), m = Cout / C outputs
-    per channel. x (N, C, H, W), weight (Cout, 1, kh, kw), bias (Cout,), out (N, Cout, Ho, Wo) written,
-    all C-contiguous; the planes in ``threads`` chunks (one per thread, each with its own buffers)."""
+    per channel, for the planes p = n * C + c in [p0, p1). x (N, C, H, W), weight (Cout, 1, kh, kw),
+    bias (Cout,), out (N, Cout, Ho, Wo) written, all C-contiguous."""
     N, C, H, W = x.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = out.shape[2], out.shape[3]
@@ -227,38 +234,35 @@ def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, threads):
     ncols = _round_up((Wo - 1) * stride + 1, VEC)  # an output row at full column resolution
     width = max(offs.max() + ncols, left + W)
     wf, of = weight.reshape(weight.size), out.reshape(out.size)
-    planes = N * C
-    T = max(1, min(threads, planes))
-    for t in numba.prange(T):
-        xb = np.zeros(H * width, x.dtype)         # the padding stays zero: only the plane is written
-        acc = np.empty(ncols, x.dtype)
-        for p in range(t * planes // T, (t + 1) * planes // T):
-            n, c = p // C, p % C
-            _fill_plane(xb, width, left, x, n, c)
-            for o in range(c * m, (c + 1) * m):
-                b = bias[o]
-                for y in range(Ho):
-                    u = y * stride - ph  # the input row kernel row 0 reads; kernel row i reads u + i * rate
-                    if kh == 3 and kw == 3 and u >= 0 and u + 2 * rate < H:
-                        _taps_3x3(acc, xb, u * width, (u + rate) * width, (u + 2 * rate) * width, wf, o * 9,
-                                  offs, ncols)
-                    else:
-                        acc[:] = 0
-                        for i in range(kh):
-                            if 0 <= u + i * rate < H:
-                                _taps_row(acc, xb, (u + i * rate) * width, wf, (o * kh + i) * kw, offs, ncols)
-                    ob = np.uint64(((n * Cout + o) * Ho + y) * Wo)
-                    if stride == 1:
-                        for q in range(Wo):
-                            of[ob + np.uint64(q)] = acc[q] + b
-                    else:
-                        for q in range(Wo):
-                            of[ob + np.uint64(q)] = acc[q * stride] + b
+    xb = np.zeros(H * width, x.dtype)             # the padding stays zero: only the plane is written
+    acc = np.empty(ncols, x.dtype)
+    for p in range(p0, p1):
+        n, c = p // C, p % C
+        _fill_plane(xb, width, left, x, n, c)
+        for o in range(c * m, (c + 1) * m):
+            b = bias[o]
+            for y in range(Ho):
+                u = y * stride - ph  # the input row kernel row 0 reads; kernel row i reads u + i * rate
+                if kh == 3 and kw == 3 and u >= 0 and u + 2 * rate < H:
+                    _taps_3x3(acc, xb, u * width, (u + rate) * width, (u + 2 * rate) * width, wf, o * 9, offs, ncols)
+                else:
+                    acc[:] = 0
+                    for i in range(kh):
+                        if 0 <= u + i * rate < H:
+                            _taps_row(acc, xb, (u + i * rate) * width, wf, (o * kh + i) * kw, offs, ncols)
+                ob = np.uint64(((n * Cout + o) * Ho + y) * Wo)
+                if stride == 1:
+                    for q in range(Wo):
+                        of[ob + np.uint64(q)] = acc[q] + b
+                else:
+                    for q in range(Wo):
+                        of[ob + np.uint64(q)] = acc[q * stride] + b
 
 
-@numba.njit(cache=True, parallel=True, fastmath=_FAST)
-def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw, threads):
-    """dx and dweight (both zeroed on entry, C-contiguous) of the depthwise conv.
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw, c0, c1):
+    """dx and dweight (both zeroed on entry, C-contiguous) of the depthwise conv, for the input channels
+    c in [c0, c1): dx[:, c] and dweight[c * m:(c + 1) * m], summed over the batch in order.
 
     dweight[o, 0, i, j] = sum over n, y, q of dout[n, o, y, q] * x[n, c, y*stride + i*rate - ph, q*stride + j*rate - pw]
     (c = o // m);
@@ -278,38 +282,78 @@ def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw, thre
     dcols = _round_up(W, VEC)
     dwidth = max(doffs.max() + dcols, dleft + ncols)
     wf, dwf, dxf = weight.reshape(weight.size), dweight.reshape(dweight.size), dx.reshape(dx.size)
-    T = max(1, min(threads, C))
-    for t in numba.prange(T):
-        xb = np.zeros(H * width, x.dtype)
-        db = np.zeros(Ho * dwidth, x.dtype)       # between dout's pixels (stride > 1) it stays zero
-        acc = np.empty(dcols, x.dtype)
-        for c in range(t * C // T, (t + 1) * C // T):
-            for n in range(N):
-                _fill_plane(xb, width, left, x, n, c)
-                for o in range(c * m, (c + 1) * m):
+    xb = np.zeros(H * width, x.dtype)
+    db = np.zeros(Ho * dwidth, x.dtype)           # between dout's pixels (stride > 1) it stays zero
+    acc = np.empty(dcols, x.dtype)
+    for c in range(c0, c1):
+        for n in range(N):
+            _fill_plane(xb, width, left, x, n, c)
+            for o in range(c * m, (c + 1) * m):
+                for y in range(Ho):
+                    drow, b = dout[n, o, y], np.uint64(y * dwidth + dleft)
+                    for q in range(Wo):
+                        db[b + np.uint64(q * stride)] = drow[q]
+                for i in range(kh):  # dweight: dout's rows against the x rows kernel row i read
                     for y in range(Ho):
-                        drow, b = dout[n, o, y], np.uint64(y * dwidth + dleft)
-                        for q in range(Wo):
-                            db[b + np.uint64(q * stride)] = drow[q]
-                    for i in range(kh):           # dweight: dout's rows against the x rows kernel row i read
-                        for y in range(Ho):
-                            u = y * stride + i * rate - ph
-                            if 0 <= u < H:
-                                _dots_row(db, y * dwidth + dleft, xb, u * width, offs, ncols, dwf, (o * kh + i) * kw)
-                    for r in range(H):            # dx, row by row
-                        v = r + ph  # kernel row i brings dout row y with y * stride = v - i * rate
-                        if kh == 3 and kw == 3 and stride == 1 and v - 2 * rate >= 0 and v < Ho:
-                            _taps_3x3(acc, db, v * dwidth, (v - rate) * dwidth, (v - 2 * rate) * dwidth, wf, o * 9,
-                                      doffs, dcols)
-                        else:
-                            acc[:] = 0
-                            for i in range(kh):
-                                vi = v - i * rate
-                                if vi >= 0 and vi % stride == 0 and vi // stride < Ho:
-                                    _taps_row(acc, db, (vi // stride) * dwidth, wf, (o * kh + i) * kw, doffs, dcols)
-                        xr = np.uint64(((n * C + c) * H + r) * W)
-                        for q in range(W):
-                            dxf[xr + np.uint64(q)] += acc[q]
+                        u = y * stride + i * rate - ph
+                        if 0 <= u < H:
+                            _dots_row(db, y * dwidth + dleft, xb, u * width, offs, ncols, dwf, (o * kh + i) * kw)
+                for r in range(H):  # dx, row by row
+                    v = r + ph  # kernel row i brings dout row y with y * stride = v - i * rate
+                    if kh == 3 and kw == 3 and stride == 1 and v - 2 * rate >= 0 and v < Ho:
+                        _taps_3x3(acc, db, v * dwidth, (v - rate) * dwidth, (v - 2 * rate) * dwidth, wf, o * 9,
+                                  doffs, dcols)
+                    else:
+                        acc[:] = 0
+                        for i in range(kh):
+                            vi = v - i * rate
+                            if vi >= 0 and vi % stride == 0 and vi // stride < Ho:
+                                _taps_row(acc, db, (vi // stride) * dwidth, wf, (o * kh + i) * kw, doffs, dcols)
+                    xr = np.uint64(((n * C + c) * H + r) * W)
+                    for q in range(W):
+                        dxf[xr + np.uint64(q)] += acc[q]
+
+
+_POOL = [None, 0, 0]  # a ThreadPoolExecutor, its workers, the process it was made in
+
+
+def _split(kernel, total, threads, *args):
+    """kernel(*args, lo, hi) over [0, total) in min(threads, total) contiguous chunks: the first on the
+    calling thread, the others on a pool's threads (the kernels release the GIL); returns when all are done."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    T = 1 if numba.config.DISABLE_JIT else max(1, min(threads, total))
+    bounds = [t * total // T for t in range(T + 1)]
+    futures = []
+    if T > 1:
+        if _POOL[1] < T - 1 or _POOL[2] != os.getpid():  # a forked child does not inherit the workers
+            _POOL[:] = [ThreadPoolExecutor(T - 1, thread_name_prefix="minideeplab-depthwise"), T - 1, os.getpid()]
+        futures = [_POOL[0].submit(kernel, *args, bounds[t], bounds[t + 1]) for t in range(1, T)]
+    kernel(*args, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def depthwise_conv2d(x, weight, bias, rate, stride, ph, pw, Ho, Wo, threads=None):
+    """The depthwise forward (C == groups) on validated, C-contiguous arguments; bias (Cout,) or None;
+    ``threads`` chunks of planes (None: numba's thread count)."""
+    N, C = x.shape[:2]
+    Cout = weight.shape[0]
+    out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+    b = np.zeros(Cout, x.dtype) if bias is None else np.ascontiguousarray(bias)
+    _split(_depthwise_forward, N * C, numba.get_num_threads() if threads is None else threads,
+           x, weight, b, out, rate, stride, ph, pw)
+    return out
+
+
+def depthwise_conv2d_backward(dout, x, weight, rate, stride, ph, pw, threads=None):
+    """(dx, dweight) of the depthwise conv on validated, C-contiguous arguments; ``threads`` chunks of
+    channels (None: numba's thread count)."""
+    dx, dweight = np.zeros_like(x), np.zeros_like(weight)
+    _split(_depthwise_backward, x.shape[1], numba.get_num_threads() if threads is None else threads,
+           dout, x, weight, dx, dweight, rate, stride, ph, pw)
+    return dx, dweight
 
 
 @numba.njit(cache=True)
@@ -588,10 +632,7 @@ def _conv(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
     N, C = x.shape[:2]
     Cout = weight.shape[0]
     if C == groups:  # depthwise: one input channel per group
-        out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
-        _depthwise_forward(x, weight, np.zeros(Cout, x.dtype) if bias is None else np.ascontiguousarray(bias),
-                           out, rate, stride, ph, pw, numba.get_num_threads())
-        return out
+        return depthwise_conv2d(x, weight, bias, rate, stride, ph, pw, Ho, Wo)
     if use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
         out = _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, np.empty((N, Cout, Ho, Wo), dtype=x.dtype))
         if bias is not None:
@@ -645,8 +686,7 @@ def atrous_conv2d_backward(dout, x, weight, rate=1, stride=1, padding="same", gr
         "atrous_conv2d_backward", x, weight, None, rate, stride, padding, groups, dout=dout)
     dout, x, weight = np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(weight)
     if C == groups:
-        dx, dweight = np.zeros_like(x), np.zeros_like(weight)
-        _depthwise_backward(dout, x, weight, dx, dweight, int(rate), int(stride), ph, pw, numba.get_num_threads())
+        dx, dweight = depthwise_conv2d_backward(dout, x, weight, int(rate), int(stride), ph, pw)
         return dx, dweight, dout.sum(axis=(0, 2, 3))
     if stride == 1:
         dx, dweight = _backward_stride1(dout, x, weight, int(rate), ph, pw, int(groups))
