@@ -116,8 +116,8 @@ def test_bench_model_size_that_does_not_fit():
     res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--size", "500", "--threads", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip() == ("minideeplab bench: error: bench model: size 500 does not fit v3plus-xception65-os16: "
-                                  "its input must be a multiple of 16 (its output stride)")
+    assert res.stderr.strip() == ("minideeplab bench: error: bench model: size 500 does not fit "
+                                  "v3plus-xception65-os16: its input must be a multiple of 16 (its output stride)")
 
 
 def test_bench_model_json_wrong_row_is_valid_json(monkeypatch, capsys):

@@ -6,9 +6,9 @@ runs it through its registry; the twin is ``minideeplab.reference.mobilenet.Mobi
 
 Every conv is followed by batch norm (eps 0.001, momentum 0.01, torchvision's) and, except a block's
 ``project``, an activation (ReLU or hardswish): one ``conv_bn_act`` unit, ``units.conv_bn_*`` then the
-activation. The depthwise k x k conv is ``atrous_conv2d(..., groups=C)`` (numba's depthwise kernel). Squeeze-and-excitation (``se``) scales each
-channel by hardsigmoid(fc2(ReLU(fc1(mean over H, W)))); fc1 and fc2 are 1x1 convs with bias on a 1 x 1 map,
-computed here as matrix products.
+activation. The depthwise k x k conv is ``atrous_conv2d(..., groups=C)`` (numba's depthwise kernel).
+Squeeze-and-excitation (``se``) scales each channel by hardsigmoid(fc2(ReLU(fc1(mean over H, W)))); fc1
+and fc2 are 1x1 convs with bias on a 1 x 1 map, computed here as matrix products.
 """
 
 from __future__ import annotations
