@@ -38,14 +38,6 @@ def _precompile(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    import importlib
-
-    run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
-    options = {k: getattr(args, k) for k in ("backward", "window", "crf") if hasattr(args, k)}  # a suite's own
-    return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
-
-
 def _errors_to_exit(fn):
     """Run a sub-command; a bad argument or a missing file becomes one line on stderr and exit status 2
     (naming the process under torchrun)."""
@@ -60,6 +52,16 @@ def _errors_to_exit(fn):
             print(f"minideeplab {args.command}{who}: error: {e}", file=sys.stderr)
             return 2
     return run
+
+
+@_errors_to_exit
+def _bench(args) -> int:
+    import importlib
+
+    run = importlib.import_module(f"minideeplab.bench.{args.bench_command}").run
+    own = ("backward", "window", "crf", "depthwise", "size")  # a suite's own options
+    options = {k: getattr(args, k) for k in own if hasattr(args, k)}
+    return run(threads=args.threads, repeat=args.repeat, as_json=args.json, quick=args.quick, **options)
 
 
 def _train_config(args):
@@ -448,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     suites = {
         "atrous": ("atrous convolution on DeepLab layer shapes, forward and backward",
                    "Time minideeplab.scratch.atrous_conv2d (forward and backward) against "
-                   "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes, with the "
+                   "torch.nn.functional.conv2d on a fixed suite of DeepLab layer shapes (ASPP, "
+                   "backbone, and the depthwise convs of Xception-65 and MobileNetV3), with the "
                    "same thread count for numba, NumPy's BLAS and torch. Prints a table and the "
                    "median ratio scratch/torch.",
                    "threads for every library", 7, "small shapes, one repeat"),
@@ -459,12 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "Prints a table and the ratio scratch/pydensecrf.",
                 "numba threads for the scratch CRF", 5, "a 60x80 image, one repeat"),
         "model": ("a whole DeepLab forward pass against torch with the same weights",
-                  "Time the scratch DeepLab v3+ (ResNet-50, output stride 16) against the reference torch "
-                  "module, and torchvision's deeplabv3_resnet50 (output stride 8) against the scratch v3 "
-                  "holding its weights: 513x513, batch 1, eval, float32. Each side runs in its own process "
-                  "with the same thread count for torch, numba and NumPy's BLAS; the outputs are checked to "
-                  "agree. Prints a table of time and extra memory (peak RSS above the loaded model's) and "
-                  "the ratios scratch/torch.",
+                  "Time scratch DeepLab models against torch holding the same weights: v3+ on ResNet-50 and "
+                  "ResNet-101 (output stride 16) and on aligned Xception-65 (smp's layout, 512x512) against "
+                  "their reference twins; torchvision's deeplabv3_resnet50 (output stride 8), "
+                  "deeplabv3_mobilenet_v3_large and lraspp_mobilenet_v3_large against the scratch models "
+                  "holding their weights; 513x513 unless said, batch 1, eval, float32. Each side runs in its "
+                  "own process with the same thread count for torch, numba and NumPy's BLAS; the outputs are "
+                  "checked to agree. Prints a table of parameters, multiply-adds, time and extra memory "
+                  "(peak RSS above the loaded model's) and the ratios scratch/torch.",
                   "threads for every library", 3, "small models on a 65x65 input, one repeat"),
         "train": ("a DeepLab training step in NumPy against torch's, same weights and batch",
                   "Time a training step (forward + loss, backward, SGD update) of the mini DeepLab v3+ in NumPy "
@@ -486,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
             suite.add_argument("--crf", action="store_true",
                                help="also time the step of the same model with the CRF layer (5 mean-field "
                                     "iterations, the lattice) on 8 images of data/synthetic")
+        if name == "model":
+            suite.add_argument("--size", type=_positive(int), default=None, metavar="PIXELS",
+                               help="run every case on a PIXELS x PIXELS input (default: each case's own, 513 "
+                                    "or 512; smp's layout takes multiples of 16)")
+        if name == "atrous":
+            suite.add_argument("--depthwise", action="store_true",
+                               help="only the depthwise rows (groups == channels)")
         if name == "crf":
             suite.add_argument("--backward", action="store_true",
                                help="time the CRF as a layer: mean_field's backward against its forward "

@@ -37,6 +37,14 @@ CASES = [
     (1, 2, 1, 1, 3, (2, 2), 10, 1, 5, 1, True),          # no tap ever reads real input: bias only
     (1, 4, 9, 1, 2, (1, 2), 7, 2, 4, 2, False),          # the same, strided and grouped
     (2, 4, 9, 8, 6, (3, 3), 2, 1, "same", 2, True),      # stride-1 GEMM path with N > 1 and groups
+    # depthwise: each path of the depthwise kernels (3x3 in one pass, 5 taps a row, other widths tap by tap)
+    (2, 5, 11, 13, 5, (5, 5), 2, 1, "same", 5, True),    # 5x5 at rate 2 (MobileNetV3's last stage)
+    (1, 4, 17, 15, 4, (5, 5), 1, 2, "same", 4, False),   # 5x5, stride 2
+    (1, 3, 10, 9, 6, (3, 5), 3, 3, 2, 3, True),          # 2 outputs per channel, non-square, stride 3
+    (1, 4, 8, 8, 4, (3, 3), 12, 1, "same", 4, True),     # the off-centre taps read only padding
+    (2, 3, 7, 20, 3, (1, 7), 1, 1, "same", 3, False),    # a 1x7 kernel
+    (1, 2, 6, 6, 2, (3, 3), 1, 1, 5, 2, True),           # padding wider than the kernel's reach
+    (1, 8, 33, 35, 8, (3, 3), 2, 2, "same", 8, True),    # rows longer than a vector loop's unrolled step
     (2, 5, 17, 19, 7, (3, 3), 1, 1, "same", 1, True),    # im2col (few reads in the padding), N > 1
     (1, 3, 41, 39, 8, (7, 7), 1, 2, 3, 1, False),        # im2col: the ResNet stem, 7x7 stride 2
     (2, 4, 17, 16, 6, (3, 3), 1, 2, "same", 1, False),   # im2col, stride 2
@@ -97,6 +105,23 @@ def test_fused_matches_reference(dtype, case):
         assert out.shape == expected.shape and out.dtype == dtype
         assert _rel(out, expected) < TOL[dtype]
         assert relu is False or (out >= 0).all()
+
+
+def test_depthwise_same_result_on_any_number_of_threads():
+    """The depthwise kernels split planes (forward) and channels (backward) over threads, each owning what
+    it writes: 1 and 3 threads give the same bits."""
+    from minideeplab.scratch import atrous_fast as fast
+
+    x, weight, bias, kw = _inputs((3, 5, 12, 11, 10, (3, 3), 2, 2, "same", 5, True), np.float32, seed=7)
+    g = fast.check_conv2d("t", x, weight, bias, **kw)
+    args = (kw["rate"], kw["stride"], g.ph, g.pw)
+    one = fast.depthwise_conv2d(x, weight, bias, *args, g.Ho, g.Wo, threads=1)
+    three = fast.depthwise_conv2d(x, weight, bias, *args, g.Ho, g.Wo, threads=3)
+    assert np.array_equal(one, three) and _rel(one, ref.atrous_conv2d(x, weight, bias, **kw)) < 1e-5
+    dout = np.random.default_rng(8).standard_normal(one.shape).astype(np.float32)
+    for a, b in zip(fast.depthwise_conv2d_backward(dout, x, weight, *args, threads=1),
+                    fast.depthwise_conv2d_backward(dout, x, weight, *args, threads=3)):
+        assert np.array_equal(a, b)
 
 
 def test_im2col_and_tap_paths_are_both_tested():
@@ -263,9 +288,10 @@ def test_numba_disabled_runs_as_python():
         from minideeplab.reference import atrous as ref
         from minideeplab.scratch import atrous as scratch
         rng = np.random.default_rng(0)
-        for (C, Cout, groups, rate, stride, padding) in [(4, 6, 1, 2, 1, "same"), (4, 4, 2, 3, 2, 1), (4, 4, 4, 2, 1, "same")]:
+        for (C, Cout, groups, rate, stride, padding, k) in [(4, 6, 1, 2, 1, "same", 3), (4, 4, 2, 3, 2, 1, 3),
+                                                           (4, 4, 4, 2, 1, "same", 3), (4, 8, 4, 1, 2, "same", 5)]:
             x = rng.standard_normal((2, C, 9, 11))
-            w = rng.standard_normal((Cout, C // groups, 3, 3))
+            w = rng.standard_normal((Cout, C // groups, k, k))
             b = rng.standard_normal(Cout)
             kw = dict(rate=rate, stride=stride, padding=padding, groups=groups)
             out = scratch.atrous_conv2d(x, w, b, **kw)

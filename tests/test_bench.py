@@ -26,6 +26,16 @@ def test_bench_atrous_quick_json():
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert row["forward_max_rel_err"] < 1e-5 and row["backward_max_rel_err"] < 1e-5
     assert report["agree"] is True
+    assert {(r["kernel"], r["stride"], r["groups"] == r["C"]) for r in report["rows"]} == {
+        (3, 1, False), (3, 1, True), (5, 2, True)}  # a dense conv, and depthwise 3x3 and 5x5 stride 2
+
+
+def test_bench_atrous_depthwise_only():
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "atrous", "--depthwise", "--quick", "--json",
+                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert len(rows) == 2 and all(r["groups"] == r["C"] == r["Cout"] for r in rows)
 
 
 def test_bench_crf_quick_json():
@@ -79,13 +89,21 @@ def test_bench_crf_backward_and_window_quick_json(tmp_path):
 
 
 def test_bench_model_quick_json():
-    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--quick", "--json", "--threads", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--quick", "--json", "--threads", "1",
+                          "--size", "64"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)  # exactly one JSON object, nothing else on stdout
-    assert report["threads"] == 1 and report["quick"] is True and report["agree"] is True
+    assert report["threads"] == 1 and report["quick"] is True and report["agree"] is True and report["size"] == 64
     assert set(report["cases"]) == {"quick-v3plus-mini", "quick-torchvision-v3-resnet18-os32"}
+    from minideeplab.bench.cost import model_mult_adds
+    from minideeplab.scratch.deeplab import build_model
+
+    mini = report["cases"]["quick-v3plus-mini"]  # the counts are the model's, at the size it ran
+    assert mini["size"] == 64 and mini["input"] == "1x3x64x64"
+    assert mini["params"] == sum(p.size for p in build_model("v3plus", "mini", 16).params.values())
+    assert mini["mult_adds"] == sum(model_mult_adds("v3plus", "mini", 16, size=(64, 64)).values())
     for row in report["cases"].values():
+        assert row["params"] > 0 and row["mult_adds"] > 0
         for key in ("scratch_s", "torch_s", "ratio"):
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert row["scratch_extra_mb"] >= 0 and row["torch_extra_mb"] >= 0
@@ -104,6 +122,15 @@ def test_bench_train_quick_json():
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
         assert row["first_loss_rel_err"] <= report["max_rel_err_allowed"] == 1e-4
     assert math.isfinite(report["ratio"]) and report["ratio"] > 0
+
+
+def test_bench_model_size_that_does_not_fit():
+    """smp's layout takes multiples of its output stride: refused before any timing, naming the case."""
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "model", "--size", "500", "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == ("minideeplab bench: error: bench model: size 500 does not fit "
+                                  "v3plus-xception65-os16: its input must be a multiple of 16 (its output stride)")
 
 
 def test_bench_model_json_wrong_row_is_valid_json(monkeypatch, capsys):

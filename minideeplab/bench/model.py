@@ -4,6 +4,7 @@ Cases (batch 1, float32, eval):
 
     v3plus-resnet50-os16         scratch DeepLab v3+ (ResNet-50, output stride 16) against the reference
                                  twin (``minideeplab.reference.deeplab``) holding the same weights, 513x513
+    v3plus-resnet101-os16        the same on ResNet-101, 513x513
     torchvision-v3-resnet50-os8  torchvision's ``deeplabv3_resnet50(weights=None, weights_backbone=None,
                                  num_classes=21)`` (output stride 8) against the scratch v3 loaded with its
                                  weights (the state_dict keys are ours), 513x513
@@ -13,6 +14,12 @@ Cases (batch 1, float32, eval):
                                            513x513
     v3plus-xception65-os16       scratch DeepLab v3+ on aligned Xception-65 in smp's layout (what ``from_smp``
                                  makes of ``DeepLabV3Plus("tu-xception65")``) against its twin, 512x512
+
+``size``: every case at size x size instead of its own (a multiple of 16 for smp's layout): ``--size 512``
+gives the table of notebook 10 (``data/bench/model.json``).
+
+Each row also carries the model's parameter count and its convolutions' multiply-adds on its input
+(``bench.cost.mult_adds``, counted on the twin built on the meta device: shapes only, about a second).
 
 ``--quick``: a v3+ on the "mini" ResNet and a torchvision DeepLabV3 on ResNet-18 (output stride 32: torchvision's
 BasicBlock cannot dilate), 65x65, one repeat.
@@ -51,6 +58,7 @@ WARMUP_SIZE = 33    # the first (compiling) call runs on an input this small (>=
 # name -> kind ("minideeplab": our reference twin; "torchvision"), make_config arguments, input size
 CASES = {
     "v3plus-resnet50-os16": dict(kind="minideeplab", model=("v3plus", "resnet50", 16), options={}, size=513),
+    "v3plus-resnet101-os16": dict(kind="minideeplab", model=("v3plus", "resnet101", 16), options={}, size=513),
     "torchvision-v3-resnet50-os8": dict(kind="torchvision", model=("v3", "resnet50", 8), options={}, size=513),
     "torchvision-v3-mobilenet_v3_large": dict(kind="torchvision", model=("v3", "mobilenet_v3_large", 16), options={},
                                               size=513),
@@ -100,6 +108,31 @@ def _torch_module(case):
         trunk = IntermediateLayerGetter(resnet18(weights=None), return_layers={"layer4": "out"})
         return DeepLabV3(trunk, DeepLabHead(512, 21), None).eval()
     raise ValueError(f"bench model: no torchvision model for {case['model']}")
+
+
+def _check_size(case_name, config, size):
+    """A ValueError unless the model takes a size x size input: smp's layout needs a multiple of the
+    output stride, and any model an input at least as large as its output stride."""
+    if size < config.output_stride or (config.decoder_layout == "smp" and size % config.output_stride):
+        need = "a multiple of" if config.decoder_layout == "smp" else "at least"
+        raise ValueError(f"bench model: size {size} does not fit {case_name}: its input must be {need} "
+                         f"{config.output_stride} (its output stride)")
+
+
+def cost(case, size) -> dict:
+    """{"params": trainable parameters, "mult_adds": the convolutions' multiply-adds on one size x size
+    image} of a case's model, counted on the twin (on the meta device: shapes only)."""
+    import torch
+
+    from minideeplab.bench.cost import mult_adds
+    from minideeplab.reference.deeplab import DeepLabModule
+    from minideeplab.scratch.deeplab import model_parameter_shapes
+
+    config = _config(case)
+    with torch.device("meta"):
+        module = DeepLabModule(config).eval()
+    params = sum(int(np.prod(shape)) for shape in model_parameter_shapes(config)[0].values())
+    return dict(params=params, mult_adds=int(sum(mult_adds(module, (1, 3, size, size)).values())))
 
 
 def _weights(case, path):
@@ -248,21 +281,28 @@ def _json_safe(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
-def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
+def run(threads=2, repeat=3, as_json=False, quick=False, size=None) -> int:
     import numba
+
+    from minideeplab.specs.checks import is_int
 
     if threads < 1 or repeat < 1:
         raise ValueError(f"bench model: threads and repeat must be >= 1, got threads={threads}, repeat={repeat}")
+    if size is not None and (not is_int(size) or size < 1):
+        raise ValueError(f"bench model: size must be an int >= 1 or None (each case's own), got {size!r}")
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     cases, repeat = (QUICK_CASES, 1) if quick else (CASES, repeat)
+    sizes = {name: case["size"] if size is None else int(size) for name, case in cases.items()}
+    for name, case in cases.items():  # before minutes of timing
+        _check_size(name, _config(case), sizes[name])
     rows = {}
     with tempfile.TemporaryDirectory(prefix="minideeplab-bench-model-") as tmp:
         tmp = Path(tmp)
         for name, case in cases.items():
             weights, inp = tmp / f"{name}.npz", tmp / f"{name}-x.npy"
             _weights(case, weights)
-            size = case["size"]
-            np.save(inp, np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
+            px = sizes[name]
+            np.save(inp, np.random.default_rng(0).standard_normal((1, 3, px, px), dtype=np.float32))
             rep = {side: _child(side, name, threads, repeat, weights, inp, tmp / f"{name}-{side}.npy")
                    for side in ("scratch", "torch")}
             out_s, out_t = np.load(tmp / f"{name}-scratch.npy"), np.load(tmp / f"{name}-torch.npy")
@@ -271,7 +311,8 @@ def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
             err = (float(np.max(np.abs(out_s - out_t))) / scale
                    if out_s.shape == out_t.shape and 0 < scale < float("inf") else float("inf"))
             s, t = rep["scratch"], rep["torch"]
-            rows[name] = dict(kind=case["kind"], model=_config(case).describe(), input=f"1x3x{size}x{size}",
+            rows[name] = dict(kind=case["kind"], model=_config(case).describe(), input=f"1x3x{px}x{px}",
+                              size=px, **cost(case, px),
                               scratch_s=s["seconds"], torch_s=t["seconds"], ratio=s["seconds"] / t["seconds"],
                               scratch_extra_mb=s["extra_mb"], torch_extra_mb=t["extra_mb"],
                               memory_ratio=_ratio(s["extra_mb"], t["extra_mb"]),
@@ -282,21 +323,23 @@ def run(threads=2, repeat=3, as_json=False, quick=False) -> int:
     summary = dict(ratio=max(r["ratio"] for r in rows.values()), memory_ratio=max(mem) if mem else None,
                    max_rel_err=max(r["max_rel_err"] for r in rows.values()))
     if as_json:
-        print(json.dumps(_json_safe(dict(threads=threads, repeat=repeat, quick=quick, dtype="float32", batch=1,
-                                         agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, **summary, cases=rows)),
+        print(json.dumps(_json_safe(dict(threads=threads, repeat=repeat, quick=quick, size=size, dtype="float32",
+                                         batch=1, agree=not wrong, max_rel_err_allowed=MAX_REL_ERR, **summary,
+                                         cases=rows)),
                          allow_nan=False))
         return 1 if wrong else 0
     print(f"DeepLab forward, float32, batch 1, eval; {threads} threads for torch, numba and BLAS, each side in its "
           f"own process; median of {repeat}; ratio = scratch / torch (lower is better); memory: peak RSS above "
           f"the RSS with model and input loaded")
-    head = (f"{'case':<36}{'input':>8} | {'scratch':>8}{'torch':>8}{'ratio':>7} | "
+    head = (f"{'case':<36}{'input':>6}{'params':>8}{'GMACs':>7} | {'scratch':>8}{'torch':>8}{'ratio':>7} | "
             f"{'scratch':>9}{'torch':>9}{'ratio':>7} | {'rel err':>8}")
-    print(f"{'':<36}{'':>8} | {'time':^23} | {'extra memory':^25} |")
+    print(f"{'':<36}{'':>21} | {'time':^23} | {'extra memory':^25} |")
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
         mr = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
-        print(f"{name:<36}{r['input'].split('x', 2)[2]:>8} | {r['scratch_s']:>7.3f}s{r['torch_s']:>7.3f}s"
+        print(f"{name:<36}{r['size']:>6}{r['params'] / 1e6:>7.1f}M{r['mult_adds'] / 1e9:>7.1f} | "
+              f"{r['scratch_s']:>7.3f}s{r['torch_s']:>7.3f}s"
               f"{r['ratio']:>7.2f} | {r['scratch_extra_mb']:>7.0f}MB{r['torch_extra_mb']:>7.0f}MB{mr:>7} | "
               f"{r['max_rel_err']:>8.1e}")
     if wrong:

@@ -16,16 +16,19 @@ saves most of the work; PyTorch's oneDNN kernels do the same.
 * the input gradient of a stride-1 conv is a stride-1 conv of dout with the kernel flipped and its
   channel axes swapped, so it reuses the forward; dweight_t = dout[R_t] @ x[R_t shifted]^T.
 * any stride (``_forward_strided``): per tap, gather what it reads (im2col restricted to R_t), GEMM, add.
-* depthwise (one input channel per group): no GEMM worth the name, a numba loop per channel.
+* depthwise (one input channel per group): no GEMM worth the name, a numba kernel of its own
+  (``_depthwise_forward`` / ``_depthwise_backward``, described where they are defined); the plain loops to
+  read are ``atrous.atrous_conv2d_naive``, and the tests run the same cases through both.
 * im2col (``_forward_im2col``): when few of the kernel's reads fall in the padding (a backbone conv,
   the 7x7 stem, any stride), one GEMM over K = C*kh*kw per band of output rows, written straight
   into the output: no per-tap partial sums to add up. Bands bound the column buffer (``IM2COL_BYTES``).
 * ``conv2d_fused``: the eval unit act(conv(x) * scale + shift (+ residual)): the conv's GEMMs, then
   one in-place pass (``_affine_act``) for eval batch norm, the residual sum and the ReLU. No cache.
 
-The numba kernels are serial on purpose: BLAS already uses every core, and a numba parallel region
-(OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms instead of 1 ms for
-a gather + GEMM + scatter on 2 cores). The serial copies cost a few percent of the GEMMs.
+The numba kernels of the GEMM paths are serial on purpose: BLAS already uses every core, and a numba
+parallel region (OpenMP) next to OpenBLAS's threads made both spin against each other (measured: 8 ms
+instead of 1 ms for a gather + GEMM + scatter on 2 cores). The serial copies cost a few percent of the
+GEMMs. The depthwise kernels, which have no GEMM to hide behind, split their planes over a few threads.
 """
 
 from __future__ import annotations
@@ -91,72 +94,275 @@ def _tap_range(size, out, off, stride):
     return max(0, -(off // stride)), min(out, -((off - size) // stride))  # -(a // b) is ceil(-a / b)
 
 
+# ---------------------------------------------------------------------------------------------
+# depthwise (one input channel per group): no GEMM worth the name, so numba loops, one plane at a time.
+#
+# Each (image, channel) plane is copied once into a zero-padded buffer ``xb``: every tap then reads a
+# plain run of memory, padding included, and the loop over an output row has no boundary to handle
+# (a tap that reads the padding multiplies zeros). The taps of one kernel row are done in one pass
+# over the row (``_taps_row``), so the row's sums stay in registers and are stored once per kernel
+# row, not once per tap. Output rows are computed ``VEC`` pixels at a time (rounded up, the extra
+# pixels read zeros and are dropped): the vector loops then have no scalar tail, which on 33-pixel
+# rows would be a quarter of the work. A strided conv computes its rows at full column resolution
+# and keeps every stride-th pixel: twice the multiply-adds at stride 2, but contiguous, vectorised
+# reads instead of strided ones.
+#
+# The hot loops index flat arrays with unsigned integers: numba checks a signed index for
+# wrap-around (a[-1]), which stops LLVM from vectorising, and a slice taken inside the loops costs
+# its reference counting, more than the row's arithmetic on 33-pixel rows (measured: 2x the time).
+# The row helpers are inlined into the kernels (inline="always"): called, each costs its arguments'
+# reference counting too (measured: 90 ns a call instead of 11 ns).
+#
+# The work is split over threads in contiguous chunks (``_split``): the forward's (image, channel)
+# planes; in the backward whole channels, each chunk owning dx[:, c] and dweight[c's outputs] and summing
+# over the batch in a fixed order, so the result is the same on any number of threads and no two threads
+# write the same element. The threads are Python threads running the kernels without the GIL (nogil), not
+# a numba parallel region: OpenMP's workers, woken between two OpenBLAS calls whose own workers still
+# spin, waited for a core (measured in Xception-65 on 2 cores: the depthwise convs 3.3 s in a prange, 0.5 s
+# serial, the GEMMs unchanged).
+
+VEC = 8  # pixels per vector (8 float32 in AVX2): output rows are computed in multiples of this
+_FAST = {"reassoc", "nsz", "contract"}  # lets LLVM vectorise the sums (changes their order, nothing else)
+
+
 @numba.njit(cache=True)
-def _depthwise_forward(x, weight, out, rate, stride, ph, pw):
-    """out[n, o] += sum_taps weight[o, 0, i, j] * x[n, o // m] (shifted), m = Cout / C outputs per channel.
-    ``out`` comes in holding the bias."""
+def _round_up(n, k):
+    return -(-n // k) * k
+
+
+@numba.njit(cache=True)
+def _offsets(kw, rate, sign, pad, left):
+    """offs[j] = sign * j * rate - pad + left: where tap j of a kernel row starts reading in a buffer row
+    whose first ``left`` columns are padding."""
+    offs = np.empty(kw, np.int64)
+    for j in range(kw):
+        offs[j] = sign * j * rate - pad + left
+    return offs
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
+def _taps_row(acc, xf, base, wf, wbase, offs, n):
+    """acc[q] += sum_j wf[wbase + j] * xf[base + offs[j] + q] for q < n: all taps of one kernel row
+    in one pass. 3 and 5 taps (DeepLab's backbones' kernels) are written out; others go tap by tap."""
+    kw = offs.shape[0]
+    if kw == 3:
+        w0, w1, w2 = wf[wbase], wf[wbase + 1], wf[wbase + 2]
+        b0, b1, b2 = np.uint64(base + offs[0]), np.uint64(base + offs[1]), np.uint64(base + offs[2])
+        for q in range(n):
+            uq = np.uint64(q)
+            acc[uq] += w0 * xf[b0 + uq] + w1 * xf[b1 + uq] + w2 * xf[b2 + uq]
+    elif kw == 5:
+        w0, w1, w2, w3, w4 = wf[wbase], wf[wbase + 1], wf[wbase + 2], wf[wbase + 3], wf[wbase + 4]
+        b0, b1, b2 = np.uint64(base + offs[0]), np.uint64(base + offs[1]), np.uint64(base + offs[2])
+        b3, b4 = np.uint64(base + offs[3]), np.uint64(base + offs[4])
+        for q in range(n):
+            uq = np.uint64(q)
+            acc[uq] += (w0 * xf[b0 + uq] + w1 * xf[b1 + uq] + w2 * xf[b2 + uq]
+                        + w3 * xf[b3 + uq] + w4 * xf[b4 + uq])
+    else:
+        for j in range(kw):
+            wv, b = wf[wbase + j], np.uint64(base + offs[j])
+            for q in range(n):
+                uq = np.uint64(q)
+                acc[uq] += wv * xf[b + uq]
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
+def _taps_3x3(acc, xf, base0, base1, base2, wf, wbase, offs, n):
+    """acc[q] = sum_{i, j} wf[wbase + 3i + j] * xf[base_i + offs[j] + q] for q < n: a whole 3x3 kernel in
+    one pass, for the output rows whose three input rows are all real (most of them): acc is written once."""
+    w00, w01, w02 = wf[wbase], wf[wbase + 1], wf[wbase + 2]
+    w10, w11, w12 = wf[wbase + 3], wf[wbase + 4], wf[wbase + 5]
+    w20, w21, w22 = wf[wbase + 6], wf[wbase + 7], wf[wbase + 8]
+    b00, b01, b02 = np.uint64(base0 + offs[0]), np.uint64(base0 + offs[1]), np.uint64(base0 + offs[2])
+    b10, b11, b12 = np.uint64(base1 + offs[0]), np.uint64(base1 + offs[1]), np.uint64(base1 + offs[2])
+    b20, b21, b22 = np.uint64(base2 + offs[0]), np.uint64(base2 + offs[1]), np.uint64(base2 + offs[2])
+    for q in range(n):
+        uq = np.uint64(q)
+        acc[uq] = (w00 * xf[b00 + uq] + w01 * xf[b01 + uq] + w02 * xf[b02 + uq]
+                   + w10 * xf[b10 + uq] + w11 * xf[b11 + uq] + w12 * xf[b12 + uq]
+                   + w20 * xf[b20 + uq] + w21 * xf[b21 + uq] + w22 * xf[b22 + uq])
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
+def _dots_row(df, dbase, xf, base, offs, n, dwf, dwbase):
+    """dwf[dwbase + j] += sum_q df[dbase + q] * xf[base + offs[j] + q] for q < n: the dweight terms of
+    one kernel row (3 taps in one pass)."""
+    kw = offs.shape[0]
+    d = np.uint64(dbase)
+    if kw == 3:
+        b0, b1, b2 = np.uint64(base + offs[0]), np.uint64(base + offs[1]), np.uint64(base + offs[2])
+        s0 = s1 = s2 = dwf[0] * 0
+        for q in range(n):
+            uq = np.uint64(q)
+            dq = df[d + uq]
+            s0 += dq * xf[b0 + uq]
+            s1 += dq * xf[b1 + uq]
+            s2 += dq * xf[b2 + uq]
+        dwf[dwbase] += s0
+        dwf[dwbase + 1] += s1
+        dwf[dwbase + 2] += s2
+    else:
+        for j in range(kw):
+            b = np.uint64(base + offs[j])
+            acc = dwf[0] * 0
+            for q in range(n):
+                uq = np.uint64(q)
+                acc += df[d + uq] * xf[b + uq]
+            dwf[dwbase + j] += acc
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_plane(xb, width, left, x, n, c):
+    """Rows of the plane x[n, c] into the flat buffer xb, row r at [r * width + left, ... + W)."""
+    H, W = x.shape[2], x.shape[3]
+    for r in range(H):
+        xrow = x[n, c, r]
+        b = np.uint64(r * width + left)
+        for q in range(W):
+            xb[b + np.uint64(q)] = xrow[q]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, p0, p1):
+    """out[n, o] = bias[o] + sum_taps weight[o, 0, i, j] * x[n, o // m] (shifted), m = Cout / C outputs
+    per channel, for the planes p = n * C + c in [p0, p1). x (N, C, H, W), weight (Cout, 1, kh, kw),
+    bias (Cout,), out (N, Cout, Ho, Wo) written, all C-contiguous."""
     N, C, H, W = x.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = out.shape[2], out.shape[3]
     m = Cout // C
-    for n in range(N):
-        for o in range(Cout):
-            c = o // m
-            for i in range(kh):
-                dy = i * rate - ph
-                ylo, yhi = _tap_range(H, Ho, dy, stride)
-                for j in range(kw):
-                    dx = j * rate - pw
-                    xlo, xhi = _tap_range(W, Wo, dx, stride)
-                    wv = weight[o, 0, i, j]
-                    for y in range(ylo, yhi):
-                        # 1-D slices indexed from 0 (no negative-index checks); with stride 1 the slice
-                        # has no step, so numba knows it is contiguous and the loop vectorises (3x here).
-                        # The branches keep separate names: one variable for both would lose that.
-                        orow = out[n, o, y, xlo:xhi]
-                        if stride == 1:
-                            xrow1 = x[n, c, y + dy, xlo + dx:xhi + dx]
-                            for q in range(xhi - xlo):
-                                orow[q] += wv * xrow1[q]
-                        else:
-                            xrow = x[n, c, y * stride + dy, xlo * stride + dx:(xhi - 1) * stride + dx + 1:stride]
-                            for q in range(xhi - xlo):
-                                orow[q] += wv * xrow[q]
+    left = max(0, pw)                              # zero columns before the plane in a buffer row
+    offs = _offsets(kw, rate, 1, pw, left)
+    ncols = _round_up((Wo - 1) * stride + 1, VEC)  # an output row at full column resolution
+    width = max(offs.max() + ncols, left + W)
+    wf, of = weight.reshape(weight.size), out.reshape(out.size)
+    xb = np.zeros(H * width, x.dtype)             # the padding stays zero: only the plane is written
+    acc = np.empty(ncols, x.dtype)
+    for p in range(p0, p1):
+        n, c = p // C, p % C
+        _fill_plane(xb, width, left, x, n, c)
+        for o in range(c * m, (c + 1) * m):
+            b = bias[o]
+            for y in range(Ho):
+                u = y * stride - ph  # the input row kernel row 0 reads; kernel row i reads u + i * rate
+                if kh == 3 and kw == 3 and u >= 0 and u + 2 * rate < H:
+                    _taps_3x3(acc, xb, u * width, (u + rate) * width, (u + 2 * rate) * width, wf, o * 9, offs, ncols)
+                else:
+                    acc[:] = 0
+                    for i in range(kh):
+                        if 0 <= u + i * rate < H:
+                            _taps_row(acc, xb, (u + i * rate) * width, wf, (o * kh + i) * kw, offs, ncols)
+                ob = np.uint64(((n * Cout + o) * Ho + y) * Wo)
+                if stride == 1:
+                    for q in range(Wo):
+                        of[ob + np.uint64(q)] = acc[q] + b
+                else:
+                    for q in range(Wo):
+                        of[ob + np.uint64(q)] = acc[q * stride] + b
 
 
-# reassociation lets LLVM vectorise the dot products (it changes the summation order, nothing else)
-@numba.njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw):
-    """dx (zeroed on entry) and dweight for the depthwise conv; one (n, c) plane at a time."""
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _depthwise_backward(dout, x, weight, dx, dweight, rate, stride, ph, pw, c0, c1):
+    """dx and dweight (both zeroed on entry, C-contiguous) of the depthwise conv, for the input channels
+    c in [c0, c1): dx[:, c] and dweight[c * m:(c + 1) * m], summed over the batch in order.
+
+    dweight[o, 0, i, j] = sum over n, y, q of dout[n, o, y, q] * x[n, c, y*stride + i*rate - ph, q*stride + j*rate - pw]
+    (c = o // m);
+    dx is the transposed conv: dx[n, c, r, s] sums weight[o, 0, i, j] * dout[n, o, y, q] over the taps with
+    y*stride = r + ph - i*rate and q*stride = s + pw - j*rate: a stride-1 correlation of dout with zeros
+    inserted between its pixels (``db``, dout's rows at full column resolution) and the kernel read backwards."""
     N, C, H, W = x.shape
     Cout, _, kh, kw = weight.shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     m = Cout // C
-    for o in range(Cout):
-        c = o // m
-        for i in range(kh):
-            dy = i * rate - ph
-            ylo, yhi = _tap_range(H, Ho, dy, stride)
-            for j in range(kw):
-                ox = j * rate - pw
-                xlo, xhi = _tap_range(W, Wo, ox, stride)
-                wv = weight[o, 0, i, j]
-                acc = 0.0
-                for n in range(N):
-                    for y in range(ylo, yhi):
-                        drow = dout[n, o, y, xlo:xhi]
-                        if stride == 1:  # contiguous slices, as in the forward
-                            xrow1, dxrow1 = x[n, c, y + dy, xlo + ox:xhi + ox], dx[n, c, y + dy, xlo + ox:xhi + ox]
-                            for q in range(xhi - xlo):
-                                acc += drow[q] * xrow1[q]
-                                dxrow1[q] += wv * drow[q]
-                        else:
-                            cols = slice(xlo * stride + ox, (xhi - 1) * stride + ox + 1, stride)
-                            xrow, dxrow = x[n, c, y * stride + dy, cols], dx[n, c, y * stride + dy, cols]
-                            for q in range(xhi - xlo):
-                                acc += drow[q] * xrow[q]
-                                dxrow[q] += wv * drow[q]
-                dweight[o, 0, i, j] = acc
+    left = max(0, pw)
+    offs = _offsets(kw, rate, 1, pw, left)        # as the forward: where tap j reads x
+    ncols = _round_up((Wo - 1) * stride + 1, VEC)
+    width = max(offs.max() + ncols, left + W)
+    dleft = max(0, rate * (kw - 1) - pw)          # zero columns before dout's row in db
+    doffs = _offsets(kw, rate, -1, -pw, dleft)    # where tap j reads db for dx: s + pw - j*rate (+ dleft)
+    dcols = _round_up(W, VEC)
+    dwidth = max(doffs.max() + dcols, dleft + ncols)
+    wf, dwf, dxf = weight.reshape(weight.size), dweight.reshape(dweight.size), dx.reshape(dx.size)
+    xb = np.zeros(H * width, x.dtype)
+    db = np.zeros(Ho * dwidth, x.dtype)           # between dout's pixels (stride > 1) it stays zero
+    acc = np.empty(dcols, x.dtype)
+    for c in range(c0, c1):
+        for n in range(N):
+            _fill_plane(xb, width, left, x, n, c)
+            for o in range(c * m, (c + 1) * m):
+                for y in range(Ho):
+                    drow, b = dout[n, o, y], np.uint64(y * dwidth + dleft)
+                    for q in range(Wo):
+                        db[b + np.uint64(q * stride)] = drow[q]
+                for i in range(kh):  # dweight: dout's rows against the x rows kernel row i read
+                    for y in range(Ho):
+                        u = y * stride + i * rate - ph
+                        if 0 <= u < H:
+                            _dots_row(db, y * dwidth + dleft, xb, u * width, offs, ncols, dwf, (o * kh + i) * kw)
+                for r in range(H):  # dx, row by row
+                    v = r + ph  # kernel row i brings dout row y with y * stride = v - i * rate
+                    if kh == 3 and kw == 3 and stride == 1 and v - 2 * rate >= 0 and v < Ho:
+                        _taps_3x3(acc, db, v * dwidth, (v - rate) * dwidth, (v - 2 * rate) * dwidth, wf, o * 9,
+                                  doffs, dcols)
+                    else:
+                        acc[:] = 0
+                        for i in range(kh):
+                            vi = v - i * rate
+                            if vi >= 0 and vi % stride == 0 and vi // stride < Ho:
+                                _taps_row(acc, db, (vi // stride) * dwidth, wf, (o * kh + i) * kw, doffs, dcols)
+                    xr = np.uint64(((n * C + c) * H + r) * W)
+                    for q in range(W):
+                        dxf[xr + np.uint64(q)] += acc[q]
+
+
+_POOL = [None, 0, 0]  # a ThreadPoolExecutor, its workers, the process it was made in
+
+
+def _split(kernel, total, threads, *args):
+    """kernel(*args, lo, hi) over [0, total) in min(threads, total) contiguous chunks: the first on the
+    calling thread, the others on a pool's threads (the kernels release the GIL); returns when all are done."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    T = 1 if numba.config.DISABLE_JIT else max(1, min(threads, total))
+    bounds = [t * total // T for t in range(T + 1)]
+    futures, first_done = [], False
+    if T > 1 and not getattr(kernel, "signatures", True):
+        # nothing compiled (or loaded from the cache) yet in this process: the calling thread does that alone,
+        # before any worker asks for the same specialisation
+        kernel(*args, bounds[0], bounds[1])
+        first_done = True
+    if T > 1:
+        if _POOL[1] < T - 1 or _POOL[2] != os.getpid():  # a forked child does not inherit the workers
+            _POOL[:] = [ThreadPoolExecutor(T - 1, thread_name_prefix="minideeplab-depthwise"), T - 1, os.getpid()]
+        futures = [_POOL[0].submit(kernel, *args, bounds[t], bounds[t + 1]) for t in range(1, T)]
+    if not first_done:
+        kernel(*args, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def depthwise_conv2d(x, weight, bias, rate, stride, ph, pw, Ho, Wo, threads=None):
+    """The depthwise forward (C == groups) on validated, C-contiguous arguments; bias (Cout,) or None;
+    ``threads`` chunks of planes (None: numba's thread count)."""
+    N, C = x.shape[:2]
+    Cout = weight.shape[0]
+    out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
+    b = np.zeros(Cout, x.dtype) if bias is None else np.ascontiguousarray(bias)
+    _split(_depthwise_forward, N * C, numba.get_num_threads() if threads is None else threads,
+           x, weight, b, out, rate, stride, ph, pw)
+    return out
+
+
+def depthwise_conv2d_backward(dout, x, weight, rate, stride, ph, pw, threads=None):
+    """(dx, dweight) of the depthwise conv on validated, C-contiguous arguments; ``threads`` chunks of
+    channels (None: numba's thread count)."""
+    dx, dweight = np.zeros_like(x), np.zeros_like(weight)
+    _split(_depthwise_backward, x.shape[1], numba.get_num_threads() if threads is None else threads,
+           dout, x, weight, dx, dweight, rate, stride, ph, pw)
+    return dx, dweight
 
 
 @numba.njit(cache=True)
@@ -435,10 +641,7 @@ def _conv(x, weight, bias, rate, stride, ph, pw, groups, Ho, Wo):
     N, C = x.shape[:2]
     Cout = weight.shape[0]
     if C == groups:  # depthwise: one input channel per group
-        out = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)
-        out[...] = 0 if bias is None else bias[None, :, None, None]
-        _depthwise_forward(x, weight, out, rate, stride, ph, pw)
-        return out
+        return depthwise_conv2d(x, weight, bias, rate, stride, ph, pw, Ho, Wo)
     if use_im2col(x, weight, rate, stride, ph, pw, groups, Ho, Wo):
         out = _forward_im2col(x, weight, rate, stride, ph, pw, Ho, Wo, np.empty((N, Cout, Ho, Wo), dtype=x.dtype))
         if bias is not None:
@@ -492,8 +695,7 @@ def atrous_conv2d_backward(dout, x, weight, rate=1, stride=1, padding="same", gr
         "atrous_conv2d_backward", x, weight, None, rate, stride, padding, groups, dout=dout)
     dout, x, weight = np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(weight)
     if C == groups:
-        dx, dweight = np.zeros_like(x), np.empty_like(weight)
-        _depthwise_backward(dout, x, weight, dx, dweight, int(rate), int(stride), ph, pw)
+        dx, dweight = depthwise_conv2d_backward(dout, x, weight, int(rate), int(stride), ph, pw)
         return dx, dweight, dout.sum(axis=(0, 2, 3))
     if stride == 1:
         dx, dweight = _backward_stride1(dout, x, weight, int(rate), ph, pw, int(groups))

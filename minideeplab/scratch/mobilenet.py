@@ -5,10 +5,10 @@ stride 8: LR-ASPP's low branch, DeepLabV3's aux head) and ``out`` (features[16])
 runs it through its registry; the twin is ``minideeplab.reference.mobilenet.MobileNetV3Backbone``.
 
 Every conv is followed by batch norm (eps 0.001, momentum 0.01, torchvision's) and, except a block's
-``project``, an activation (ReLU or hardswish): one ``conv_bn_act`` unit. The depthwise k x k conv is
-``atrous_conv2d(..., groups=C)`` (numba's depthwise path). Squeeze-and-excitation (``se``) scales each
-channel by hardsigmoid(fc2(ReLU(fc1(mean over H, W)))); fc1 and fc2 are 1x1 convs with bias on a 1 x 1 map,
-computed here as matrix products.
+``project``, an activation (ReLU or hardswish): one ``conv_bn_act`` unit, ``units.conv_bn_*`` then the
+activation. The depthwise k x k conv is ``atrous_conv2d(..., groups=C)`` (numba's depthwise kernel).
+Squeeze-and-excitation (``se``) scales each channel by hardsigmoid(fc2(ReLU(fc1(mean over H, W)))); fc1
+and fc2 are 1x1 convs with bias on a 1 x 1 map, computed here as matrix products.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from minideeplab.scratch.atrous import atrous_conv2d, atrous_conv2d_backward, conv2d_fused
-from minideeplab.scratch.layers import (BatchNormCache, batch_norm2d, batch_norm2d_backward, hardsigmoid,
-                                        hardsigmoid_backward, hardswish, hardswish_backward, relu, relu_backward)
+from minideeplab.scratch.layers import (hardsigmoid, hardsigmoid_backward, hardswish, hardswish_backward, relu,
+                                        relu_backward)
 from minideeplab.scratch.params import bn_shapes
-from minideeplab.scratch.units import bn_scale_shift, check_channels
+from minideeplab.scratch.units import ConvBNCache, conv_bn_backward, conv_bn_forward, conv_bn_infer
 from minideeplab.specs.mobilenet import MOBILENET_BN_EPS, MOBILENET_BN_MOMENTUM, InvertedResidualPlan, MobileNetV3
 
 __all__ = ["parameter_shapes", "ConvBNActCache", "conv_bn_act_forward", "conv_bn_act_backward", "conv_bn_act_infer",
@@ -62,53 +61,35 @@ def parameter_shapes(spec: MobileNetV3) -> tuple[dict[str, tuple], dict[str, tup
 
 
 class ConvBNActCache(NamedTuple):
-    name: str              # the unit's prefix, e.g. "4.block.1"
-    x: np.ndarray          # the conv's input
-    weight: np.ndarray
-    stride: int
-    dilation: int
-    groups: int
-    bn_cache: BatchNormCache
+    conv_bn: ConvBNCache   # the conv + BN unit's (``units.conv_bn_forward``)
     act: str | None        # "relu", "hardswish" or None
     h: np.ndarray | None   # the activation's input (BN output); None without an activation
 
 
 def conv_bn_act_forward(x, params, buffers, name, stride, dilation, groups, act, training):
-    """act(BN(conv(x))): conv ``name.0`` (no bias, "same" padding dilation * (k - 1) / 2, ``groups``), BN
-    ``name.1`` (eps 0.001, momentum 0.01), act "relu", "hardswish" or None.
-    x (N, C, H, W) -> (y (N, Cout, ceil(H / stride), ceil(W / stride)), ConvBNActCache). Training updates
-    the BN's running statistics in ``buffers`` in place."""
-    w = params[f"{name}.0.weight"]
-    h = atrous_conv2d(x, w, None, rate=dilation, stride=stride, padding="same", groups=groups)
-    bn = f"{name}.1"
-    h, bn_cache = batch_norm2d(h, params[f"{bn}.weight"], params[f"{bn}.bias"], buffers[f"{bn}.running_mean"],
-                               buffers[f"{bn}.running_var"], training, MOBILENET_BN_MOMENTUM, MOBILENET_BN_EPS)
-    if training:
-        buffers[f"{bn}.num_batches_tracked"] += 1
+    """act(BN(conv(x))): ``units.conv_bn_forward`` with conv ``name.0`` (no bias, "same" padding
+    dilation * (k - 1) / 2, ``groups``) and BN ``name.1`` (eps 0.001, momentum 0.01), then act "relu",
+    "hardswish" or None. x (N, C, H, W) -> (y (N, Cout, ceil(H / stride), ceil(W / stride)), ConvBNActCache).
+    Training updates the BN's running statistics in ``buffers`` in place."""
+    h, c = conv_bn_forward(x, params, buffers, f"{name}.0", f"{name}.1", stride, dilation, training,
+                           MOBILENET_BN_EPS, groups, MOBILENET_BN_MOMENTUM)
     y = h if act is None else _ACTS[act][0](h)
-    return y, ConvBNActCache(name, x, w, stride, dilation, groups, bn_cache, act, None if act is None else h)
+    return y, ConvBNActCache(c, act, None if act is None else h)
 
 
 def conv_bn_act_backward(dy, cache):
     """dy (N, Cout, Ho, Wo) -> (dx, {name.0.weight, name.1.weight, name.1.bias})."""
-    c = cache
-    if c.act is not None:
-        dy = _ACTS[c.act][1](dy, c.h)
-    dh, dgamma, dbeta = batch_norm2d_backward(dy, c.bn_cache)
-    dx, dw, _ = atrous_conv2d_backward(dh, c.x, c.weight, rate=c.dilation, stride=c.stride, padding="same",
-                                       groups=c.groups)
-    return dx, {f"{c.name}.0.weight": dw, f"{c.name}.1.weight": dgamma, f"{c.name}.1.bias": dbeta}
+    if cache.act is not None:
+        dy = _ACTS[cache.act][1](dy, cache.h)
+    return conv_bn_backward(dy, cache.conv_bn)
 
 
 def conv_bn_act_infer(x, params, buffers, name, stride, dilation, groups, act, residual=None):
     """Eval ``conv_bn_act_forward`` without a cache (+ ``residual`` after the BN, for a project unit):
-    the conv, then BN (+ residual, + ReLU) in one in-place pass; hardswish in place after it."""
-    bn = f"{name}.1"
-    w = params[f"{name}.0.weight"]
-    check_channels("conv_bn_act_infer", x, w, {f"{bn}.{k}": params[f"{bn}.{k}"] for k in ("weight", "bias")}
-                   | {f"{bn}.{k}": buffers[f"{bn}.{k}"] for k in ("running_mean", "running_var")})
-    scale, shift = bn_scale_shift(params, buffers, bn, MOBILENET_BN_EPS)
-    y = conv2d_fused(x, w, scale, shift, dilation, stride, "same", groups, residual=residual, relu=act == "relu")
+    ``units.conv_bn_infer`` (the conv, then BN (+ residual, + ReLU) in one in-place pass), hardswish in
+    place after it."""
+    y = conv_bn_infer(x, params, buffers, f"{name}.0", f"{name}.1", stride, dilation, relu=act == "relu",
+                      residual=residual, eps=MOBILENET_BN_EPS, groups=groups)
     return _hardswish_inplace(y) if act == "hardswish" else y
 
 

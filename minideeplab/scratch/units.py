@@ -40,16 +40,17 @@ class ConvBNCache(NamedTuple):
     groups: int = 1
 
 
-def conv_bn_forward(x, params, buffers, conv, bn, stride, dilation, training, eps=BN_EPS, groups=1):
+def conv_bn_forward(x, params, buffers, conv, bn, stride, dilation, training, eps=BN_EPS, groups=1, momentum=0.1):
     """Conv (no bias, "same" padding dilation * (k - 1) / 2) then batch norm.
     x (N, C, H, W) -> (y (N, Cout, ceil(H / stride), ceil(W / stride)), ConvBNCache).
     ``conv``, ``bn``: the names, e.g. "layer1.0.conv1", "layer1.0.bn1". Training updates the BN's
     running statistics in ``buffers`` in place and counts the batch in num_batches_tracked, as torch.
-    eps: the BN's (torch's 1e-5; TF's and so Xception's 1e-3); groups: the conv's (x's channels: depthwise)."""
+    eps, momentum: the BN's (torch's 1e-5 and 0.1; TF's eps and so Xception's 1e-3; torchvision's MobileNetV3
+    1e-3 and 0.01); groups: the conv's (x's channels: depthwise)."""
     w = params[f"{conv}.weight"]
     h = atrous_conv2d(x, w, None, rate=dilation, stride=stride, padding="same", groups=groups)
     y, bn_cache = batch_norm2d(h, params[f"{bn}.weight"], params[f"{bn}.bias"],
-                               buffers[f"{bn}.running_mean"], buffers[f"{bn}.running_var"], training, eps=eps)
+                               buffers[f"{bn}.running_mean"], buffers[f"{bn}.running_var"], training, momentum, eps)
     if training:
         buffers[f"{bn}.num_batches_tracked"] += 1
     return y, ConvBNCache(conv, bn, x, w, stride, dilation, bn_cache, groups)
