@@ -169,8 +169,10 @@ def linear(x, weight, bias=None):
                          f"got {got}")
     if bias is not None:
         _check_param("linear", "bias", bias, (weight.shape[0],), x.dtype)
-    # one 2-D product over all tokens: NumPy hands a stack of 3-D matrices with a transposed weight to a slow loop
-    y = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) @ weight.T
+    # One 2-D product over all tokens (NumPy hands a stack of matrices times a transposed view to a slow loop), with
+    # W^T copied contiguous first: the copy costs out x in, OpenBLAS then runs 5-30% faster on (tokens x in) x (in x
+    # out) products (measured at ViT-tiny's shapes).
+    y = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) @ np.ascontiguousarray(weight.T)
     if bias is not None:
         y += bias
     return y.reshape(*x.shape[:-1], weight.shape[0])
