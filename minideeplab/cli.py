@@ -471,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
                   "checked to agree. Prints a table of parameters, multiply-adds, time and extra memory "
                   "(peak RSS above the loaded model's) and the ratios scratch/torch.",
                   "threads for every library", 3, "small models on a 65x65 input, one repeat"),
+        "attention": ("the ViT and one transformer block against torch, same weights",
+                      "Time the scratch ViT-tiny (224x224, batch 1, eval) against timm's vit_tiny_patch16_224 "
+                      "holding the same weights, and one transformer block (192 channels, 3 heads, 197 tokens, "
+                      "batch 8) forward and backward against its twin under autograd. Each side runs in its own "
+                      "process with the same thread count for torch, numba and NumPy's BLAS, the sides "
+                      "alternating; the outputs (and every gradient) are checked to agree. Prints the ratios "
+                      "scratch/torch (target: 1.5 at most).",
+                      "threads for every library", 7, "a 2-block ViT on 32x32 and a 2x17-token block, one repeat"),
         "train": ("a DeepLab training step in NumPy against torch's, same weights and batch",
                   "Time a training step (forward + loss, backward, SGD update) of the mini DeepLab v3+ in NumPy "
                   "(minideeplab.training.numpy_backend) against the torch trainer's: 8 128x128 crops, float32, the "

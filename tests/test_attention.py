@@ -1,5 +1,10 @@
 """The transformer layers from scratch against their torch twins: forwards, and float64 gradients vs autograd."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -15,25 +20,33 @@ def _t(a):
     return torch.tensor(a, requires_grad=True)
 
 
-def test_layer_norm_gelu_linear_match_torch():
+# the fast layers (numba, what the models call) and the readable NumPy ones: one suite over both
+FAST = dict(layer_norm=att.layer_norm, layer_norm_backward=att.layer_norm_backward, gelu=att.gelu,
+            gelu_backward=att.gelu_backward)
+NAIVE = dict(layer_norm=att.layer_norm_naive, layer_norm_backward=att.layer_norm_backward_naive, gelu=att.gelu_naive,
+             gelu_backward=att.gelu_backward_naive)
+
+
+@pytest.mark.parametrize("impl", [FAST, NAIVE], ids=["fast", "naive"])
+def test_layer_norm_gelu_linear_match_torch(impl):
     x, dy = RNG.standard_normal((2, 5, 8)), RNG.standard_normal((2, 5, 8))
     gamma, beta = RNG.standard_normal(8), RNG.standard_normal(8)
-    y, cache = att.layer_norm(x, gamma, beta, 1e-6)
+    y, cache = impl["layer_norm"](x, gamma, beta, 1e-6)
     tx, tg, tb = _t(x), _t(gamma), _t(beta)
     ty = F.layer_norm(tx, (8,), tg, tb, 1e-6)
     ty.backward(torch.tensor(dy))
     np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-12)
-    for got, want in zip(att.layer_norm_backward(dy, cache), (tx.grad, tg.grad, tb.grad)):
+    for got, want in zip(impl["layer_norm_backward"](dy, cache), (tx.grad, tg.grad, tb.grad)):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
 
     for form, torch_form in (("erf", "none"), ("tanh", "tanh")):
         tx = _t(x)
         ty = F.gelu(tx, approximate=torch_form)
         ty.backward(torch.tensor(dy))
-        np.testing.assert_allclose(att.gelu(x, form), ty.detach().numpy(), atol=1e-12)
-        np.testing.assert_allclose(att.gelu_backward(dy, x, form), tx.grad.numpy(), atol=1e-10)
-    assert np.abs(att.gelu(x, "erf") - att.gelu(x, "tanh")).max() > 1e-5  # the two forms are not the same
-    assert att.gelu(x.astype(np.float32)).dtype == np.float32
+        np.testing.assert_allclose(impl["gelu"](x, form), ty.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(impl["gelu_backward"](dy, x, form), tx.grad.numpy(), atol=1e-10)
+    assert np.abs(impl["gelu"](x, "erf") - impl["gelu"](x, "tanh")).max() > 1e-5  # the two forms are not the same
+    assert impl["gelu"](x.astype(np.float32)).dtype == np.float32
 
     w, b, dz = RNG.standard_normal((3, 8)), RNG.standard_normal(3), RNG.standard_normal((2, 5, 3))
     tx, tw, tb = _t(x), _t(w), _t(b)
@@ -42,6 +55,64 @@ def test_layer_norm_gelu_linear_match_torch():
     np.testing.assert_allclose(att.linear(x, w, b), tz.detach().numpy(), atol=1e-12)
     for got, want in zip(att.linear_backward(dz, x, w), (tx.grad, tw.grad, tb.grad)):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", [FAST, NAIVE], ids=["fast", "naive"])
+def test_float32_layers_match_torch_float32(impl):
+    """float32, ViT's sizes of values: the fast GELU's erf (A&S 7.1.26) and the fused LayerNorm, against torch's
+    float32 kernels, over the range GELU sees (|x| up to 10, where Phi is 0 or 1 in float32)."""
+    x = np.concatenate([np.linspace(-10, 10, 2001), RNG.standard_normal(63) * 3]).astype(np.float32).reshape(4, 12, 43)
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = F.gelu(tx)
+    ty.backward(torch.tensor(dy))
+    y, dx = impl["gelu"](x), impl["gelu_backward"](dy, x)
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(impl["gelu"](np.float32([-10, 0, 10])), [0, 0, 10], atol=1e-12, rtol=0)
+
+    gamma, beta = (1 + 0.1 * RNG.standard_normal(43)).astype(np.float32), RNG.standard_normal(43).astype(np.float32)
+    x = (2 * RNG.standard_normal(x.shape) + 0.5).astype(np.float32)  # tokens: rows of spread-out values
+    y, cache = impl["layer_norm"](x, gamma, beta, 1e-6)
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    ty = F.layer_norm(tx, (43,), tg, tb, 1e-6)
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-5)
+    for got, want in zip(impl["layer_norm_backward"](dy, cache), (tx.grad, tg.grad, tb.grad)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4 * np.abs(want.numpy()).max())
+
+
+def test_fast_layers_run_without_numba():
+    """Students step through the kernels with NUMBA_DISABLE_JIT=1: the fused layers give the readable ones' numbers."""
+    script = textwrap.dedent("""
+        import numba
+        import numpy as np
+        assert numba.config.DISABLE_JIT
+        from minideeplab.scratch import attention as att
+        rng = np.random.default_rng(0)
+        for dtype in (np.float32, np.float64):
+            x, dy = (rng.standard_normal((2, 3, 5)).astype(dtype) for _ in range(2))
+            g, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            (y, c), (y0, c0) = att.layer_norm(x, g, b), att.layer_norm_naive(x, g, b)
+            assert np.abs(y - y0).max() < tol
+            for u, v in zip(att.layer_norm_backward(dy, c), att.layer_norm_backward_naive(dy, c0)):
+                assert np.abs(u - v).max() < tol
+            assert np.abs(att.gelu(x) - att.gelu_naive(x)).max() < tol
+            assert np.abs(att.gelu_backward(dy, x) - att.gelu_backward_naive(dy, x)).max() < tol
+            q = x.reshape(1, 2, 3, 5)
+            out, cache = att.attention(q, q, q)
+            dq, dk, dv = att.attention_backward(out, cache)
+            assert dq.shape == q.shape and np.isfinite(dq).all()
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
 
 
 def test_attention_softmax_is_safe_from_overflow():

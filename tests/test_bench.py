@@ -149,3 +149,36 @@ def test_bench_model_json_wrong_row_is_valid_json(monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert report["agree"] is False and report["max_rel_err"] is None
     assert all(row["max_rel_err"] is None for row in report["cases"].values())
+
+
+def test_bench_attention_quick_json():
+    """The ViT and one block, scratch against torch: every row's outputs (and all 13 gradients) agree."""
+    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "attention", "--quick", "--json", "--threads",
+                          "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)  # exactly one JSON object, nothing else on stdout
+    assert report["threads"] == 1 and report["quick"] is True and report["agree"] is True
+    assert set(report["rows"]) == {"quick-vit-32", "quick-block-forward", "quick-block-backward"}
+    for row in report["rows"].values():
+        for key in ("scratch_s", "torch_s", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["ratio"] == pytest.approx(row["scratch_s"] / row["torch_s"])
+        assert row["max_rel_err"] <= report["max_rel_err_allowed"] == 1e-4
+    assert report["ratio"] == max(r["ratio"] for r in report["rows"].values())
+
+
+def test_bench_attention_rel_err_catches_a_wrong_gradient(tmp_path):
+    """The check the rows rest on: one gradient off (or missing) makes the row's error large (or unmeasurable)."""
+    import numpy as np
+
+    from minideeplab.bench.attention import _rel_err
+
+    rng = np.random.default_rng(0)
+    t = {"dx": rng.standard_normal((2, 3)), "dw": rng.standard_normal(4)}
+    np.savez(tmp_path / "t.npz", **t)
+    np.savez(tmp_path / "same.npz", **t)
+    np.savez(tmp_path / "off.npz", dx=t["dx"], dw=t["dw"] * 1.01)
+    np.savez(tmp_path / "missing.npz", dx=t["dx"])
+    assert _rel_err(tmp_path / "same.npz", tmp_path / "t.npz") == 0.0
+    assert _rel_err(tmp_path / "off.npz", tmp_path / "t.npz") == pytest.approx(0.01, rel=1e-6)
+    assert _rel_err(tmp_path / "missing.npz", tmp_path / "t.npz") == float("inf")

@@ -22,8 +22,9 @@ def join(prefix: str, name: str) -> str:
 
 def sub(d, prefix):
     """The entries below ``prefix.``, with the prefix cut off: the same arrays (in-place updates show)."""
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in d.items() if k.startswith(prefix + ".")}
+    head = prefix + "."
+    n = len(head)
+    return {k[n:]: v for k, v in d.items() if k.startswith(head)}
 
 
 def bn_shapes(params, buffers, name, c):

@@ -19,10 +19,10 @@ import time
 import numba
 import numpy as np
 
-from minideeplab.scratch import atrous_fast, crf, layers, lattice_fast
+from minideeplab.scratch import attention, attention_fast, atrous_fast, crf, layers, lattice_fast
 
 # Every module that defines numba kernels: precompile reports (and the test checks) the kernels of these.
-KERNEL_MODULES = (atrous_fast, layers, lattice_fast)
+KERNEL_MODULES = (atrous_fast, layers, lattice_fast, attention, attention_fast)
 
 
 def _conv_paths(dtype):
@@ -55,7 +55,20 @@ def _dense_crf(dtype):
     crf.dense_crf(probs, image, n_iters=1, compat=np.ones((2, 2)) - np.eye(2))
 
 
-_WARMUPS = (_conv_paths, _resize, _dense_crf)
+def _transformer(dtype):
+    """LayerNorm, GELU (the fused float32 erf; the exact erf of gelu_naive) and attention, forward and backward."""
+    x = np.linspace(-3, 3, 2 * 3 * 4, dtype=dtype).reshape(2, 3, 4)
+    ones, zeros = np.ones(4, dtype), np.zeros(4, dtype)
+    y, cache = attention.layer_norm(x, ones, zeros)
+    attention.layer_norm_backward(y, cache)
+    attention.gelu_backward(attention.gelu(x), x)
+    attention.gelu_backward_naive(attention.gelu_naive(x), x)
+    q = x.reshape(1, 2, 3, 4)
+    out, cache = attention.attention(q, q, q)
+    attention.attention_backward(out, cache)
+
+
+_WARMUPS = (_conv_paths, _resize, _dense_crf, _transformer)
 
 
 def kernels() -> dict[str, object]:

@@ -131,12 +131,13 @@ def block_forward(x, params, prefix, heads, hw=None, window=None):
     p = sub(params, prefix)
     h1, ln1 = layer_norm(x, p["norm1.weight"], p["norm1.bias"], VIT_LN_EPS)
     attn_params = sub(p, "attn")
-    a, attn_cache = self_attention(h1, attn_params, heads, hw=hw, window=window)
-    x1 = x + a
+    x1, attn_cache = self_attention(h1, attn_params, heads, hw=hw, window=window)
+    x1 += x  # the residuals added in place into the fresh outputs of the linears
     h2, ln2 = layer_norm(x1, p["norm2.weight"], p["norm2.bias"], VIT_LN_EPS)
     f1 = linear(h2, p["mlp.fc1.weight"], p["mlp.fc1.bias"])
     g = gelu(f1)
-    y = x1 + linear(g, p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+    y = linear(g, p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+    y += x1
     return y, StepCache(_block_backward, (prefix, p, attn_params, ln1, attn_cache, ln2, h2, f1, g))
 
 
