@@ -12,6 +12,7 @@ import functools
 import inspect
 import os
 import re
+import sys
 import sysconfig
 import traceback
 
@@ -128,7 +129,9 @@ def _hint(got, known_mistakes, rtol, atol) -> str:
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _NOT_STUDENT = tuple(os.path.realpath(p) + os.sep for p in {
     sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})  # python, site-packages, minideeplab
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # python, this venv's packages, minideeplab
+    # and any other folder of installed packages on the path (a user site, a venv layered on another one)
+    *(p for p in sys.path if os.path.basename(os.path.normpath(p)) in ("site-packages", "dist-packages"))})
 
 
 def _short(v) -> str:
