@@ -51,21 +51,8 @@ def test_bench_crf_quick_json():
     assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
 
 
-def test_bench_crf_backward_quick_json():
-    res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--backward", "--quick", "--json",
-                          "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    report = json.loads(res.stdout)
-    assert report["agree"] is True and report["n_iters"] == 5
-    for row in report["sets"].values():
-        assert row["forward_s"] > 0 and row["backward_s"] > 0
-        assert row["ratio"] == pytest.approx(row["backward_s"] / row["forward_s"])
-        assert row["logits_grad_rel_err"] < 1e-3 and row["weight_grad_rel_err"] < 1e-3
-    assert report["ratio"] == max(r["ratio"] for r in report["sets"].values())
-
-
 def test_bench_crf_backward_and_window_quick_json(tmp_path):
-    """Both parts in one run, one JSON object (--backward alone: above); the notebook's reader formats it."""
+    """Both parts in one run, one JSON object; the notebook's reader formats it."""
     from minideeplab.bench.crf import format_costs, read_report
 
     res = subprocess.run([sys.executable, "-m", "minideeplab", "bench", "crf", "--backward", "--window", "--quick",
@@ -73,6 +60,13 @@ def test_bench_crf_backward_and_window_quick_json(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)
     assert report["threads"] == 1 and report["quick"] is True and report["backward"]["agree"] is True
+    backward = report["backward"]
+    assert backward["n_iters"] == 5
+    for row in backward["sets"].values():
+        assert row["forward_s"] > 0 and row["backward_s"] > 0
+        assert row["ratio"] == pytest.approx(row["backward_s"] / row["forward_s"])
+        assert row["logits_grad_rel_err"] < 1e-3 and row["weight_grad_rel_err"] < 1e-3
+    assert backward["ratio"] == max(r["ratio"] for r in backward["sets"].values())
     rows = report["window"]["rows"]
     assert [r["window"] for r in rows] == [5, 7, 11]
     for r in rows:
