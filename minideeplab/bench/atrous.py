@@ -42,8 +42,8 @@ QUICK = [
     ("quick depthwise 8 9x9", 8, 8, 9, 5, 1, 2, 8),
 ]
 
-def median_seconds(fn, repeat):
-    """Median wall time of `repeat` calls of fn, after a pause and one warm-up call."""
+def call_seconds(fn, repeat) -> list[float]:
+    """Wall time of each of `repeat` calls of fn, after a pause and one warm-up call."""
     # After a call, OpenBLAS's and OpenMP's worker threads keep spinning for a while (OpenBLAS: up to
     # ~0.1 s) and steal the cores from whichever library runs next. Let them go idle first, then warm
     # up the library being timed, so that each side is timed alone.
@@ -54,7 +54,12 @@ def median_seconds(fn, repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(fn, repeat):
+    """Median wall time of `repeat` calls of fn (``call_seconds``)."""
+    return float(np.median(call_seconds(fn, repeat)))
 
 
 def _median_ms(fn, repeat):

@@ -32,10 +32,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from minideeplab.bench.atrous import call_seconds
 
 MAX_REL_ERR = 1e-4  # max|scratch - torch| / max|torch| over the compared arrays, float32
 TARGET_RATIO = 1.5  # issue 14: each row within 1.5x torch
@@ -91,19 +92,6 @@ def _block_params(block, rng):
 # one side, in its own process
 
 
-def _timed(fn, repeat):
-    """Seconds of each of `repeat` calls of fn, after a pause (the other side's BLAS threads go idle) and a
-    warm-up call."""
-    time.sleep(0.3)
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def _scratch_side(row, case, files, repeat):
     from minideeplab.scratch import vit
     from minideeplab.specs.vit import ViT
@@ -114,15 +102,15 @@ def _scratch_side(row, case, files, repeat):
         x = np.load(files["x"])
         model = vit.ViTModel(ViT(**_vit_kwargs(case)), params)
         outputs = {"tokens": model(x)}
-        return outputs, _timed(lambda: model(x), repeat)
+        return outputs, call_seconds(lambda: model(x), repeat)
     x, dy = np.load(files["x"]), np.load(files["dy"])
     heads = case["num_heads"]
     y, cache = vit.block_forward(x, params, "blocks.0", heads)
     if row == "block-forward":
-        return {"y": y}, _timed(lambda: vit.block_forward(x, params, "blocks.0", heads), repeat)
+        return {"y": y}, call_seconds(lambda: vit.block_forward(x, params, "blocks.0", heads), repeat)
     dx, grads = vit.step_backward(dy, cache)
     outputs = {"dx": dx} | {f"d{k}": v for k, v in grads.items()}
-    return outputs, _timed(lambda: vit.step_backward(dy, cache), repeat)
+    return outputs, call_seconds(lambda: vit.step_backward(dy, cache), repeat)
 
 
 def _torch_side(row, case, files, repeat):
@@ -139,7 +127,7 @@ def _torch_side(row, case, files, repeat):
             with torch.inference_mode():
                 return module.forward_features(x)
 
-        return {"tokens": forward().numpy()}, _timed(forward, repeat)
+        return {"tokens": forward().numpy()}, call_seconds(forward, repeat)
     from minideeplab.reference.vit import Block
 
     block = Block(_block_spec(case))
@@ -150,10 +138,10 @@ def _torch_side(row, case, files, repeat):
     tensors = [x] + [p for _, p in block.named_parameters()]
     y = block(x)
     if row == "block-forward":
-        return {"y": y.detach().numpy()}, _timed(lambda: block(x), repeat)
+        return {"y": y.detach().numpy()}, call_seconds(lambda: block(x), repeat)
     grads = torch.autograd.grad(y, tensors, dy, retain_graph=True)
     outputs = {"dx": grads[0].numpy()} | {f"dblocks.0.{n}": g.numpy() for n, g in zip(names, grads[1:])}
-    return outputs, _timed(lambda: torch.autograd.grad(y, tensors, dy, retain_graph=True), repeat)
+    return outputs, call_seconds(lambda: torch.autograd.grad(y, tensors, dy, retain_graph=True), repeat)
 
 
 def run_side(side, jobs, threads, repeat):

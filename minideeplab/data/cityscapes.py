@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minideeplab.data.voc import IGNORE_INDEX, VOCSegmentation, read_image, read_label, stack_items, voc_palette
+from minideeplab.data.voc import IGNORE_INDEX, SegmentationFolder, VOCSegmentation, read_label, voc_palette
 
 # the 19 evaluated classes, in train-id order (cityscapesscripts' names)
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -61,10 +61,10 @@ def is_cityscapes(root) -> bool:
     return (Path(root) / "leftImg8bit").is_dir()
 
 
-class CityscapesSegmentation:
+class CityscapesSegmentation(SegmentationFolder):
     """The images and train-id labels of one split. dataset[i] -> (image (H, W, 3) uint8, label (H, W) uint8
-    with train ids 0..18 and 255 = ignore). ``classes``: the 19 class names. Same interface as
-    ``VOCSegmentation`` (``ids``, ``paths``, ``num_classes``, ``arrays``), so the trainers take either."""
+    with train ids 0..18 and 255 = ignore). ``classes``: the 19 class names. ``VOCSegmentation``'s interface
+    (``data.voc.SegmentationFolder``), so the trainers take either."""
 
     def __init__(self, root, split: str = "train"):
         self.root = Path(root)
@@ -89,37 +89,15 @@ class CityscapesSegmentation:
         self.ids = [f"{p.parent.name}/{p.name[:-len(IMAGE_SUFFIX)]}" for p in images]
         self.classes = CITYSCAPES_CLASSES
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def paths(self, i: int) -> tuple[Path, Path]:
         """(image path, labelIds path) of item i."""
         city, stem = self.ids[i].split("/")
         return (self.root / "leftImg8bit" / self.split / city / f"{stem}{IMAGE_SUFFIX}",
                 self.label_root / city / f"{stem}{LABEL_SUFFIX}")
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"CityscapesSegmentation: index {i} out of range for split {self.split!r} of "
-                             f"{len(self)} images")
-        image_path, label_path = self.paths(i % len(self))
-        image = read_image(image_path)
-        label = to_train_ids(read_label(label_path), label_path)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"image {image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
-        return image, label
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All items stacked: images (N, H, W, 3) uint8 and labels (N, H, W) uint8."""
-        return stack_items(self)
-
-    def __repr__(self) -> str:
-        return (f"CityscapesSegmentation({str(self.root)!r}, split={self.split!r}): {len(self)} images, "
-                f"{self.num_classes} classes")
+    def read_label(self, path) -> np.ndarray:
+        """A labelIds PNG -> (H, W) uint8 train ids."""
+        return to_train_ids(read_label(path), path)
 
 
 def palette_of(classes) -> np.ndarray:

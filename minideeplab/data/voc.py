@@ -102,7 +102,37 @@ def stack_items(dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([im for im, _ in items]), np.stack([lb for _, lb in items])
 
 
-class VOCSegmentation:
+class SegmentationFolder:
+    """What a data set reader shares: ``ids``, ``classes``, ``split``, ``paths(i)`` and ``read_label(path)`` given by
+    the layout's class; dataset[i] -> (image (H, W, 3) uint8, label (H, W) uint8 class indices, 255 = ignore)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{type(self).__name__}: index {i} out of range for split {self.split!r} of "
+                             f"{len(self)} images")
+        image_path, label_path = self.paths(i % len(self))
+        image, label = read_image(image_path), self.read_label(label_path)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"image {image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
+        return image, label
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All items stacked: images (N, H, W, 3) uint8 and labels (N, H, W) uint8 (all items the same size)."""
+        return stack_items(self)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}): {len(self)} images, "
+                f"{self.num_classes} classes")
+
+
+class VOCSegmentation(SegmentationFolder):
     """The images and labels of one split. dataset[i] -> (image (H, W, 3) uint8, label (H, W) uint8).
 
     split: a list in ImageSets/Segmentation/ ("train", "val", "trainval"; "train_aug" etc. read the labels
@@ -127,29 +157,9 @@ class VOCSegmentation:
         self.classes = (tuple(n.strip() for n in names.read_text().splitlines() if n.strip())
                         if names.is_file() else VOC_CLASSES)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def paths(self, i: int) -> tuple[Path, Path]:
         """(image path, label path) of item i."""
         return self.root / "JPEGImages" / f"{self.ids[i]}.jpg", self.label_dir / f"{self.ids[i]}.png"
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"VOCSegmentation: index {i} out of range for split {self.split!r} of {len(self)} images")
-        image_path, label_path = self.paths(i)
-        image, label = read_image(image_path), read_label(label_path, self.num_classes)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"image {image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
-        return image, label
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All items stacked: images (N, H, W, 3) uint8 and labels (N, H, W) uint8 (all items the same size)."""
-        return stack_items(self)
-
-    def __repr__(self) -> str:
-        return f"VOCSegmentation({str(self.root)!r}, split={self.split!r}): {len(self)} images, {self.num_classes} classes"
+    def read_label(self, path) -> np.ndarray:
+        return read_label(path, self.num_classes)
