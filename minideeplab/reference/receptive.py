@@ -234,14 +234,14 @@ def stack_layers(*layers):
     return layer
 
 
-def token_gradient(layer, x, token) -> np.ndarray:
+def token_gradient(layer, x, token, _fn="token_gradient") -> np.ndarray:
     """|d (sum over channels of the output token (row, column)) / d x|, summed over x's channels: (H, W) float64
     for x (1, C, H, W)."""
     x = x.detach().clone().requires_grad_(True)
     out = layer(x)
     i, j = token
     if out.ndim != 4 or not (0 <= i < out.shape[2] and 0 <= j < out.shape[3]):
-        raise ValueError(f"token_gradient: token {token!r} is outside the output of shape {tuple(out.shape)}")
+        raise ValueError(f"{_fn}: token {token!r} is outside the output of shape {tuple(out.shape)}")
     grad, = torch.autograd.grad(out[0, :, i, j].sum(), x)
     return grad[0].abs().sum(dim=0).double().numpy()
 
@@ -250,11 +250,5 @@ def input_footprint(layer, x, token) -> np.ndarray:
     """The input pixels one output token reads: layer maps x (1, C, H, W) to (1, C', H', W'); token (row, column)
     of its output -> (H, W) bool, True where the gradient of the token (all its channels) with respect to x (any
     channel) is non-zero. With random weights and a random x no two paths cancel exactly (the answer of exercise
-    11.4)."""
-    x = x.detach().clone().requires_grad_(True)
-    out = layer(x)
-    i, j = token
-    if out.ndim != 4 or not (0 <= i < out.shape[2] and 0 <= j < out.shape[3]):
-        raise ValueError(f"input_footprint: token {token!r} is outside the output of shape {tuple(out.shape)}")
-    grad, = torch.autograd.grad(out[0, :, i, j].sum(), x)
-    return (grad[0] != 0).any(dim=0).numpy()
+    11.4): where ``token_gradient``, a sum of absolute values, is not zero."""
+    return token_gradient(layer, x, token, "input_footprint") != 0
