@@ -150,6 +150,10 @@ def run_side(side, jobs, threads, repeat):
     import numba
     from threadpoolctl import threadpool_limits
 
+    from minideeplab.scratch.memory import keep_freed_memory
+
+    keep_freed_memory()  # both sides with the same allocator settings (the scratch side has them from its import)
+
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
     times = {}

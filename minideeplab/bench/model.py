@@ -206,6 +206,10 @@ def run_side(side, case_name, threads, repeat, weights, input_path, output_path)
     import numba
     from threadpoolctl import threadpool_limits
 
+    from minideeplab.scratch.memory import keep_freed_memory
+
+    keep_freed_memory()  # both sides with the same allocator settings (the scratch side has them from its import)
+
     case = ALL_CASES[case_name]
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)

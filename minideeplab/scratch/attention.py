@@ -203,11 +203,16 @@ def attention(q, k, v):
         raise ValueError(f"attention: q {q.shape}, k {k.shape} and v {v.shape} must share (B, heads) and d, and k "
                          "and v their token count")
     scale = q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
-    s = (q * scale) @ k.swapaxes(-1, -2)
-    # softmax(s) in place: the (B, h, Nq, Nk) scores are the largest array here, so no temporaries of their size
-    s -= s.max(axis=-1, keepdims=True)
-    p = np.exp(s, out=s)
-    p /= p.sum(axis=-1, keepdims=True)
+    # softmax(scale s) in place: the (B, h, Nq, Nk) scores are the largest array here, so no temporaries of their
+    # size; float32 in one fused kernel a row (attention_fast.softmax_rows), float64 (gradient checks) in NumPy
+    s = q @ k.swapaxes(-1, -2)
+    if s.dtype == np.float32:
+        p = _fast.softmax_rows(s.reshape(-1, s.shape[-1]), scale).reshape(s.shape)
+    else:
+        s *= scale
+        s -= s.max(axis=-1, keepdims=True)
+        p = np.exp(s, out=s)
+        p /= p.sum(axis=-1, keepdims=True)
     return p @ v, (q, k, v, p, scale)
 
 

@@ -56,13 +56,15 @@ def _dense_crf(dtype):
 
 
 def _transformer(dtype):
-    """LayerNorm, GELU (the fused float32 erf; the exact erf of gelu_naive) and attention, forward and backward."""
+    """LayerNorm, GELU (the fused float32 erf; the exact erf of gelu_naive), exp32 and attention, forward and
+    backward."""
     x = np.linspace(-3, 3, 2 * 3 * 4, dtype=dtype).reshape(2, 3, 4)
     ones, zeros = np.ones(4, dtype), np.zeros(4, dtype)
     y, cache = attention.layer_norm(x, ones, zeros)
     attention.layer_norm_backward(y, cache)
     attention.gelu_backward(attention.gelu(x), x)
     attention.gelu_backward_naive(attention.gelu_naive(x), x)
+    attention_fast.exp32_array(x)
     q = x.reshape(1, 2, 3, 4)
     out, cache = attention.attention(q, q, q)
     attention.attention_backward(out, cache)
