@@ -7,6 +7,7 @@ kernel cannot look good, then times both: median of ``repeat`` runs after a warm
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -41,6 +42,18 @@ QUICK = [
     ("quick depthwise 8 9x9", 8, 8, 9, 3, 3, 1, 8),
     ("quick depthwise 8 9x9", 8, 8, 9, 5, 1, 2, 8),
 ]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def child_env(threads) -> dict:
+    """The environment of a benchmark side's process: every library's thread count, and OpenMP's wait policy as
+    the scratch core sets it for itself (``scratch.runtime``: PASSIVE unless the environment says otherwise), so
+    that both sides run under the same one."""
+    env = dict(os.environ) | {var: str(threads) for var in THREAD_VARS}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
 
 def call_seconds(fn, repeat) -> list[float]:
     """Wall time of each of `repeat` calls of fn, after a pause and one warm-up call."""

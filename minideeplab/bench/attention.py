@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minideeplab.bench.atrous import call_seconds
+from minideeplab.bench.atrous import call_seconds, child_env
 
 MAX_REL_ERR = 1e-4  # max|scratch - torch| / max|torch| over the compared arrays, float32
 TARGET_RATIO = 1.5  # issue 14: each row within 1.5x torch
@@ -150,9 +149,9 @@ def run_side(side, jobs, threads, repeat):
     import numba
     from threadpoolctl import threadpool_limits
 
-    from minideeplab.scratch.memory import keep_freed_memory
+    from minideeplab.scratch import runtime
 
-    keep_freed_memory()  # both sides with the same allocator settings (the scratch side has them from its import)
+    runtime.keep_freed_memory()  # both sides with the same allocator (OMP_WAIT_POLICY: set by _child, before imports)
 
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
@@ -176,9 +175,7 @@ def run_side(side, jobs, threads, repeat):
 
 def _child(side, jobs, threads, repeat):
     """One process of one side running every row (so --quick starts two processes, not six)."""
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
+    env = child_env(threads)
     cmd = [sys.executable, "-m", "minideeplab.bench.attention", "--side", side, "--jobs", json.dumps(jobs),
            "--threads", str(threads), "--repeat", str(repeat)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)

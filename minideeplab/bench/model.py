@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minideeplab.bench.atrous import median_seconds
+from minideeplab.bench.atrous import child_env, median_seconds
 
 MAX_REL_ERR = 1e-4  # max|scratch - torch| / max|torch|, float32; above this a row is wrong, not slow or fast
 WARMUP_SIZE = 33    # the first (compiling) call runs on an input this small (>= output stride 32), before memory is measured
@@ -206,9 +206,9 @@ def run_side(side, case_name, threads, repeat, weights, input_path, output_path)
     import numba
     from threadpoolctl import threadpool_limits
 
-    from minideeplab.scratch.memory import keep_freed_memory
+    from minideeplab.scratch import runtime
 
-    keep_freed_memory()  # both sides with the same allocator settings (the scratch side has them from its import)
+    runtime.keep_freed_memory()  # both sides with the same allocator (OMP_WAIT_POLICY: set by _child, before imports)
 
     case = ALL_CASES[case_name]
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
@@ -261,9 +261,7 @@ def run_side(side, case_name, threads, repeat, weights, input_path, output_path)
 
 
 def _child(side, name, threads, repeat, weights, input_path, output_path):
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
+    env = child_env(threads)
     cmd = [sys.executable, "-m", "minideeplab.bench.model", "--side", side, "--case", name, "--threads", str(threads),
            "--repeat", str(repeat), "--weights", str(weights), "--input", str(input_path), "--output", str(output_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from minideeplab.bench.atrous import child_env
 
 MAX_REL_ERR = 1e-4  # |loss_numpy - loss_torch| / loss_torch of the first step, float32
 CLASSES = 7         # data/synthetic's
@@ -158,9 +159,7 @@ def _torch_step(twin, x, y, masks_path):
 
 
 def _child(side, case, threads, repeat, weights, batch, masks_path):
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
+    env = child_env(threads)
     cmd = [sys.executable, "-m", "minideeplab.bench.train", "--side", side, "--case", case, "--threads", str(threads),
            "--repeat", str(repeat), "--weights", str(weights), "--batch", str(batch), "--masks", str(masks_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -1,12 +1,13 @@
 """From-scratch implementations in NumPy + numba. Each module that computes a network's part has a PyTorch
 twin in ``minideeplab.reference`` with the same name (see ARCHITECTURE.md).
 
-Importing it tells glibc's malloc to keep freed memory for the next array (``memory.keep_freed_memory``: fresh
-pages cost page faults; ``MINIDEEPLAB_KEEP_FREED_MEMORY=0`` turns it off)."""
+Importing it makes two process settings (``runtime.configure``): OpenMP threads wait passively (numba's and the
+BLAS's thread pools share the cores) and glibc's malloc keeps freed memory for the next array (fresh pages cost
+page faults)."""
 
-from minideeplab.scratch.memory import keep_freed_memory
+from minideeplab.scratch import runtime
 
-keep_freed_memory()
+runtime.configure()
 
 from minideeplab.scratch.atrous import (atrous_conv2d, atrous_conv2d_backward, atrous_conv2d_backward_naive,
                                         atrous_conv2d_naive, conv_output_size)

@@ -1,4 +1,5 @@
-"""scratch.memory: glibc keeps freed memory, so an array allocated again touches no fresh pages."""
+"""scratch.runtime: glibc keeps freed memory, so an array allocated again touches no fresh pages; OpenMP waits
+passively unless the environment says otherwise."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     import resource
     import numpy as np
     import minideeplab.scratch  # noqa: F401  (its import sets the thresholds)
-    from minideeplab.scratch.memory import keep_freed_memory
+    from minideeplab.scratch.runtime import keep_freed_memory
     def call():  # a transformer block's temporaries (MB), allocated, touched and freed as its forward does
         kept = [np.ones(int(mb * 2**20) // 8) for mb in (1.2, 1.2, 3.6, 1.2, 3.7, 1.2, 1.2, 1.2, 4.8, 4.8, 1.2)]
         del kept
@@ -41,3 +42,23 @@ def test_freed_memory_is_reused_and_the_switch_turns_it_off():
     assert took and faults < 100, f"a block's 24 MB of temporaries 5 times over: {faults} page faults"
     took, faults = _run("0")  # glibc's own thresholds: the pages go back and come again (about 4,400 a call here)
     assert not took and faults > 5000, f"with MINIDEEPLAB_KEEP_FREED_MEMORY=0 only {faults} faults"
+
+
+@pytest.mark.parametrize("given, want", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_waits_passively_unless_the_environment_says(given, want):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    script = "import os, minideeplab.scratch; print(os.environ['OMP_WAIT_POLICY'])"
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == want
+
+
+def test_a_benchmark_side_runs_under_the_scratch_cores_settings(monkeypatch):
+    from minideeplab.bench.atrous import child_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = child_env(3)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert all(env[v] == "3" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"))
