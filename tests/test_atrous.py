@@ -37,9 +37,13 @@ CASES = [
     (1, 2, 1, 1, 3, (2, 2), 10, 1, 5, 1, True),          # no tap ever reads real input: bias only
     (1, 4, 9, 1, 2, (1, 2), 7, 2, 4, 2, False),          # the same, strided and grouped
     (2, 4, 9, 8, 6, (3, 3), 2, 1, "same", 2, True),      # stride-1 GEMM path with N > 1 and groups
-    # depthwise: each path of the depthwise kernels (3x3 in one pass, 5 taps a row, other widths tap by tap)
+    # depthwise: each path of the depthwise kernels (3x3 and 5x5 in one pass, others a kernel row at a time: 3 and
+    # 5 taps written out, other widths tap by tap), and the zero rows and columns around the plane
     (2, 5, 11, 13, 5, (5, 5), 2, 1, "same", 5, True),    # 5x5 at rate 2 (MobileNetV3's last stage)
     (1, 4, 17, 15, 4, (5, 5), 1, 2, "same", 4, False),   # 5x5, stride 2
+    (1, 3, 12, 11, 6, (5, 5), 2, 1, "valid", 3, True),   # 5x5, no padding, 2 outputs per channel
+    (1, 2, 6, 7, 2, (5, 5), 1, 1, 6, 2, False),          # 5x5, padding wider than its reach
+    (1, 2, 9, 8, 2, (5, 3), 2, 1, "same", 2, True),      # 5 kernel rows of 3 taps
     (1, 3, 10, 9, 6, (3, 5), 3, 3, 2, 3, True),          # 2 outputs per channel, non-square, stride 3
     (1, 4, 8, 8, 4, (3, 3), 12, 1, "same", 4, True),     # the off-centre taps read only padding
     (2, 3, 7, 20, 3, (1, 7), 1, 1, "same", 3, False),    # a 1x7 kernel

@@ -97,9 +97,10 @@ def _tap_range(size, out, off, stride):
 # ---------------------------------------------------------------------------------------------
 # depthwise (one input channel per group): no GEMM worth the name, so numba loops, one plane at a time.
 #
-# Each (image, channel) plane is copied once into a zero-padded buffer ``xb``: every tap then reads a
-# plain run of memory, padding included, and the loop over an output row has no boundary to handle
-# (a tap that reads the padding multiplies zeros). The taps of one kernel row are done in one pass
+# Each (image, channel) plane is copied once into a zero-padded buffer ``xb`` (zero columns left and right, zero
+# rows above and below): every tap then reads a plain run of memory, padding included, and the loops have no
+# boundary to handle (a tap that reads the padding multiplies zeros; in the forward, every output row of a 3x3
+# or 5x5 kernel takes the one-pass path). The taps of one kernel row are done in one pass
 # over the row (``_taps_row``), so the row's sums stay in registers and are stored once per kernel
 # row, not once per tap. Output rows are computed ``VEC`` pixels at a time (rounded up, the extra
 # pixels read zeros and are dropped): the vector loops then have no scalar tail, which on 33-pixel
@@ -185,6 +186,22 @@ def _taps_3x3(acc, xf, base0, base1, base2, wf, wbase, offs, n):
 
 
 @numba.njit(cache=True, inline="always", fastmath=_FAST)
+def _taps_5x5(acc, xf, base0, base1, base2, base3, base4, wf, wbase, offs, n):
+    """``_taps_3x3`` for a 5x5 kernel (MobileNetV3's): acc[q] written once with all 25 taps. Five row passes
+    accumulating into acc (``_taps_row``) were not vectorised by LLVM (measured: one multiply-add a cycle)."""
+    o0, o1, o2, o3, o4 = offs[0], offs[1], offs[2], offs[3], offs[4]
+    for q in range(n):
+        s = xf[0] * 0
+        for i in range(5):
+            base = (base0, base1, base2, base3, base4)[i]
+            w = wbase + 5 * i
+            b = np.uint64(base + q)
+            s += (wf[w] * xf[b + np.uint64(o0)] + wf[w + 1] * xf[b + np.uint64(o1)] + wf[w + 2] * xf[b + np.uint64(o2)]
+                  + wf[w + 3] * xf[b + np.uint64(o3)] + wf[w + 4] * xf[b + np.uint64(o4)])
+        acc[np.uint64(q)] = s
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
 def _dots_row(df, dbase, xf, base, offs, n, dwf, dwbase):
     """dwf[dwbase + j] += sum_q df[dbase + q] * xf[base + offs[j] + q] for q < n: the dweight terms of
     one kernel row (3 taps in one pass)."""
@@ -214,7 +231,8 @@ def _dots_row(df, dbase, xf, base, offs, n, dwf, dwbase):
 
 @numba.njit(cache=True, inline="always")
 def _fill_plane(xb, width, left, x, n, c):
-    """Rows of the plane x[n, c] into the flat buffer xb, row r at [r * width + left, ... + W)."""
+    """Rows of the plane x[n, c] into the flat buffer xb, row r at [r * width + left, ... + W) (left: the offset of
+    row 0, padding rows and columns included)."""
     H, W = x.shape[2], x.shape[3]
     for r in range(H):
         xrow = x[n, c, r]
@@ -233,26 +251,31 @@ def _depthwise_forward(x, weight, bias, out, rate, stride, ph, pw, p0, p1):
     Ho, Wo = out.shape[2], out.shape[3]
     m = Cout // C
     left = max(0, pw)                              # zero columns before the plane in a buffer row
+    top = max(0, ph)                               # zero rows above it, and below it as many as the taps reach
+    rows = max(top + H, (Ho - 1) * stride - ph + (kh - 1) * rate + 1 + top)
     offs = _offsets(kw, rate, 1, pw, left)
     ncols = _round_up((Wo - 1) * stride + 1, VEC)  # an output row at full column resolution
     width = max(offs.max() + ncols, left + W)
     wf, of = weight.reshape(weight.size), out.reshape(out.size)
-    xb = np.zeros(H * width, x.dtype)             # the padding stays zero: only the plane is written
+    xb = np.zeros(rows * width, x.dtype)          # the padding stays zero: only the plane is written
     acc = np.empty(ncols, x.dtype)
     for p in range(p0, p1):
         n, c = p // C, p % C
-        _fill_plane(xb, width, left, x, n, c)
+        _fill_plane(xb, width, top * width + left, x, n, c)
         for o in range(c * m, (c + 1) * m):
             b = bias[o]
             for y in range(Ho):
-                u = y * stride - ph  # the input row kernel row 0 reads; kernel row i reads u + i * rate
-                if kh == 3 and kw == 3 and u >= 0 and u + 2 * rate < H:
-                    _taps_3x3(acc, xb, u * width, (u + rate) * width, (u + 2 * rate) * width, wf, o * 9, offs, ncols)
+                u = (y * stride - ph + top) * width  # the buffer row kernel row 0 reads; row i reads i * rate below
+                r = rate * width
+                if kh == 3 and kw == 3:
+                    _taps_3x3(acc, xb, u, u + r, u + 2 * r, wf, o * 9, offs, ncols)
+                elif kh == 5 and kw == 5:
+                    _taps_5x5(acc, xb, u, u + r, u + 2 * r, u + 3 * r, u + 4 * r, wf, o * 25, offs, ncols)
                 else:
-                    acc[:] = 0
+                    for q in range(ncols):  # a loop, not acc[:] = 0: a slice here costs its reference counting
+                        acc[q] = 0
                     for i in range(kh):
-                        if 0 <= u + i * rate < H:
-                            _taps_row(acc, xb, (u + i * rate) * width, wf, (o * kh + i) * kw, offs, ncols)
+                        _taps_row(acc, xb, u + i * r, wf, (o * kh + i) * kw, offs, ncols)
                 ob = np.uint64(((n * Cout + o) * Ho + y) * Wo)
                 if stride == 1:
                     for q in range(Wo):
