@@ -604,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--val-root", default=None,
                     help="folder whose val split scores the rows (default: --data-root)")
     ab.add_argument("--threads", type=_positive(int), default=1,
-                    help="torch threads for the inference timing, the same for every row (default: %(default)s)")
+                    help="torch threads for each row's training, evaluation and inference timing, the same for every "
+                         "row (default: %(default)s)")
     ab.add_argument("--list", action="store_true", help="print the configurations (costs included) and exit")
     ab.set_defaults(func=_ablate)
     return parser

@@ -176,6 +176,24 @@ def test_an_interrupted_row_resumes_from_its_checkpoint(study, tmp_path, monkeyp
                                                                     first["train_seconds"])
 
 
+def test_a_row_trains_on_the_threads_it_is_given(tmp_path, monkeypatch):
+    """--threads is the row's training's thread count too (two studies side by side at one thread each), and
+    torch's own count comes back afterwards, whatever happened in between."""
+    seen = []
+
+    def stop(config, resume=False, **kw):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stopped mid-training
+
+    monkeypatch.setattr(T, "train", stop)
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    with pytest.raises(KeyboardInterrupt):
+        A.run_ablation(tmp_path, ["shallow"], log=lambda line: None, threads=threads, **TINY)
+    assert seen == [threads]
+    assert torch.get_num_threads() == before
+
+
 def test_val_root_scores_the_rows_on_another_folder(study, tmp_path, capsys):
     """A finished row re-scored against another val folder is a new schedule (val_images differs), so it goes in
     a new OUT; there the rows train on --data-root and score on --val-root's val split. A val root with other

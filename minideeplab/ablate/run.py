@@ -6,6 +6,7 @@ says why each row and the schedule are what they are."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -39,19 +40,27 @@ def _schedule(epochs, train_images, val_images, crop_size, batch_size, lr, seed,
             "scale_max": float(scale_range[1])}
 
 
-def _inference_ms(run, images, threads) -> float:
-    """Median milliseconds of run(image) over ``images`` after one warm-up call, on ``threads`` torch threads."""
+@contextlib.contextmanager
+def _torch_threads(threads):
+    """torch on ``threads`` threads inside, as before outside. A row trains, evaluates and is timed on them: two
+    studies at one thread each on two cores, each on torch's default (every core), ran 5-9x slower than alone,
+    their OpenMP workers spinning for each other's cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        run(images[0])
-        times = []
-        for image in images:
-            tic = time.perf_counter()
-            run(image)
-            times.append(time.perf_counter() - tic)
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def _inference_ms(run, images) -> float:
+    """Median milliseconds of run(image) over ``images`` after one warm-up call."""
+    run(images[0])
+    times = []
+    for image in images:
+        tic = time.perf_counter()
+        run(image)
+        times.append(time.perf_counter() - tic)
     return 1000 * statistics.median(times)
 
 
@@ -147,6 +156,12 @@ def _load_result(path, schedule):
 
 
 def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
+    """Train (or resume) the row, evaluate it and time its inference, all on ``threads`` torch threads."""
+    with _torch_threads(threads):
+        return _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
+
+
+def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
     if row.seed is not None:  # the row's own seed (a study repeating a configuration over seeds)
         schedule = schedule | {"seed": row.seed}
     folder = out / row.name
@@ -193,7 +208,7 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
     else:
         run = lambda image: T.predict(model, image)  # noqa: E731
     images = [val_set[i][0] for i in range(min(timing_images, len(val_set)))]
-    ms = _inference_ms(run, images, threads)
+    ms = _inference_ms(run, images)
     seconds = _train_seconds(ckpt["metrics"], schedule["batch_size"])
     record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
                      ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"])
