@@ -54,7 +54,8 @@ ATTENTION_ROWS = tuple(Row(f"{name}-s{seed}", model, os_, rates, pool, about=abo
                        for name, model, backbone, os_, rates, pool, seeds, about in _CONFIGS if seed in seeds)
 ATTENTION = Study("attention", ATTENTION_ROWS, ATTENTION_EPOCHS, LR,
                   "atrous convolution on top of attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
-                  "SegFormer-mini, ViT with dilated neighbourhood attention")
+                  "SegFormer-mini, ViT with dilated neighbourhood attention",
+                  "Atrous convolution on top of attention, synthetic set")
 # what the study's reader (``measured``, notebook 11) expects: the configurations and seeds of the rows above, the
 # baseline and the questions, each comparison a - b over the same val images
 ATTENTION_EXPECTED = Expected("attention", ATTENTION_ROWS, baseline="cnn-v3plus", comparisons=(

@@ -76,10 +76,11 @@ def write_per_image(rows, path, per_image) -> Path | None:
     return path
 
 
-def write_results(rows, folder, per_image=None, stem="ablation") -> list[Path]:
+def write_results(rows, folder, per_image=None, stem="ablation", title=None) -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
     (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
-    is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention")."""
+    is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention"); title: the
+    mIoU plot's (``Study.title``; None: the ablations')."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
@@ -88,7 +89,9 @@ def write_results(rows, folder, per_image=None, stem="ablation") -> list[Path]:
     if rows:
         from minideeplab.viz.ablation import plot_miou, plot_trimap
 
-        paths += [plot_miou(rows, folder / f"{stem}_miou.png"), plot_trimap(rows, folder / f"{stem}_trimap.png")]
+        titled = {} if title is None else {"title": title}
+        paths += [plot_miou(rows, folder / f"{stem}_miou.png", **titled),
+                  plot_trimap(rows, folder / f"{stem}_trimap.png")]
     images = write_per_image(rows, folder / f"{stem}_per_image.npz", per_image)
     return paths + ([images] if images else [])
 

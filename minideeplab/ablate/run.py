@@ -262,5 +262,5 @@ def run_ablation(out="runs/ablation", only=None, *, study="ablation", epochs=Non
              for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}
-    write_results(table, out if results is None else results, per_image, spec.name)
+    write_results(table, out if results is None else results, per_image, spec.name, spec.title)
     return table

@@ -148,6 +148,7 @@ class Study(NamedTuple):
     epochs: int = EPOCHS
     lr: float = LR
     about: str = ""
+    title: str = "DeepLab ablations on the synthetic set"  # its plots'
 
 
 ABLATION = Study("ablation", ROWS, EPOCHS, LR, "DeepLab's ablations on the mini ResNet")

@@ -111,9 +111,10 @@ def _line_styles(names):
     return out
 
 
-def plot_miou(rows, path) -> Path:
+def plot_miou(rows, path, title="DeepLab ablations on the synthetic set") -> Path:
     """A horizontal bar per row (records with "name", "miou", and "epochs" in the first): mIoU (%), coloured by
-    model family, written to path as a PNG. No pyplot: the global backend and figure list are left alone."""
+    model family, written to path as a PNG, titled ``title`` and the epochs. No pyplot: the global backend and
+    figure list are left alone."""
     fig = Figure(figsize=(7, 0.35 * len(rows) + 1.2))
     ax = fig.subplots()
     names = [r["name"] for r in rows]
@@ -125,7 +126,7 @@ def plot_miou(rows, path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("mIoU (%), val")
     ax.set_xlim(0, max(100.0, max(values) + 8))
-    ax.set_title(f"DeepLab ablations on the synthetic set ({rows[0]['epochs']} epochs each)")
+    ax.set_title(f"{title} ({rows[0]['epochs']} epochs each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
