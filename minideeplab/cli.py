@@ -205,6 +205,9 @@ def _segment(args) -> int:
     else:
         model, classes = load_model(args.checkpoint, device)
         what = f"{args.checkpoint}"
+        if args.crf and getattr(getattr(model, "config", None), "crf", None) is not None:
+            raise ValueError(f"segment: --crf would refine twice: {args.checkpoint} ends in a trained CRF layer "
+                             f"({model.config.crf}), which its output has been through already; leave --crf out")
     if args.backend == "numpy":  # the from-scratch model holding the same weights
         from minideeplab.interop import from_reference, from_torchvision
 

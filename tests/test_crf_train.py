@@ -74,6 +74,10 @@ def test_crf_option_on_the_command_line_and_segment(tmp_path, capsys):
     assert main(["segment", str(image), "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "seg"),
                  "--quiet"]) == 0
     assert (tmp_path / "seg" / f"{image.stem}.png").exists()
+    # --crf on top of the trained CRF layer would refine twice: refused, nothing written
+    assert main(["segment", str(image), "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "twice"),
+                 "--crf", "--quiet"]) != 0
+    assert "--crf would refine twice" in capsys.readouterr().err and not (tmp_path / "twice").exists()
 
 
 # ---------------------------------------------------------------- --init-from
