@@ -60,12 +60,13 @@ TRAIN_IMAGES = 3000  # the shipped study's generated train set (see ``study``)
 SEEDS = (0, 1, 2)
 CRF_LAYER = {"n_iters": 5}
 POST = "deeplab-v2-resnet"
-# seconds per training step of 8 128x128 crops, torch trainer, one thread, for --list's estimates. plain: the
-# shipped ablation's v3plus-os16 row (3,000 steps in 461 s). crf_layer: plain times the ratio measured by
-# 'minideeplab bench train --crf --threads 1' (torch 3.97 s / 0.89 s a step = 4.5, on a machine loaded ~4x, both
-# cases in one run; the numpy trainer: 2.52 / 1.50 s); 0.69 s also follows from the issue's 0.3 s CRF forward for
-# 8 crops and the backward at 0.78x the forward (bench crf --backward).
-STEP_SECONDS = {"plain": 0.154, "crf_layer": 0.69}
+# seconds per training step of 8 128x128 crops, torch trainer, one thread, for --list's estimates. plain: measured
+# in this study's own run (2026-12-06: 17 img/s, data loading included, with the attention study running beside
+# it at one thread on the other core; 'bench train --threads 1' alone on a quiet machine: 0.27 s). The shipped
+# ablation's 0.154 s a step (3,000 steps in 461 s) was on torch's default two threads. crf_layer: plain times the
+# ratio measured by 'minideeplab bench train --crf --threads 1' (torch 3.97 s / 0.89 s a step = 4.5, both cases in
+# one run on a loaded machine; the numpy trainer: 2.52 / 1.50 s).
+STEP_SECONDS = {"plain": 0.47, "crf_layer": 2.1}
 EVAL_SECONDS = {"plain": 5.0, "crfpost": 15.0, "crf_layer": 10.0}  # 100 val images: rough guesses, not measured
 
 
@@ -256,5 +257,6 @@ def format_crf_rows(rows=CRF_ROWS) -> str:
     size = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, size)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines] +
-                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: the ablation's measured v3+ step and "
-                      f"'minideeplab bench train --crf --threads 1''s CRF/plain ratio; evaluation times guessed)"])
+                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: this study's measured v3+ step, two "
+                      f"studies side by side, and 'minideeplab bench train --crf --threads 1''s CRF/plain ratio; "
+                      f"evaluation times guessed)"])
