@@ -64,9 +64,10 @@ POST = "deeplab-v2-resnet"
 # in this study's own run (2026-12-06: 17 img/s, data loading included, with the attention study running beside
 # it at one thread on the other core; 'bench train --threads 1' alone on a quiet machine: 0.27 s). The shipped
 # ablation's 0.154 s a step (3,000 steps in 461 s) was on torch's default two threads. crf_layer: plain times the
-# ratio measured by 'minideeplab bench train --crf --threads 1' (torch 3.97 s / 0.89 s a step = 4.5, both cases in
-# one run on a loaded machine; the numpy trainer: 2.52 / 1.50 s).
-STEP_SECONDS = {"plain": 0.47, "crf_layer": 2.1}
+# ratio measured by 'minideeplab bench train --crf --threads 1' (2026-12-06 19:45, both cases in one run beside the
+# two studies: torch 3.64 s / 1.16 s a step = 3.1; the numpy trainer: 4.44 / 2.26 s; before OpenMP waited passively
+# (scratch.runtime) torch's CRF step was 4.5x its plain one and slower than numpy's).
+STEP_SECONDS = {"plain": 0.47, "crf_layer": 1.5}
 EVAL_SECONDS = {"plain": 5.0, "crfpost": 15.0, "crf_layer": 10.0}  # 100 val images: rough guesses, not measured
 
 
