@@ -30,7 +30,6 @@ measured).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["configure", "passive_openmp_wait", "keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
@@ -50,10 +49,9 @@ def keep_freed_memory() -> bool:
         return _state["done"]
     ok = False
     if os.environ.get("MINIDEEPLAB_KEEP_FREED_MEMORY", "1") != "0":
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        try:  # the symbols already in the process (libc's among them): no library search at import
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, TypeError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
             mallopt = None
         if mallopt is not None:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
