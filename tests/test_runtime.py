@@ -61,4 +61,5 @@ def test_a_benchmark_side_runs_under_the_scratch_cores_settings(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     env = child_env(3)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert all(env[v] == "3" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        assert env[var] == "3", var

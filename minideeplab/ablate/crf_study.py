@@ -258,6 +258,6 @@ def format_crf_rows(rows=CRF_ROWS) -> str:
     size = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, size)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines] +
-                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: this study's measured v3+ step, two "
-                      f"studies side by side, and 'minideeplab bench train --crf --threads 1''s CRF/plain ratio; "
+                     [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: this study's measured v3+ step, "
+                      f"two studies side by side, and 'minideeplab bench train --crf --threads 1''s CRF/plain ratio; "
                       f"evaluation times guessed)"])

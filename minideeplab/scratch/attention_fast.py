@@ -9,8 +9,8 @@ What the fast versions save (``minideeplab bench attention`` measures it against
   (the reduction in float64, so that f keeps its bits at any |x|), 2^f, |f| <= 1/2, by a degree-6 polynomial
   fitted at import (least squares at Chebyshev nodes, near-minimax), 2^n written straight into a float's exponent
   bits. Relative error <= 1.1e-7 over [-87.3, 88] (NumPy's float32 exp: 2.1e-7); below -87.3 it is 0 (as is
-  exp(-inf)), above 88 inf. Fusing the exp into the loops that use it saves the passes and the temporaries of its size: a fresh
-  array is a fresh page fault per 4 KiB, and in a transformer block those cost as much as the arithmetic.
+  exp(-inf)), above 88 inf. Fusing the exp into the loops that use it saves the passes and the temporaries of its
+  size (a fresh array is a fresh page fault per 4 KiB: see ``scratch.runtime``).
 * the softmax, in place: the rows' maxima (NumPy), then one kernel a row: exp(scale (s - max)), the sum, the
   division.
 * LayerNorm: one pass a token computing mean, variance, x_hat and y (NumPy: seven passes and four temporaries),
@@ -189,8 +189,9 @@ def _gelu32_kernel(x, y):
     for i in numba.prange(x.size):
         v = x[i]
         t = one / (one + _P32 * abs(v))
-        tail = half * t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * exp32(-half * v * v)  # (1 - erf(|x|/sqrt 2))/2
-        y[i] = v * (half + math.copysign(half - tail, v))                                          # x Phi(x)
+        # (1 - erf(|x| / sqrt 2)) / 2, then x Phi(x)
+        tail = half * t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * exp32(-half * v * v)
+        y[i] = v * (half + math.copysign(half - tail, v))
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FAST)

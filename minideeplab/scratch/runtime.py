@@ -11,11 +11,12 @@ at its first parallel call: a process that loaded the system's libgomp before im
 policy (torch's own bundled copy is another library and is not affected).
 
 **Keep freed memory for the next array** (``keep_freed_memory``): a NumPy network allocates its large
-temporaries afresh on every call. glibc's malloc gives an allocation above ``M_MMAP_THRESHOLD`` pages of its own (mmap) and hands them back to the
-kernel when it is freed; it also hands back free memory at the top of its heap above ``M_TRIM_THRESHOLD``. The
-next array of that size then touches fresh pages, and each fresh 4 KiB page is a page fault (the kernel zeroes
-it). A transformer block at ViT-tiny's width, batch 8, made 3,200 of them a call (13 MB); torch's, which
-allocates about as much, 400. Raising both thresholds keeps those pages in the process for the next call:
+temporaries afresh on every call. glibc's malloc gives an allocation above ``M_MMAP_THRESHOLD`` pages of its own
+(mmap) and hands them back to the kernel when it is freed; it also hands back free memory at the top of its heap
+above ``M_TRIM_THRESHOLD``. The next array of that size then touches fresh pages, and each fresh 4 KiB page is a
+page fault (the kernel zeroes it). A transformer block at ViT-tiny's width, batch 8, made 3,200 of them a call
+(13 MB); torch's, which allocates about as much, 400. Raising both thresholds keeps those pages in the process for
+the next call:
 measured, 1 thread, ``scratch.vit.block_forward`` in three alternating pairs of processes, 32-40 ms -> 27-31 ms
 (0 faults). A CNN at 513x513 hardly notices (v3+ ResNet-50: 4,800 faults in 1.5 s, the same time either way).
 The cost: a process keeps up to ``TRIM_THRESHOLD`` of freed memory instead of returning it.
