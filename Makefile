@@ -26,8 +26,9 @@ LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/minideeplab.json
 lab: setup course precompile
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS)
 
+# Two xdist workers, a test file per worker at a time (tests/conftest.py); PYTEST_ARGS="-n 0" runs in one process.
 test: setup precompile
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 setup: $(STAMP) $(LAB_OVERRIDES)
 

@@ -2,8 +2,6 @@
 exercise open, and both are what the grader reports (exit codes included)."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -15,42 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
 
 
-_GRADERS = {}  # folder -> the Popen of `minideeplab grade` over its notebooks, started once per session
-
-
-def start_graders():
-    """Start grading solutions/ and course/ (idempotent). conftest.py calls this as soon as the session's tests
-    are collected, so that the graders' kernels (mostly one-threaded Python and numba) run beside the rest of
-    the suite, which leaves the second core idle most of the time; the ``graded`` fixture then waits for them."""
-    for folder in ("solutions", "course"):
-        if folder not in _GRADERS:
-            _GRADERS[folder] = subprocess.Popen([sys.executable, "-m", "minideeplab", "grade",
-                                                 *(str(ROOT / folder / name) for name in NOTEBOOKS)],
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-
-
-def stop_graders():
-    """Kill graders still running (a session that stopped before test_course.py ran: -x, Ctrl-C)."""
-    for proc in _GRADERS.values():
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
-def graded():
+def graded(graders_results):
     """{folder: CompletedProcess of `minideeplab grade` over its notebooks}, solutions/ and course/.
 
-    This is where every notebook runs in `make test` (in a fresh kernel, any raising cell fails).
+    This is where every notebook runs in `make test` (in a fresh kernel, any raising cell fails). The graders
+    start when the tests are collected and run beside the rest of the suite (conftest.py); this waits for them.
     """
-    start_graders()
-    results = {}
-    try:
-        for folder, proc in _GRADERS.items():
-            out, err = proc.communicate(timeout=1200)
-            results[folder] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    finally:
-        stop_graders()
-    return results
+    return graders_results
 
 
 def all_exercise_ids():
