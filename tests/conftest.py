@@ -82,6 +82,20 @@ def graders_results(request):
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller, or the only process
         _state["dir"] = tempfile.mkdtemp(prefix="minideeplab-graders-")
+    else:
+        _one_thread()
+
+
+def _one_thread():
+    """An xdist worker computes on one thread (torch, numba, BLAS): two workers and two graders already share
+    the two cores, and a thread pool on a shared core waits for its slowest thread. The tests of the threaded
+    kernels name their thread counts (test_atrous: 1 and 3 threads give the same bits; test_crf: 1 and all)."""
+    import numba
+    import threadpoolctl
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    threadpoolctl.threadpool_limits(1)
 
 
 @pytest.hookimpl(optionalhook=True)
