@@ -388,7 +388,8 @@ def test_lattice_agrees_with_pydensecrf_on_photographs(name, size):
     for key, params in PARAMS.items():
         if name != "coffee" and key == "v2-vgg":
             continue
-        for normalization in ("symmetric", "after") if name == "coffee" else ("symmetric",):
+        # "after" (pydensecrf's NORMALIZE_AFTER) on one photograph and one parameter set: it changes one division
+        for normalization in ("symmetric", "after") if (name, key) == ("coffee", "v2-resnet") else ("symmetric",):
             want = pydensecrf_inference(probs, image, 10, normalization=normalization, **params)
             got = dense_crf(probs, image, normalization=normalization, **params)
             agreement = np.mean(got.argmax(0) == want.argmax(0))
