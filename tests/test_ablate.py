@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -177,21 +178,29 @@ def test_an_interrupted_row_resumes_from_its_checkpoint(study, tmp_path, monkeyp
 
 
 def test_a_row_trains_on_the_threads_it_is_given(tmp_path, monkeypatch):
-    """--threads is the row's training's thread count too (two studies side by side at one thread each), and
-    torch's own count comes back afterwards, whatever happened in between."""
+    """--threads is the row's training's thread count too, torch's and numba's (two studies side by side at one
+    thread each; the CRF layer's mean field is numba), and the counts before come back afterwards, whatever
+    happened in between."""
     seen = []
 
     def stop(config, resume=False, **kw):
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), numba.get_num_threads()))
         raise KeyboardInterrupt  # stopped mid-training
 
     monkeypatch.setattr(T, "train", stop)
-    before = torch.get_num_threads()
-    threads = 2 if before == 1 else 1
-    with pytest.raises(KeyboardInterrupt):
-        A.run_ablation(tmp_path, ["shallow"], log=lambda line: None, threads=threads, **TINY)
-    assert seen == [threads]
-    assert torch.get_num_threads() == before
+    saved = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(1)  # (numba's first: its OpenMP layer can set OpenMP's count, which is torch's)
+    torch.set_num_threads(1)
+    try:
+        before = torch.get_num_threads(), numba.get_num_threads()
+        threads = 2  # differs from both counts before (numba's where numba may use two)
+        with pytest.raises(KeyboardInterrupt):
+            A.run_ablation(tmp_path, ["shallow"], log=lambda line: None, threads=threads, **TINY)
+        assert seen == [(threads, min(threads, numba.config.NUMBA_NUM_THREADS))]
+        assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    finally:
+        numba.set_num_threads(saved[1])
+        torch.set_num_threads(saved[0])
 
 
 def test_val_root_scores_the_rows_on_another_folder(study, tmp_path, capsys):

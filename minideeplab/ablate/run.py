@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -41,16 +42,19 @@ def _schedule(epochs, train_images, val_images, crop_size, batch_size, lr, seed,
 
 
 @contextlib.contextmanager
-def _torch_threads(threads):
-    """torch on ``threads`` threads inside, as before outside. A row trains, evaluates and is timed on them: two
-    studies at one thread each on two cores, each on torch's default (every core), ran 5-9x slower than alone,
-    their OpenMP workers spinning for each other's cores."""
-    before = torch.get_num_threads()
+def _threads(threads):
+    """torch and numba on ``threads`` threads inside, as before outside. A row trains, evaluates and is timed on
+    them: two studies at one thread each on two cores, each on torch's default (every core), ran 5-9x slower than
+    alone, their OpenMP workers spinning for each other's cores; the CRF layer's mean field (numba) is the same."""
+    before = torch.get_num_threads(), numba.get_num_threads()
+    # numba's first, then torch's: numba's OpenMP layer can set the OpenMP count that torch reads as its own
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        numba.set_num_threads(before[1])
+        torch.set_num_threads(before[0])
 
 
 def _inference_ms(run, images) -> float:
@@ -157,7 +161,7 @@ def _load_result(path, schedule):
 
 def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
     """Train (or resume) the row, evaluate it and time its inference, all on ``threads`` torch threads."""
-    with _torch_threads(threads):
+    with _threads(threads):
         return _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
 
 
