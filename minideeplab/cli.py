@@ -245,58 +245,21 @@ def _weights_source(weights, arch):
 def _ablate(args) -> int:
     from minideeplab import ablate
 
-    if args.study == "crf":  # its own runner (per-row schedules, fine-tuning from the shipped weights)
-        return _crf_study(args)
     study = ablate.get_study(args.study)
     if args.list:
-        print(ablate.format_rows(study.rows))
-        if study.name == "attention":
-            ratios = ablate.within_budget()
-            worst = max(max(v) for v in ratios.values())
-            print(f"\nevery row within {ablate.BUDGET}x of the mini CNN v3+ in parameters and multiply-adds "
-                  f"(the largest ratio: {worst:.2f}x)")
+        print(ablate.listing(study))
         return 0
     for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(f"{flag} {root} does not exist")
-    args.out = args.out or f"runs/{study.name}"
-    rows = ablate.run_ablation(args.out, args.only, study=study.name, epochs=args.epochs,
-                               train_images=args.train_images,
-                               val_images=args.val_images, crop_size=args.crop_size, data_root=args.data_root,
-                               val_root=args.val_root,
-                               results=args.results, threads=args.threads, log=print)
-    results = Path(args.results or args.out)
-    n = study.name
-    print(f"\n{len(rows)} rows in {results / f'{n}.csv'} (and {n}.json, {n}_miou.png, {n}_trimap.png)\n")
-    print(ablate.format_table(rows))
-    if n == "ablation":  # the papers' claims are about that study's rows
-        print()
-        for line in ablate.trends(rows):
-            print(f"- {line}")
-    return 0
-
-
-def _crf_study(args) -> int:
-    from minideeplab import ablate
-    from minideeplab.ablate import crf_study
-
-    if args.list:
-        print(crf_study.format_crf_rows())
-        return 0
-    if args.epochs not in (None, ablate.EPOCHS) or args.crop_size != ablate.CROP_SIZE:
-        raise ValueError("--study crf: its schedules are fixed (see --list: 'ablation' and 'finetune'); "
-                         "--epochs and --crop-size apply to the ablation")
-    for flag, root in (("--data-root", args.data_root), ("--val-root", args.val_root)):
-        if root is not None and not Path(root).exists():
-            raise FileNotFoundError(f"{flag} {root} does not exist")
-    out = args.out or "runs/crf"
-    rows = crf_study.run_crf_study(out, args.only, data_root=args.data_root, val_root=args.val_root,
-                                   train_images=args.train_images, val_images=args.val_images, results=args.results,
-                                   threads=args.threads, log=print)
-    print(f"\n{len(rows)} rows in {Path(args.results or out) / 'crf.csv'} (and crf.json, crf_miou.png)")
-    for r in rows:
-        print(f"{r['name']:<28} mIoU {100 * r['miou']:5.1f}  trimap 1px {100 * r['trimap_1']:5.1f}  "
-              f"2px {100 * r['trimap_2']:5.1f}")
+    out = args.out or f"runs/{study.name}"
+    rows = ablate.run_study(study, out, args.only, epochs=args.epochs, crop_size=args.crop_size,
+                            train_images=args.train_images, val_images=args.val_images, data_root=args.data_root,
+                            val_root=args.val_root, results=args.results, threads=args.threads, log=print)
+    results = Path(args.results or out)
+    print(f"\n{len(rows)} rows in {results / f'{study.name}.csv'} (and {study.name}.json, the per-image "
+          f"matrices, the plots)\n")
+    print(ablate.report(study, rows))
     return 0
 
 

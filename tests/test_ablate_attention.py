@@ -1,4 +1,4 @@
-"""The attention study's definition and its runner (the ablation's, ``run_ablation(study="attention")``) on a tiny
+"""The attention study's definition and its runner (the ablation's, ``run_ablation(study=ATTENTION)``) on a tiny
 schedule: the 1.5x budget, the rows' own seeds, the table's columns, finished rows skipped, and the files read
 back by the study's reader (``measured.read_study(ATTENTION_EXPECTED)``, notebook 11). The study itself is not
 run here."""
@@ -30,14 +30,31 @@ def test_rows_and_budget():
     with pytest.raises(ValueError, match=r"rows outside 1.2x of the mini CNN v3\+: vit-linear-s0 \(parameters"):
         within_budget(factor=1.2)
     assert ablate.get_study("attention").epochs == 30 and ablate.get_study("ablation").epochs == ablate.EPOCHS
-    with pytest.raises(ValueError, match="study must be one of 'ablation', 'attention', got 'crf2'"):
+    with pytest.raises(ValueError, match="study must be one of 'ablation', 'attention', 'crf', got 'crf2'"):
         ablate.get_study("crf2")
+
+
+def test_every_study_is_one_registry_entry_the_command_line_offers():
+    """A study is its rows and one entry in studies.STUDIES; the command line's --study choices are its names, and
+    each study lists and reports through its own hooks (no branch on a study's name in the CLI)."""
+    from minideeplab.cli import build_parser
+
+    study_action = next(a for a in build_parser()._subparsers._group_actions[0].choices["ablate"]._actions
+                        if a.dest == "study")
+    assert tuple(study_action.choices) == tuple(ablate.STUDIES)
+    assert ablate.get_study("crf").runner is not None and ablate.get_study("attention").runner is None
+    assert "CPU hours" in ablate.listing(ablate.get_study("crf"))
+    crf_row = {"name": "v3plus-mini-s0", "miou": 0.298, "trimap_1": 0.5, "trimap_2": 0.6}
+    assert ablate.report(ablate.get_study("crf"), [crf_row]).split() == [
+        "v3plus-mini-s0", "mIoU", "29.8", "trimap", "1px", "50.0", "2px", "60.0"]
+    with pytest.raises(TypeError, match="study must be a Study .* got 'attention'"):
+        ablate.run_ablation("unused", study="attention")
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     lines = []
-    kw = dict(study="attention", epochs=1, train_images=2, val_images=2, crop_size=32, batch_size=2,
+    kw = dict(study=ablate.ATTENTION, epochs=1, train_images=2, val_images=2, crop_size=32, batch_size=2,
               data_root=str(DATA), timing_images=1, log=lines.append)
     table = ablate.run_ablation(tmp_path, ["vit-linear-s1", "segformer-s0"], **kw)
     assert [r["name"] for r in table] == ["segformer-s0", "vit-linear-s1"]  # the study's order: seed by seed

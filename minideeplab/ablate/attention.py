@@ -1,5 +1,5 @@
 """The attention study (issue 14, section 3): is atrous convolution still useful on top of attention? Run by the
-ablation's runner (``minideeplab ablate --study attention``; ``run.run_ablation(study="attention")``): each row
+ablation's runner (``minideeplab ablate --study attention``; ``studies.run_study(ATTENTION)``): each row
 in OUT/<name>/ (last.pt, result.json, per_image.npz), finished rows skipped, an interrupted one resumed; the table
 in RESULTS/attention.csv (one line per configuration and seed: name, seed, miou, parameters, mult_adds, the
 trimap accuracies, ...), attention.json, attention_miou.png, attention_trimap.png, attention_per_image.npz (for
@@ -27,6 +27,7 @@ question "does the DeepLab recipe's model benefit from ASPP on a ViT", not a tun
 from __future__ import annotations
 
 from minideeplab.ablate.measured import Expected
+from minideeplab.ablate.results import format_rows
 from minideeplab.ablate.study import LR, Row, Study, costs
 
 __all__ = ["ATTENTION", "ATTENTION_ROWS", "ATTENTION_EXPECTED", "ATTENTION_EPOCHS", "SEEDS", "BUDGET",
@@ -52,10 +53,19 @@ _CONFIGS = (
 ATTENTION_ROWS = tuple(Row(f"{name}-s{seed}", model, os_, rates, pool, about=about, backbone=backbone, seed=seed)
                        for seed in SEEDS
                        for name, model, backbone, os_, rates, pool, seeds, about in _CONFIGS if seed in seeds)
+
+
+def _listing() -> str:
+    """--list: the rows, and how close to the mini CNN v3+ they are in parameters and multiply-adds."""
+    worst = max(max(v) for v in within_budget().values())
+    return (format_rows(ATTENTION_ROWS) + f"\n\nevery row within {BUDGET}x of the mini CNN v3+ in parameters and "
+            f"multiply-adds (the largest ratio: {worst:.2f}x)")
+
+
 ATTENTION = Study("attention", ATTENTION_ROWS, ATTENTION_EPOCHS, LR,
                   "atrous convolution on top of attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
                   "SegFormer-mini, ViT with dilated neighbourhood attention",
-                  "Atrous convolution on top of attention, synthetic set")
+                  "Atrous convolution on top of attention, synthetic set", listing=_listing)
 # what the study's reader (``measured``, notebook 11) expects: the configurations and seeds of the rows above, the
 # baseline and the questions, each comparison a - b over the same val images
 ATTENTION_EXPECTED = Expected("attention", ATTENTION_ROWS, baseline="cnn-v3plus", comparisons=(

@@ -42,9 +42,9 @@ from minideeplab import train as T
 from minideeplab.ablate.measured import Expected, configuration, summarise
 from minideeplab.ablate.results import json_safe, write_per_image, write_table
 from minideeplab.ablate.run import _load_result, _run_row, _schedule
-from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, select
+from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, Study, select
 
-__all__ = ["SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS", "SHIPPED", "STEP_SECONDS",
+__all__ = ["CRF", "SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS", "SHIPPED", "STEP_SECONDS",
            "run_crf_study", "write_crf_results", "format_crf_rows", "configuration", "learned_compat",
            "learned_crf"]
 
@@ -261,3 +261,25 @@ def format_crf_rows(rows=CRF_ROWS) -> str:
                      [f"total: {total:.1f} CPU hours (one thread a row; STEP_SECONDS: this study's measured v3+ step, "
                       f"two studies side by side, and 'minideeplab bench train --crf --threads 1''s CRF/plain ratio; "
                       f"evaluation times guessed)"])
+
+
+# ---------------------------------------------------------------------------------------------- the study
+
+
+def _run(out, only=None, *, study=None, epochs=None, crop_size=CROP_SIZE, **options) -> list[dict]:
+    """``studies.run_study``'s runner: ``run_crf_study``, which has its schedules (epochs, crop size) fixed."""
+    if epochs not in (None, EPOCHS) or crop_size != CROP_SIZE:
+        raise ValueError(f"--study crf: its schedules are fixed (see --list: 'ablation' and 'finetune'); --epochs "
+                         f"and --crop-size apply to the ablation, got epochs={epochs}, crop_size={crop_size}")
+    return run_crf_study(out, only, **options)
+
+
+def _report(rows) -> str:
+    """After a run: each row's mIoU and trimap accuracies (the answer, over seeds: ``measured``, notebook 12)."""
+    return "\n".join(f"{r['name']:<28} mIoU {100 * r['miou']:5.1f}  trimap 1px {100 * r['trimap_1']:5.1f}  "
+                     f"2px {100 * r['trimap_2']:5.1f}" for r in rows)
+
+
+CRF = Study("crf", CRF_ROWS, about="the dense CRF as post-processing against the CRF layer trained with the network",
+            title="The dense CRF: post-processing or a trained layer", runner=_run, listing=format_crf_rows,
+            report=_report)

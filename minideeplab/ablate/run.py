@@ -20,9 +20,8 @@ import torch
 from minideeplab import train as T
 from minideeplab.ablate.results import json_safe, write_results
 from minideeplab.training.evaluation import scores as summed_scores
-from minideeplab.ablate.studies import get_study
-from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, SCALE_RANGE, SEED, ShallowFCN, costs,
-                                      field_of_view, select)
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, ROWS, SCALE_RANGE, SEED, ShallowFCN, Study,
+                                      costs, field_of_view, select)
 
 __all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
 
@@ -228,19 +227,21 @@ def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads,
     return record
 
 
-def run_ablation(out="runs/ablation", only=None, *, study="ablation", epochs=None, train_images=None,
+def run_ablation(out="runs/ablation", only=None, *, study=None, epochs=None, train_images=None,
                  val_images=None, crop_size=CROP_SIZE, batch_size=BATCH_SIZE, lr=None, seed=SEED,
                  scale_range=SCALE_RANGE, data_root="data/synthetic", val_root=None, results=None, threads=1,
                  timing_images=5, log=print) -> list[dict]:
-    """Train and measure the rows of ``study`` (``studies.STUDIES``: "ablation", the default, or "attention")
-    named in ``only`` (all when None) that OUT does not hold yet, then write the table of every row of the study
-    OUT holds (in the study's order) to RESULTS (default OUT): <study>.csv, <study>.json, <study>_miou.png,
-    <study>_trimap.png. Rows train on data_root's train split and are scored on val_root's val split (val_root
-    None: data_root's). epochs, lr: None, the study's. train_images / val_images: the first N (None: all).
-    seed: of the rows without a seed of their own. threads: torch threads for the inference timing (the same
-    for every row). Returns the table's records."""
+    """Train and measure the rows of ``study`` (a ``study.Study``, as ``studies.get_study`` gives; None: the
+    ablation's rows and schedule) named in ``only`` (all when None) that OUT does not hold yet, then write the
+    table of every row of the study OUT holds (in the study's order) to RESULTS (default OUT): <study>.csv,
+    <study>.json, <study>_miou.png, <study>_trimap.png. Rows train on data_root's train split and are scored on
+    val_root's val split (val_root None: data_root's). epochs, lr: None, the study's. train_images / val_images:
+    the first N (None: all). seed: of the rows without a seed of their own. threads: torch's and numba's, for
+    each row's training, evaluation and timing. Returns the table's records."""
     out = Path(out)
-    spec = get_study(study)
+    spec = Study("ablation", ROWS) if study is None else study
+    if not isinstance(spec, Study):
+        raise TypeError(f"run_ablation: study must be a Study (studies.get_study(name)) or None, got {study!r}")
     epochs = spec.epochs if epochs is None else epochs
     lr = spec.lr if lr is None else lr
     only = [only] if isinstance(only, str) else (None if only is None else list(only))

@@ -53,13 +53,13 @@ table and says, with the numbers, where they hold and where they do not.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Row", "ROWS", "Study", "ABLATION", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
+__all__ = ["Row", "ROWS", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
            "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
 
 EPOCHS = 8           # the shipped study: 8 x 375 = 3,000 iterations of 8 images on 3,000 generated train images
@@ -141,7 +141,8 @@ _BY_NAME = {r.name: r for r in ROWS}
 
 
 class Study(NamedTuple):
-    """A study: its rows and its schedule (``run.run_ablation(study=name)``); its table is OUT/<name>.csv etc."""
+    """A study: its rows and its schedule; its table is OUT/<name>.csv etc. ``studies.run_study`` runs it,
+    ``minideeplab ablate --study NAME`` too; the three hooks are where a study differs from the ablation."""
 
     name: str
     rows: tuple
@@ -149,9 +150,9 @@ class Study(NamedTuple):
     lr: float = LR
     about: str = ""
     title: str = "DeepLab ablations on the synthetic set"  # its plots'
-
-
-ABLATION = Study("ablation", ROWS, EPOCHS, LR, "DeepLab's ablations on the mini ResNet")
+    runner: Callable | None = None  # (out, only, *, study, **options) -> records; None: run.run_ablation
+    listing: Callable | None = None  # () -> the text of --list; None: results.format_rows(rows)
+    report: Callable | None = None  # records -> the text after a run; None: results.format_table(records)
 
 
 def select(only=None, rows=ROWS) -> list[Row]:
