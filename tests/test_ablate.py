@@ -12,6 +12,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+import threadpoolctl
 import torch
 from PIL import Image
 
@@ -178,13 +179,14 @@ def test_an_interrupted_row_resumes_from_its_checkpoint(study, tmp_path, monkeyp
 
 
 def test_a_row_trains_on_the_threads_it_is_given(tmp_path, monkeypatch):
-    """--threads is the row's training's thread count too, torch's and numba's (two studies side by side at one
-    thread each; the CRF layer's mean field is numba), and the counts before come back afterwards, whatever
-    happened in between."""
+    """--threads is the row's training's thread count too, torch's, numba's and BLAS's (two studies side by side
+    at one thread each; the CRF layer's mean field is numba and NumPy), and the counts before come back
+    afterwards, whatever happened in between."""
     seen = []
 
     def stop(config, resume=False, **kw):
-        seen.append((torch.get_num_threads(), numba.get_num_threads()))
+        blas = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        seen.append((torch.get_num_threads(), numba.get_num_threads(), blas))
         raise KeyboardInterrupt  # stopped mid-training
 
     monkeypatch.setattr(T, "train", stop)
@@ -192,12 +194,14 @@ def test_a_row_trains_on_the_threads_it_is_given(tmp_path, monkeypatch):
     numba.set_num_threads(1)  # (numba's first: its OpenMP layer can set OpenMP's count, which is torch's)
     torch.set_num_threads(1)
     try:
-        before = torch.get_num_threads(), numba.get_num_threads()
-        threads = 2  # differs from both counts before (numba's where numba may use two)
-        with pytest.raises(KeyboardInterrupt):
-            A.run_ablation(tmp_path, ["shallow"], log=lambda line: None, threads=threads, **TINY)
-        assert seen == [(threads, min(threads, numba.config.NUMBA_NUM_THREADS))]
-        assert (torch.get_num_threads(), numba.get_num_threads()) == before
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            before = torch.get_num_threads(), numba.get_num_threads()
+            threads = 2  # differs from every count before (numba's where numba may use two)
+            with pytest.raises(KeyboardInterrupt):
+                A.run_ablation(tmp_path, ["shallow"], log=lambda line: None, threads=threads, **TINY)
+            blas = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert seen == [(threads, min(threads, numba.config.NUMBA_NUM_THREADS), [threads] * len(blas))]
+        assert blas == [1] * len(blas) and (torch.get_num_threads(), numba.get_num_threads()) == before
     finally:
         numba.set_num_threads(saved[1])
         torch.set_num_threads(saved[0])

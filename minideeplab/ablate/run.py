@@ -42,15 +42,19 @@ def _schedule(epochs, train_images, val_images, crop_size, batch_size, lr, seed,
 
 @contextlib.contextmanager
 def _threads(threads):
-    """torch and numba on ``threads`` threads inside, as before outside. A row trains, evaluates and is timed on
-    them: two studies at one thread each on two cores, each on torch's default (every core), ran 5-9x slower than
-    alone, their OpenMP workers spinning for each other's cores; the CRF layer's mean field (numba) is the same."""
+    """torch, numba and BLAS on ``threads`` threads inside, as before outside. A row trains, evaluates and is timed
+    on them: two studies at one thread each on two cores, each on torch's default (every core), ran 5-9x slower
+    than alone, their OpenMP workers spinning for each other's cores; the CRF layer's mean field (numba, and
+    NumPy's OpenBLAS) took a second core the same way."""
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads(), numba.get_num_threads()
-    # numba's first, then torch's: numba's OpenMP layer can set the OpenMP count that torch reads as its own
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(threads)
     try:
-        yield
+        # numba's first, then torch's: numba's OpenMP layer can set the OpenMP count that torch reads as its own
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        with threadpool_limits(limits=threads):
+            torch.set_num_threads(threads)
+            yield
     finally:
         numba.set_num_threads(before[1])
         torch.set_num_threads(before[0])
