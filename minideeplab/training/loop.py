@@ -93,8 +93,11 @@ def fit(config: TrainConfig, backend, resume: bool = False, quiet: bool = False,
     if own_group:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
-        return _fit(config, backend, options, resume, quiet or rank > 0, log if rank == 0 else (lambda *a: None),
-                    world, rank, device)
+        result = _fit(config, backend, options, resume, quiet or rank > 0, log if rank == 0 else (lambda *a: None),
+                      world, rank, device)
+        if own_group:  # every rank done (rank 0 writes the checkpoints last) before any tears the group down
+            dist.barrier()
+        return result
     finally:
         if own_group:
             dist.destroy_process_group()
