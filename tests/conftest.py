@@ -107,7 +107,7 @@ def pytest_configure_node(node):
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids):
     """xdist controller: the first worker's collection says whether test_course.py runs."""
-    if any(i.startswith(COURSE_TESTS + "::") for i in ids):
+    if not node.config.option.collectonly and any(i.startswith(COURSE_TESTS + "::") for i in ids):
         start_graders()
 
 
