@@ -81,7 +81,7 @@ def _train_config(args):
                        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        train_images=args.train_images, val_images=args.val_images, num_workers=args.workers,
                        device=_device(args.device), model_options=options, dtype=args.dtype,
-                       init_from=args.init_from)
+                       init_from=args.init_from, optimizer=args.optimizer, warmup_iters=args.warmup_iters)
 
 
 def _model_option(text):
@@ -276,7 +276,8 @@ def _positive(kind):
 def _add_train(sub):
     p = sub.add_parser(
         "train", help="train a DeepLab (PyTorch reference) on a VOC-layout data set",
-        description="Train a DeepLab with SGD (momentum, weight decay), the poly learning rate and cross-entropy "
+        description="Train a DeepLab with SGD (momentum, weight decay; or --optimizer adamw), the poly learning "
+                    "rate and cross-entropy "
                     "that ignores label 255, on random scale/crop/flip crops. Writes OUT/last.pt at the end of "
                     "every epoch (and every --checkpoint-every iterations), atomically, and OUT/best.pt when "
                     "an evaluation beats the best val mIoU so far; --resume continues from OUT/last.pt and "
@@ -307,7 +308,13 @@ def _add_train(sub):
                    help="random rescaling of training images before the crop (default: 0.5 2.0, DeepLab's)")
     p.add_argument("--lr", type=float, default=0.01,
                    help="base learning rate of the poly schedule (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=0.9, help="(default: %(default)s)")
+    p.add_argument("--optimizer", default="sgd",
+                   help="training.optimizers.OPTIMIZERS: sgd, DeepLab's (momentum, L2 weight decay); adamw: the transformers' (Adam, betas 0.9 and "
+                        "0.999, decoupled weight decay; --momentum unused) (default: %(default)s)")
+    p.add_argument("--warmup-iters", type=int, default=0, metavar="ITERATIONS",
+                   help="raise the learning rate linearly over the first ITERATIONS (times the poly schedule); "
+                        "0: no warm-up (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD's (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",

@@ -261,3 +261,68 @@ def test_unsupported_configs_get_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="runs in one process, got WORLD_SIZE 2"):
         S.train(tiny(tmp_path), quiet=True, log=quiet_log)
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_adamw_with_warm_up_matches_the_torch_trainer_in_float64(tmp_path, monkeypatch):
+    """The transformers' recipe (TrainConfig optimizer "adamw", warmup_iters): the NumPy trainer's 20 losses and
+    final weights against the torch trainer's (torch.optim.AdamW), float64, and its checkpoint's moments and step
+    counts as torch's."""
+    kw = dict(lr=1e-4, optimizer="adamw", weight_decay=0.05, warmup_iters=8, dtype="float64")
+    ours, masks = numpy_run(issue_run(tmp_path / "numpy", **kw), monkeypatch)
+    theirs = torch_run(issue_run(tmp_path / "torch", **kw), monkeypatch, masks)
+    err = step_errors(ours["losses"], theirs["losses"])
+    assert err.max() <= 1e-12, f"step {err.argmax() + 1}: relative difference {err.max():.2e}; all: {err}"
+    for k, v in theirs["model"].items():
+        assert rel(ours["model"][k].numpy(), v.numpy()) <= 1e-10, k
+    mine, torchs = ours["optimizer"]["state"], theirs["optimizer"]["state"]
+    assert mine.keys() == torchs.keys()
+    for i, s in torchs.items():
+        assert float(mine[i]["step"]) == float(s["step"]) == 20, i
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert rel(mine[i][key].numpy(), s[key].numpy()) <= 1e-10, (i, key)
+    assert ours["optimizer"]["param_groups"][0].keys() == theirs["optimizer"]["param_groups"][0].keys()
+
+
+def test_adamw_resumes_bit_for_bit_and_either_trainer_resumes_the_other(tmp_path, monkeypatch):
+    """AdamW, interrupted mid-epoch (checkpoint at iteration 4) and resumed: the uninterrupted run's weights,
+    moments and losses bit for bit; the torch trainer resumes the NumPy trainer's last.pt (its optimizer state
+    in torch's layout) and goes on from iteration 4."""
+    config = tiny(tmp_path / "cut", optimizer="adamw", lr=1e-3, warmup_iters=3)
+    whole = S.train(tiny(tmp_path / "whole", optimizer="adamw", lr=1e-3, warmup_iters=3), quiet=True, log=quiet_log)
+    with monkeypatch.context() as m:
+        interrupt_at(m, L, 5)
+        with pytest.raises(KeyboardInterrupt):
+            S.train(config, quiet=True, log=quiet_log)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    resumed = S.train(config, resume=True, quiet=True, log=quiet_log)
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    for k, s in whole["optimizer"]["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(s[key], resumed["optimizer"]["state"][k][key]), (k, key)
+    assert whole["losses"] == resumed["losses"]
+
+    other = tmp_path / "torch"
+    other.mkdir()
+    torch.save(cut, other / "last.pt")
+    lines = []
+    by_torch = T.train(tiny(other, optimizer="adamw", lr=1e-3, warmup_iters=3), resume=True, quiet=True,
+                       log=lines.append)
+    assert "at iteration 4/6" in lines[0] and by_torch["iteration"] == 6
+    assert all(float(s["step"]) == 6 for s in by_torch["optimizer"]["state"].values())
+    with pytest.raises(ValueError, match=r"optimizer='adamw' \(now 'sgd'\)"):
+        S.train(tiny(tmp_path / "cut"), resume=True, quiet=True, log=quiet_log)
+
+
+def test_the_warm_up_and_the_optimizer_option():
+    """scheduled_lr: poly times (iteration + 1) / warmup_iters over the warm-up, poly alone after and without;
+    a bad optimizer or warm-up is refused naming the option."""
+    config = T.TrainConfig(lr=0.1, warmup_iters=4)
+    lrs = [L.scheduled_lr(config, i, 10) for i in range(10)]
+    poly = [L.poly_lr(0.1, i, 10) for i in range(10)]
+    assert lrs[:4] == pytest.approx([poly[i] * (i + 1) / 4 for i in range(4)], rel=1e-15)
+    assert lrs[3] == poly[3] and lrs[4:] == poly[4:] and 0 < lrs[0] < lrs[1] < lrs[2]
+    assert [L.scheduled_lr(T.TrainConfig(lr=0.1), i, 10) for i in range(10)] == poly
+    with pytest.raises(ValueError, match=r"optimizer \(--optimizer\) must be one of 'sgd', 'adamw', got 'adam'"):
+        T.TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match=r"warmup_iters \(--warmup-iters\) must be an int >= 0, got -1"):
+        T.TrainConfig(warmup_iters=-1)

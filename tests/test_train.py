@@ -450,6 +450,16 @@ def test_scale_range_flag(capsys):
         _train_config(parse(["train", "--scale-range", "2", "1"]))
 
 
+def test_optimizer_and_warm_up_flags():
+    parse = build_parser().parse_args
+    config = _train_config(parse(["train"]))
+    assert (config.optimizer, config.warmup_iters) == ("sgd", 0)
+    config = _train_config(parse(["train", "--optimizer", "adamw", "--warmup-iters", "375", "--weight-decay", "0.05"]))
+    assert (config.optimizer, config.warmup_iters, config.weight_decay) == ("adamw", 375, 0.05)
+    with pytest.raises(ValueError, match=r"optimizer \(--optimizer\) must be one of 'sgd', 'adamw', got 'adam'"):
+        _train_config(parse(["train", "--optimizer", "adam"]))
+
+
 def test_export_ships_weights_without_the_optimizer(checkpoint, tmp_path, capsys):
     """float16 export: no optimizer or random state, about a quarter of last.pt, the history kept; load_model
     reads it (weights cast back to float32, within float16's rounding of the original); it cannot be resumed.

@@ -36,6 +36,42 @@ def test_sgd_step_matches_torch():
         assert set(state) == ({"a", "b"} if momentum else set())
 
 
+def test_adamw_step_matches_torch():
+    """Four steps of AdamW against torch.optim.AdamW, float64, with and without weight decay, other betas; a
+    key missing from grads at some step is left alone and its step count does not move (as torch skips it)."""
+    rng = np.random.default_rng(1)
+    for lr, betas, eps, wd in ((1e-3, (0.9, 0.999), 1e-8, 0.05), (0.1, (0.5, 0.9), 1e-3, 0.0)):
+        params = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5), "c": rng.standard_normal(2)}
+        tp = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+        opt = torch.optim.AdamW(tp.values(), lr=lr, betas=betas, eps=eps, weight_decay=wd)
+        state = None
+        for i in range(4):
+            grads = {k: rng.standard_normal(v.shape) for k, v in params.items() if not (k == "c" and i % 2)}
+            for k, p in tp.items():
+                p.grad = torch.from_numpy(grads[k].copy()) if k in grads else None
+            opt.step()
+            state = scratch.adamw_step(params, grads, lr, betas, eps, wd, state)
+        for k in params:
+            assert rel(params[k], tp[k].detach().numpy()) < 1e-14, k
+        assert state["a"]["step"] == 4 and state["c"]["step"] == 2
+        torch_state = opt.state_dict()["state"]
+        assert rel(state["b"]["exp_avg_sq"], torch_state[1]["exp_avg_sq"].numpy()) < 1e-14
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(betas=(0.9,)), "betas must be a pair"),
+    (dict(betas=(0.9, 1.0)), r"betas must be in \[0, 1\)"),
+    (dict(lr=-1.0), "lr"),
+    (dict(eps=float("nan")), "eps"),
+])
+def test_adamw_step_refuses_bad_hyperparameters(bad, match):
+    params = {"a": np.zeros(3)}
+    kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) | bad
+    with pytest.raises(ValueError, match=match):
+        scratch.adamw_step(params, {"a": np.ones(3)}, **kw)
+    assert not params["a"].any()
+
+
 def _one_step(model, x, target, lr):
     """One training step of ``model`` (scratch) and of its torch twin from the same weights, batch and
     dropout masks. -> (scratch loss, torch loss, torch state_dict after the step); model is updated."""

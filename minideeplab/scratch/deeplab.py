@@ -97,7 +97,7 @@ from minideeplab.scratch.backbone import (BackboneCache, backbone_backward, back
 from minideeplab.scratch.backbone import parameter_shapes as backbone_parameter_shapes
 from minideeplab.scratch.heads import HEADS
 from minideeplab.scratch.layers import resize_bilinear, resize_bilinear_backward, resize_bilinear_infer
-from minideeplab.scratch.optim import sgd_step
+from minideeplab.scratch.optim import adamw_step, sgd_step
 from minideeplab.scratch.params import check_subset, init_params, sub
 from minideeplab.specs.checks import FLOAT_DTYPES, check_float_array
 from minideeplab.specs.deeplab import (AUX_DROPOUT, MINI_HEAD, MODELS, SCORE_STD, V2_RATES, V3_RATES, DeepLabConfig,
@@ -105,7 +105,7 @@ from minideeplab.specs.deeplab import (AUX_DROPOUT, MINI_HEAD, MODELS, SCORE_STD
 
 __all__ = ["MODELS", "DeepLabConfig", "make_config", "model_parameter_shapes", "is_score_layer",
            "init_model", "DeepLabCache", "model_forward", "model_backward", "model_infer", "DeepLab", "build_model",
-           "sgd_step", "AUX_DROPOUT", "MINI_HEAD", "SCORE_STD", "V2_RATES", "V3_RATES"]
+           "sgd_step", "adamw_step", "AUX_DROPOUT", "MINI_HEAD", "SCORE_STD", "V2_RATES", "V3_RATES"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ class TrainConfig:
     model_options: more arguments of ``reference.deeplab.build_model`` (image_pooling, atrous_rates,
     aspp_channels, dropout, aux, crf, ...), plain values (a dict of them for crf: {"n_iters": 5}).
     init_from: a checkpoint (a run's, or an exported one) whose weights the run starts from, with a fresh
-    optimiser at iteration 0 (``training.loop``); None: fresh weights from seed. A resumed run resumes."""
+    optimiser at iteration 0 (``training.loop``); None: fresh weights from seed. A resumed run resumes.
+    optimizer: "sgd" (DeepLab's; momentum, weight_decay) or "adamw" (the transformers'; weight_decay decoupled,
+    momentum unused), ``training.optimizers``. warmup_iters: the learning rate rises linearly over the first
+    warmup_iters iterations (0: none), times the poly schedule (``training.loop.scheduled_lr``)."""
 
     model: str = "v3plus"
     backbone: str = "mini"
@@ -45,6 +48,8 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     dtype: str = "float32"  # "float64": slow, for exact comparisons (the data-parallel test)
     init_from: str | None = None
+    optimizer: str = "sgd"
+    warmup_iters: int = 0
 
     # fields that may differ between a run and its resumption (they do not change the weights)
     RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "val_images", "val_root", "num_workers", "device", "out")
@@ -57,7 +62,7 @@ class TrainConfig:
                 why = " (batch norm needs two samples)" if name == "batch_size" else ""
                 raise ValueError(f"TrainConfig: {_flag(name)} must be an int >= {2 if name == 'batch_size' else 1}"
                                  f"{why}, got {v!r}")
-        for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
+        for name in ("eval_every", "checkpoint_every", "num_workers", "seed", "warmup_iters"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"TrainConfig: {_flag(name)} must be an int >= 0, got {v!r}")
@@ -75,6 +80,9 @@ class TrainConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"TrainConfig: scale_range must be (low, high) with 0 < low <= high, "
                              f"got {self.scale_range}")
+        from minideeplab.training.optimizers import get_optimizer
+
+        get_optimizer(self.optimizer)  # its ValueError names --optimizer and the choices
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"TrainConfig: {_flag('dtype')} must be 'float32' or 'float64', got {self.dtype!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):

@@ -11,7 +11,7 @@ A backend is a class:
     b.load_state_dict(checkpoint)   continue from a checkpoint's "model", "optimizer", "rng", "iteration"
     b.load_weights(model)           take these weights (a state_dict: every key of state_dict()["model"]), nothing
                                     else: --init-from's start
-    b.step(x, y, lr, iteration)     one SGD iteration on this process's share of a batch, x (n, 3, H, W) float32
+    b.step(x, y, lr, iteration)     one optimiser iteration on this process's share of a batch, x (n, 3, H, W) float32
                                     and y (n, H, W) int64 tensors -> the global batch's loss (a float)
     b.state_dict()                  {"model", "optimizer", "rng"} in the checkpoint's layout (training.checkpoint)
     b.predictor()                   a model for evaluation.predict (which sets eval mode; .train() after)
@@ -19,7 +19,8 @@ A backend is a class:
 
 DeepLab's recipe: SGD with momentum and weight decay, the "poly" learning rate
 lr = base_lr * (1 - iteration / max_iterations) ** 0.9, cross-entropy that ignores label 255, random
-scale / crop / flip (``training.data``).
+scale / crop / flip (``training.data``). The transformers' recipe swaps in AdamW and a linear warm-up
+(TrainConfig.optimizer "adamw", warmup_iters; ``training.optimizers``, ``scheduled_lr``).
 
 Reproducible and resumable: the data of an iteration depend only on its number (``training.data``), so a
 resumed run reaches the same weights as an uninterrupted one, bit for bit on the CPU, provided the backend's
@@ -64,6 +65,13 @@ from minideeplab.training.evaluation import TRIMAP_WIDTHS, confusions, scores
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
     """DeepLab's "poly" schedule: base_lr * (1 - iteration / max_iterations) ** power."""
     return base_lr * (1 - iteration / max_iterations) ** power
+
+
+def scheduled_lr(config, iteration: int, max_iterations: int) -> float:
+    """The learning rate of an iteration: poly, times a linear warm-up over the first config.warmup_iters
+    iterations ((iteration + 1) / warmup_iters: the first step at lr / warmup_iters, never 0)."""
+    lr = poly_lr(config.lr, iteration, max_iterations, config.power)
+    return lr * min(1.0, (iteration + 1) / config.warmup_iters) if config.warmup_iters else lr
 
 
 def best_miou(history: list[dict]) -> float:
@@ -170,7 +178,7 @@ def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> d
                                                  generator=torch.Generator().manual_seed(config.seed))
             tic, seen, running = time.perf_counter(), 0, None
             for x, y in loader:
-                lr = poly_lr(config.lr, it, max_iter, config.power)
+                lr = scheduled_lr(config, it, max_iter)
                 value = b.step(x, y, lr, it)
                 it += 1
                 if not math.isfinite(value):

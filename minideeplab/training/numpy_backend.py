@@ -5,7 +5,7 @@ iteration is the whole algorithm (``train_step``):
     logits, cache = model.forward(x)                          # training: batch statistics, dropout
     loss, dlogits = softmax_cross_entropy(logits, y, 255)     # + 0.5 * the aux head's loss, if it has one
     grads = model.backward(dlogits, cache)
-    sgd_step(model.params, grads, poly_lr(...), momentum, weight_decay, state)
+    sgd_step(model.params, grads, lr, momentum, weight_decay, state)   # or adamw_step (config.optimizer)
 
     config = TrainConfig(model="v3plus", backbone="mini", data_root="data/synthetic", out="runs/numpy")
     train(config)                                     # writes runs/numpy/last.pt (resume=True continues it)
@@ -20,8 +20,9 @@ with no random state in the checkpoint. (The torch trainer draws its masks from 
 two runs differ there; tests/test_scratch_train.py gives the torch model this run's masks to compare them.)
 
 Checkpoint: the torch trainer's format, read by ``load_model`` and ``minideeplab eval``: "model" the params
-and buffers as torch tensors keyed as the torch twin's state_dict, "optimizer" the momentum buffers in
-torch.optim.SGD's state_dict layout, "rng" empty (see Dropout). CPU, one process.
+and buffers as torch tensors keyed as the torch twin's state_dict, "optimizer" the optimiser's state (SGD's
+momentum buffers, AdamW's moments and step counts) in torch's state_dict layout (``training.optimizers``), "rng"
+empty (see Dropout). CPU, one process.
 
 Against the torch trainer (tests/test_scratch_train.py): float64 losses agree to ~1e-14 over 20 steps at lr
 0.001. At the default lr 0.01 any difference, float rounding's included, grows by orders of magnitude in a few
@@ -36,9 +37,9 @@ import torch
 from minideeplab.data.transforms import IGNORE_INDEX
 from minideeplab.reference.deeplab import to_scratch
 from minideeplab.scratch.layers import softmax_cross_entropy
-from minideeplab.scratch.optim import sgd_step
 from minideeplab.training.config import TrainConfig
 from minideeplab.training.loop import fit
+from minideeplab.training.optimizers import OPTIMIZERS, from_torch_state, get_optimizer, to_torch_state
 from minideeplab.training.torch_backend import AUX_WEIGHT, build
 
 __all__ = ["train", "train_step", "NumpyBackend"]
@@ -50,22 +51,24 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False, log=pr
     return fit(config, NumpyBackend, resume, quiet, log)
 
 
-def train_step(model, x, y, lr, momentum, weight_decay, state) -> float:
-    """One SGD iteration of a scratch DeepLab in training mode, in place: x (N, 3, H, W) in the model's
-    dtype, y (N, H, W) labels (IGNORE_INDEX not counted) -> the loss. state: the momentum buffers (updated)."""
+def train_step(model, x, y, lr, momentum, weight_decay, state, optimizer="sgd") -> float:
+    """One iteration of a scratch DeepLab in training mode, in place: x (N, 3, H, W) in the model's
+    dtype, y (N, H, W) labels (IGNORE_INDEX not counted) -> the loss. state: the optimiser's (SGD's momentum
+    buffers; updated). optimizer: "sgd" or "adamw" (``training.optimizers``; momentum unused by AdamW)."""
     logits, cache = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, y, IGNORE_INDEX)
     daux = None
     if cache.aux is not None:
         aux_loss, daux = softmax_cross_entropy(cache.aux, y, IGNORE_INDEX)
         loss, daux = loss + AUX_WEIGHT * aux_loss, daux * daux.dtype.type(AUX_WEIGHT)
-    sgd_step(model.params, model.backward(dlogits, cache, daux), lr, momentum, weight_decay, state)
+    grads = model.backward(dlogits, cache, daux)
+    get_optimizer(optimizer).step(model.params, grads, lr, momentum, weight_decay, state)
     return float(loss)
 
 
 class NumpyBackend:
-    """The NumPy trainer's side of ``training.loop.fit``: a scratch DeepLab (``model``), its momentum buffers
-    (``momentum``, name -> array) and the last learning rate, for SGD's state_dict."""
+    """The NumPy trainer's side of ``training.loop.fit``: a scratch DeepLab (``model``), the optimiser's state
+    (``state``, name -> one parameter's, ``scratch.optim``) and the last learning rate, for its state_dict."""
 
     name = "numpy"
     device = "cpu"
@@ -80,7 +83,8 @@ class NumpyBackend:
                              f"(torchrun); use minideeplab.train.train for data parallel")
 
     def __init__(self, config, num_classes: int, world: int = 1, rank: int = 0, device: str = "cpu"):
-        self.config, self.lr, self.momentum = config, config.lr, {}
+        self.config, self.lr, self.state = config, config.lr, {}
+        self.optimizer = OPTIMIZERS[config.optimizer]
         torch.manual_seed(config.seed)
         twin = build(config, num_classes)  # the torch trainer's initial weights, in config.dtype
         self.keys, self.names = list(twin.state_dict()), [n for n, _ in twin.named_parameters()]
@@ -92,24 +96,20 @@ class NumpyBackend:
         self.lr = lr
         self.model.rng = np.random.default_rng([self.config.seed, 3, iteration])
         return train_step(self.model, x.numpy().astype(self.model.dtype), y.numpy(), lr, self.config.momentum,
-                          self.config.weight_decay, self.momentum)
+                          self.config.weight_decay, self.state, self.config.optimizer)
 
     def state_dict(self) -> dict:
-        """The torch trainer's layout: the weights keyed as the twin's state_dict, the momentum buffers as
-        torch.optim.SGD's state (parameter i: the twin's i-th), no random state."""
+        """The torch trainer's layout: the weights keyed as the twin's state_dict, the optimiser's state as
+        torch's optimizer.state_dict() (parameter i: the twin's i-th), no random state."""
         weights = {**self.model.params, **self.model.buffers}
-        sgd = {"state": {i: {"momentum_buffer": torch.from_numpy(self.momentum[k].copy())}
-                         for i, k in enumerate(self.names) if k in self.momentum},
-               "param_groups": [{"lr": self.lr, "momentum": self.config.momentum, "dampening": 0, "nesterov": False,
-                                 "weight_decay": self.config.weight_decay, "params": list(range(len(self.names)))}]}
-        return {"model": {k: torch.from_numpy(np.array(weights[k])) for k in self.keys}, "optimizer": sgd, "rng": {}}
+        return {"model": {k: torch.from_numpy(np.array(weights[k])) for k in self.keys},
+                "optimizer": to_torch_state(self.config, self.state, self.names, self.lr), "rng": {}}
 
     def load_state_dict(self, ckpt: dict):
         """Continue from a checkpoint (its "rng" unused: the dropout masks are seeded by the iteration)."""
         for d in (self.model.params, self.model.buffers):
             d.update({k: ckpt["model"][k].numpy().copy() for k in d})
-        self.momentum = {self.names[i]: s["momentum_buffer"].numpy().copy()
-                         for i, s in ckpt["optimizer"]["state"].items()}
+        self.state = from_torch_state(self.config, ckpt["optimizer"], self.names)
 
     def load_weights(self, model: dict):
         """--init-from: these weights (a full state_dict of the twin's keys), nothing else."""

@@ -1,9 +1,9 @@
-"""The torch trainer's step and state: the reference (PyTorch) DeepLab, ``torch.optim.SGD``, autograd, and
-what data parallel needs of them.
+"""The torch trainer's step and state: the reference (PyTorch) DeepLab, ``torch.optim.SGD`` (or AdamW,
+``training.optimizers``), autograd, and what data parallel needs of them.
 
 One step: the mean cross-entropy (ignoring label 255) over the global batch's labelled pixels, plus
 AUX_WEIGHT times the aux head's, if the model has one; backward; SGD with momentum and weight decay at the
-loop's learning rate. Dropout draws from torch's generator, whose state the checkpoint keeps ("rng").
+loop's learning rate (or AdamW). Dropout draws from torch's generator, whose state the checkpoint keeps ("rng").
 
 Data parallel (under torchrun, see ``training.loop``): the model runs in DistributedDataParallel. Each
 process's loss is its pixels' share of the global batch's mean (as DDP averages the processes' gradients),
@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from minideeplab.data.transforms import IGNORE_INDEX
+from minideeplab.training.optimizers import get_optimizer
 
 AUX_WEIGHT = 0.5  # torchvision's reference scripts: loss = out + 0.5 aux
 
@@ -55,8 +56,8 @@ class TorchBackend:
         self.net = build(config, num_classes, device)  # the model; self.model runs it (through DDP under torchrun)
         if world > 1:
             self.net = _sync_batchnorm(self.net, device)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = get_optimizer(config.optimizer).torch(self.net.parameters(), config.lr, config.momentum,
+                                                               config.weight_decay)
         if rank:
             torch.manual_seed(_rank_seed(config.seed, rank, 0))
         self.model = self.net
@@ -65,7 +66,7 @@ class TorchBackend:
                 self.net, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
 
     def step(self, x, y, lr: float, iteration: int) -> float:
-        """One SGD iteration on this process's share of a batch, x (n, 3, H, W) float32 and y (n, H, W) int64
+        """One optimiser iteration on this process's share of a batch, x (n, 3, H, W) float32 and y (n, H, W) int64
         tensors, at learning rate lr -> the global batch's loss. (iteration: unused, dropout draws from torch's
         generator.)"""
         x, y = x.to(device=self.device, dtype=self.dtype), y.to(self.device)
@@ -90,7 +91,7 @@ class TorchBackend:
         return value.item() / self.world
 
     def state_dict(self) -> dict:
-        """{"model": the plain model's state_dict on the CPU, "optimizer": SGD's, "rng": torch's generator
+        """{"model": the plain model's state_dict on the CPU, "optimizer": the optimiser's, "rng": torch's generator
         states}."""
         return {"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "rng": _rng_state(self.device)}
