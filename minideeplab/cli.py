@@ -309,8 +309,9 @@ def _add_train(sub):
     p.add_argument("--lr", type=float, default=0.01,
                    help="base learning rate of the poly schedule (default: %(default)s)")
     p.add_argument("--optimizer", default="sgd",
-                   help="training.optimizers.OPTIMIZERS: sgd, DeepLab's (momentum, L2 weight decay); adamw: the transformers' (Adam, betas 0.9 and "
-                        "0.999, decoupled weight decay; --momentum unused) (default: %(default)s)")
+                   help="sgd: DeepLab's (momentum, L2 weight decay); adamw: the transformers' (Adam, betas 0.9 "
+                        "and 0.999, decoupled weight decay; --momentum unused) (training.optimizers) "
+                        "(default: %(default)s)")
     p.add_argument("--warmup-iters", type=int, default=0, metavar="ITERATIONS",
                    help="raise the learning rate linearly over the first ITERATIONS (times the poly schedule); "
                         "0: no warm-up (default: %(default)s)")

@@ -51,12 +51,12 @@ def write_study(folder, expected, measured, per_image=True, configuration_column
         trimaps = np.stack([cms_of(rng, accuracy=acc - 0.1 * k) for k in range(len(WIDTHS))], axis=1)
         images[name] = {"cms": cms, "trimaps": trimaps, "widths": np.asarray(WIDTHS)}
         r = {"name": name, "seed": int(name.rpartition("-s")[2]), "miou": miou(cms),
-             "parameters": 1_000_000 + len(name), "mult_adds": 2_000_000_000, "about": "x, y"}
+             "parameters": 1_000_000 + len(name), "mult_adds": 2_000_000_000, "final_loss": 1 - acc, "about": "x, y"}
         r.update({f"trimap_{w}": accuracy(trimaps[:, k]) for k, w in enumerate(WIDTHS)})
         if configuration_column:
             r["configuration"] = M.configuration(name)
         rows.append(r)
-    names = ["name"] + ["configuration"] * configuration_column + ["seed", "miou", "parameters", "mult_adds"] + \
+    names = ["name"] + ["configuration"] * configuration_column + ["seed", "miou", "parameters", "mult_adds", "final_loss"] + \
         [f"trimap_{w}" for w in WIDTHS] + ["about"]
     table, per_image_path = expected.files(folder)
     write_table(rows, table, names)
@@ -149,6 +149,9 @@ def test_format_names_the_missing_rows_and_the_command_once(attention):
     assert "vit-aspp: 1 of 3: vit-aspp-s1, vit-aspp-s2" in text and "vit-aspp-dec: 0 of 1" in text
     assert text.count(ATTENTION_EXPECTED.command) == 1 and "(baseline)" in text
     assert "tri1" in text and "tri4" in text and " 3/3 " in text
+    head, _, cnn, linear = text.splitlines()[:4]
+    # the training loss at the end, seed mean (did it fit?): 1 - accuracy in these fake rows
+    assert head.split()[5] == "loss" and cnn.split()[5] == "0.15" and linear.split()[5] == "0.30"
 
 
 def test_answer_lines_say_only_what_the_numbers_allow(attention):

@@ -129,7 +129,8 @@ def summarise(expected: Expected, rows, per_image=None, baseline=None, n_samples
     trimap_<w> of ``INTERVAL_WIDTHS`` that the per-image file holds),
     "configurations": one dict per configuration measured (the expected order, then any other): configuration,
     about, rows, seeds, seeds_expected, miou (seed mean), miou_sd (sample sd; nan for one seed), miou_min,
-    miou_max, pixel_accuracy and each trimap_<w> (seed means) with trimap_<w>_sd, parameters, mult_adds (None
+    miou_max, pixel_accuracy, final_loss (the training loss at the end: did it fit?) and each trimap_<w> (seed
+    means) with their _sd, parameters, mult_adds (None
     when the table has none), vs_baseline: {key: (difference of seed means, low, high)} or None;
     "missing": {configuration, seeds (measured), seeds_expected, rows (to run)} per expected configuration short
     of seeds; "comparisons": {a, b, question, intervals ({key: (d, lo, hi)} or None), why (when None)}}."""
@@ -179,7 +180,7 @@ def summarise(expected: Expected, rows, per_image=None, baseline=None, n_samples
              "seeds_expected": list(wanted[config]["seeds"]) if config in wanted else None,
              "miou_min": float(min(m)), "miou_max": float(max(m))}
         s["miou"], s["miou_sd"] = _mean_sd(m)
-        for k in ["pixel_accuracy"] + widths:
+        for k in ["pixel_accuracy", "final_loss"] + widths:
             s[k], s[f"{k}_sd"] = _mean_sd([r.get(k, math.nan) for r in lines])
         for k in ("parameters", "mult_adds"):
             v = lines[0].get(k)
@@ -224,13 +225,17 @@ def _interval(iv) -> str:
     return f"{_pts(iv[0], True)} [{_pts(iv[1], True)}, {_pts(iv[2], True)}]"
 
 
+def _loss(x):
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
 def format_summary(summary) -> str:
     """The summary as aligned text: one line per configuration (seeds measured of expected, mean mIoU, seed sd and
-    range, trimap accuracies, parameters, multiply-adds and their ratio to the baseline's, the mIoU difference to
-    the baseline with its 95 % interval), then the configurations short of seeds and the command that runs them."""
+    range, final training loss, trimap accuracies, parameters, multiply-adds and their ratio to the baseline's,
+    the mIoU difference to the baseline with its 95 % interval), then the configurations short of seeds and the command that runs them."""
     rows, base = summary["configurations"], summary["baseline"]
     ref = next((r for r in rows if r["configuration"] == base), None)
-    head = ["configuration", "seeds", "mIoU", "sd", "range"] + \
+    head = ["configuration", "seeds", "mIoU", "sd", "range", "loss"] + \
            [f"tri{w[len('trimap_'):]}" for w in summary["widths"]] + ["params", "MACs", "x base",
                                                                        f"- {base} [95 % interval]"]
     lines = []
@@ -242,7 +247,8 @@ def format_summary(summary) -> str:
         vs = "(baseline)" if r["configuration"] == base else "-" if v is None else _interval(v["miou"])
         seeds = f"{len(r['seeds'])}" + (f"/{len(r['seeds_expected'])}" if r["seeds_expected"] else "")
         lines.append([r["configuration"], seeds, _pts(r["miou"]), _pts(r["miou_sd"]),
-                      f"{_pts(r['miou_min'])}-{_pts(r['miou_max'])}"] + [_pts(r[w]) for w in summary["widths"]] +
+                      f"{_pts(r['miou_min'])}-{_pts(r['miou_max'])}", _loss(r["final_loss"])] +
+                     [_pts(r[w]) for w in summary["widths"]] +
                      [f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else "-",
                       f"{r['mult_adds'] / 1e9:.3f}G" if r["mult_adds"] else "-", ratio, vs])
     out = []
@@ -252,7 +258,8 @@ def format_summary(summary) -> str:
                                       for i, (c, n) in enumerate(zip(cells, size))).rstrip()
         out += [fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines]
         out.append("seeds: measured/expected; mIoU, sd (seed to seed), range and trimap accuracy (tri<px>) in points "
-                   f"(%); 'x base': parameters/MACs over {base}'s; the interval: paired bootstrap over the val images.")
+                   "(%); loss: the training loss at the end (seed mean: did it fit?); "
+                   f"'x base': parameters/MACs over {base}'s; the interval: paired bootstrap over the val images.")
     else:
         out.append(f"No row of the {summary['study']} study is measured yet.")
     if summary["missing"]:
