@@ -93,6 +93,7 @@ def test_tiny_study_writes_the_table_with_the_models_own_counts(study):
         assert 0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1, r
         assert all(0 <= r[f"trimap_{w}"] <= 1 for w in (1, 2, 4, 8, 16)), r
         assert r["train_seconds"] > 0 and r["images_per_s"] > 0 and r["inference_ms"] > 0 and r["threads"] == 1
+        assert 0 < r["train_cpu_seconds"] < 3 * r["train_seconds"]  # one thread: about the wall time, not 0
         assert (r["epochs"], r["train_images"], r["val_images"], r["crop_size"]) == (1, 16, 8, 64)
     # the CRF row: v3plus-os16's weights (nothing trained for it), its time, the CRF's own inference time
     crf, base = by["v3plus-os16-crf"], by["v3plus-os16"]

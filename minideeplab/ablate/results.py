@@ -20,8 +20,8 @@ __all__ = ["columns", "json_safe", "write_table", "write_per_image", "write_resu
 
 _FIRST = ["name", "model", "backbone", "output_stride", "atrous_rates", "image_pooling", "decoder", "crf",
           "field_of_view", "parameters", "mult_adds", "miou", "pixel_accuracy", "mean_accuracy"]
-_LAST = ["train_seconds", "images_per_s", "inference_ms", "threads", "final_loss", "epochs", "train_images",
-         "val_images", "crop_size", "batch_size", "lr", "scale_min", "scale_max", "seed", "about"]
+_LAST = ["train_seconds", "train_cpu_seconds", "images_per_s", "inference_ms", "threads", "final_loss", "epochs",
+         "train_images", "val_images", "crop_size", "batch_size", "lr", "scale_min", "scale_max", "seed", "about"]
 _INTS = {"output_stride", "field_of_view", "parameters", "mult_adds", "threads", "epochs", "train_images",
          "val_images", "crop_size", "batch_size", "seed"}
 

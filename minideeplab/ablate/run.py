@@ -111,16 +111,20 @@ def evaluate_crf(model, dataset, classes, crf="deeplab-v2-resnet", widths=T.TRIM
     return summed_scores(cms.sum(0), trimaps.sum(0), classes, widths, len(dataset))
 
 
-def _train_seconds(metrics, batch_size) -> float:
-    """Training time from the checkpoint's per-epoch speeds (a resumed row counts its earlier epochs too)."""
-    seconds, it = 0.0, 0
+def _train_seconds(metrics, batch_size) -> tuple[float, float]:
+    """(wall, CPU) seconds of training from the checkpoint's per-epoch records (a resumed row counts its earlier
+    epochs too). CPU: the training process's, all its threads; nan where an epoch was trained before the records
+    had it. Wall time also counts the time the process was stopped or waited for a core."""
+    seconds, cpu, it = 0.0, 0.0, 0
     for r in metrics:
         seconds += (r["iteration"] - it) * batch_size / r["images_per_s"]
+        cpu += r.get("cpu_seconds", math.nan)
         it = r["iteration"]
-    return seconds
+    return seconds, cpu
 
 
-def _record(row, classes, scores, cost, schedule, train_seconds, images, inference_ms, threads, final_loss):
+def _record(row, classes, scores, cost, schedule, train_seconds, images, inference_ms, threads, final_loss,
+            train_cpu_seconds=math.nan):
     record = {"name": row.name, "model": row.model, "backbone": row.backbone, "output_stride": row.output_stride,
               "atrous_rates": tuple(row.atrous_rates), "image_pooling": row.image_pooling, "decoder": row.decoder,
               "crf": row.crf, "field_of_view": field_of_view(row), **cost,
@@ -129,7 +133,7 @@ def _record(row, classes, scores, cost, schedule, train_seconds, images, inferen
     record.update({f"trimap_{w}": a for w, a in scores["trimap_accuracy"].items()})
     record.update({f"iou_{c}": scores["per_class_iou"][c] for c in classes})
     speed = images / train_seconds if train_seconds else math.nan
-    record.update({"train_seconds": train_seconds, "images_per_s": speed,
+    record.update({"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds, "images_per_s": speed,
                    "inference_ms": inference_ms, "threads": threads, "final_loss": final_loss, **schedule,
                    "about": row.about})
     return record
@@ -216,9 +220,9 @@ def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads,
         run = lambda image: T.predict(model, image)  # noqa: E731
     images = [val_set[i][0] for i in range(min(timing_images, len(val_set)))]
     ms = _inference_ms(run, images)
-    seconds = _train_seconds(ckpt["metrics"], schedule["batch_size"])
+    seconds, cpu = _train_seconds(ckpt["metrics"], schedule["batch_size"])
     record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
-                     ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"])
+                     ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"], cpu)
     if row.schedule is not None:  # the CRF study's: the CRF layer, and what it learned
         record.update(_crf_layer_record(row, ckpt["model"]))
     folder.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,7 @@ def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> d
                                                                       for batch in batches],
                                                  num_workers=config.num_workers,
                                                  generator=torch.Generator().manual_seed(config.seed))
-            tic, seen, running = time.perf_counter(), 0, None
+            tic, cpu, seen, running = time.perf_counter(), time.process_time(), 0, None
             for x, y in loader:
                 lr = scheduled_lr(config, it, max_iter)
                 value = b.step(x, y, lr, it)
@@ -196,7 +196,9 @@ def _fit(config, backend, options, resume, quiet, log, world, rank, device) -> d
                     ckpt = checkpoint()
             # end of an epoch
             record = {"iteration": it, "epoch": epoch + 1, "loss": running, "losses": losses[epoch * per_epoch:it],
-                      "lr": lr, "images_per_s": seen / (time.perf_counter() - tic)}
+                      "lr": lr, "images_per_s": seen / (time.perf_counter() - tic),
+                      "cpu_seconds": time.process_time() - cpu}  # this process's, all threads: wall time can
+            # include time the process did not run (a suspended job, a busy machine)
             epoch += 1
             improved = False
             if val_set is not None and (epoch % config.eval_every == 0 or it == max_iter):
