@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from minideeplab import ablate
 from minideeplab.ablate import measured
@@ -19,9 +20,12 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 def test_rows_and_budget():
     names = [r.name for r in ATTENTION_ROWS]
-    assert len(names) == len(set(names)) == 3 * 3 + 3
-    assert names[:6] == [f"{c}-s0" for c in ("cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer",
-                                            "vit-na-linear")]  # seed 0 of everything first
+    assert len(names) == len(set(names)) == 3 * 3 + 5
+    assert names[:8] == [f"{c}-s0" for c in ("cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer",
+                                            "vit-na-linear", "vit-linear-adamw", "vit-aspp-adamw")]  # seed 0 first
+    recipes = {r.name: r.recipe for r in ATTENTION_ROWS if r.recipe}
+    assert recipes == {"vit-linear-adamw-s0": "adamw", "vit-aspp-adamw-s0": "adamw"}  # the follow-up question
+    assert ablate.RECIPES["adamw"]["optimizer"] == "adamw"
     for config in ("cnn-v3plus", "vit-linear", "vit-aspp"):  # the rows the answer rests on: three seeds
         assert [r.seed for r in ATTENTION_ROWS if r.name.rsplit("-s", 1)[0] == config] == list(SEEDS)
     ratios = within_budget()
@@ -56,11 +60,20 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     lines = []
     kw = dict(study=ablate.ATTENTION, epochs=1, train_images=2, val_images=2, crop_size=32, batch_size=2,
               data_root=str(DATA), timing_images=1, log=lines.append)
-    table = ablate.run_ablation(tmp_path, ["vit-linear-s1", "segformer-s0"], **kw)
-    assert [r["name"] for r in table] == ["segformer-s0", "vit-linear-s1"]  # the study's order: seed by seed
+    table = ablate.run_ablation(tmp_path, ["vit-linear-s1", "segformer-s0", "vit-linear-adamw-s0"], **kw)
+    assert [r["name"] for r in table] == ["segformer-s0", "vit-linear-adamw-s0", "vit-linear-s1"]  # seed by seed
+    # a row with a recipe trains with it (its checkpoint's config) and records it; the others SGD at the study's lr
+    adamw = torch.load(tmp_path / "vit-linear-adamw-s0" / "last.pt", weights_only=True)
+    assert {k: adamw["config"][k] for k in ablate.RECIPES["adamw"]} == ablate.RECIPES["adamw"]
+    assert "exp_avg_sq" in next(iter(adamw["optimizer"]["state"].values()))
+    assert [(r["optimizer"], r["lr"], r["warmup_iters"]) for r in table] == [
+        ("sgd", ablate.LR, 0), ("adamw", 3e-4, 375), ("sgd", ablate.LR, 0)]
+    full, table = table, [table[0], table[2]]
     assert [r["seed"] for r in table] == [0, 1] and table[1]["backbone"] == "vit_mini"
     with open(tmp_path / "attention.csv") as f:
         rows = list(csv.DictReader(f))
+    assert [r["optimizer"] for r in rows] == ["sgd", "adamw", "sgd"]
+    rows = [rows[0], rows[2]]
     assert [r["name"] for r in rows] == ["segformer-s0", "vit-linear-s1"]
     for key in ("seed", "miou", "parameters", "mult_adds", "trimap_2"):
         assert all(r[key] != "" for r in rows), key
@@ -72,15 +85,18 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     # the reader on the runner's files: what is there, what is missing, intervals where both sides are measured
     s = measured.read_study(ATTENTION_EXPECTED, tmp_path, n_samples=50)
     assert [(c["configuration"], c["seeds"], c["rows"]) for c in s["configurations"]] == [
-        ("vit-linear", [1], ["vit-linear-s1"]), ("segformer", [0], ["segformer-s0"])]
+        ("vit-linear", [1], ["vit-linear-s1"]), ("segformer", [0], ["segformer-s0"]),
+        ("vit-linear-adamw", [0], ["vit-linear-adamw-s0"])]
     assert s["configurations"][0]["miou"] == table[1]["miou"] and s["configurations"][1]["parameters"] == \
         table[0]["parameters"]
     assert [(m["configuration"], m["seeds"], m["seeds_expected"]) for m in s["missing"]] == [
         ("cnn-v3plus", 0, 3), ("vit-linear", 1, 3), ("vit-aspp", 0, 3), ("vit-aspp-dec", 0, 1),
-        ("vit-na-linear", 0, 1)]
+        ("vit-na-linear", 0, 1), ("vit-aspp-adamw", 0, 1)]
     assert s["missing"][1]["rows"] == ["vit-linear-s0", "vit-linear-s2"]
     assert all(c["vs_baseline"] is None for c in s["configurations"])  # no cnn-v3plus row yet
-    assert all(c["intervals"] is None for c in s["comparisons"])
+    # one comparison has both sides: the recipe's, AdamW's seed 0 against SGD's seed 1 here
+    assert [(c["a"], c["b"]) for c in s["comparisons"] if c["intervals"] is not None] == [
+        ("vit-linear-adamw", "vit-linear")]
     against = measured.read_study(ATTENTION_EXPECTED, tmp_path, baseline="vit-linear", n_samples=50)
     d, lo, hi = against["configurations"][1]["vs_baseline"]["miou"]
     assert d == pytest.approx(table[0]["miou"] - table[1]["miou"]) and lo <= d <= hi
@@ -89,7 +105,7 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     lines.clear()
     again = ablate.run_ablation(tmp_path, ["vit-linear-s1"], **kw)
     assert any("vit-linear-s1: measured earlier" in line for line in lines)
-    assert [r["miou"] for r in again] == [r["miou"] for r in table]
+    assert [r["miou"] for r in again] == [r["miou"] for r in full]
     # the command line lists the study with its budget
     assert main(["ablate", "--study", "attention", "--list"]) == 0
     out = capsys.readouterr().out

@@ -76,7 +76,8 @@ def attention(tmp_path):
 
 def test_what_a_study_expects_is_read_off_the_runners_rows():
     att = ATTENTION_EXPECTED.configurations
-    assert list(att) == ["cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer", "vit-na-linear"]
+    assert list(att) == ["cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer", "vit-na-linear",
+                         "vit-linear-adamw", "vit-aspp-adamw"]
     assert att["vit-aspp"]["seeds"] == (0, 1, 2) and att["vit-aspp-dec"]["rows"] == ("vit-aspp-dec-s0",)
     assert sum(len(c["rows"]) for c in att.values()) == len(ATTENTION_ROWS)
     crf = CRF_EXPECTED.configurations
@@ -110,7 +111,9 @@ def test_rows_means_spreads_and_missing(attention):
     assert s["missing"] == [
         {"configuration": "vit-aspp", "seeds": 1, "seeds_expected": 3, "rows": ["vit-aspp-s1", "vit-aspp-s2"]},
         {"configuration": "vit-aspp-dec", "seeds": 0, "seeds_expected": 1, "rows": ["vit-aspp-dec-s0"]},
-        {"configuration": "vit-na-linear", "seeds": 0, "seeds_expected": 1, "rows": ["vit-na-linear-s0"]}]
+        {"configuration": "vit-na-linear", "seeds": 0, "seeds_expected": 1, "rows": ["vit-na-linear-s0"]},
+        {"configuration": "vit-linear-adamw", "seeds": 0, "seeds_expected": 1, "rows": ["vit-linear-adamw-s0"]},
+        {"configuration": "vit-aspp-adamw", "seeds": 0, "seeds_expected": 1, "rows": ["vit-aspp-adamw-s0"]}]
     assert by["cnn-v3plus"]["vs_baseline"] is None and s["interval_keys"] == ["miou", "trimap_1", "trimap_2"]
 
 

@@ -21,9 +21,10 @@ __all__ = ["columns", "json_safe", "write_table", "write_per_image", "write_resu
 _FIRST = ["name", "model", "backbone", "output_stride", "atrous_rates", "image_pooling", "decoder", "crf",
           "field_of_view", "parameters", "mult_adds", "miou", "pixel_accuracy", "mean_accuracy"]
 _LAST = ["train_seconds", "train_cpu_seconds", "images_per_s", "inference_ms", "threads", "final_loss", "epochs",
-         "train_images", "val_images", "crop_size", "batch_size", "lr", "scale_min", "scale_max", "seed", "about"]
+         "train_images", "val_images", "crop_size", "batch_size", "lr", "optimizer", "weight_decay", "warmup_iters",
+         "scale_min", "scale_max", "seed", "about"]
 _INTS = {"output_stride", "field_of_view", "parameters", "mult_adds", "threads", "epochs", "train_images",
-         "val_images", "crop_size", "batch_size", "seed"}
+         "val_images", "crop_size", "batch_size", "seed", "warmup_iters"}
 
 
 def columns(rows) -> list[str]:
@@ -131,7 +132,7 @@ def read_csv(path) -> list[dict]:
             for k, v in raw.items():
                 if k == "atrous_rates":
                     r[k] = tuple(int(x) for x in v.split())
-                elif k in ("name", "model", "backbone", "about"):
+                elif k in ("name", "model", "backbone", "about", "optimizer"):
                     r[k] = v
                 elif k == "crf":
                     r[k] = v or None

@@ -20,8 +20,8 @@ import torch
 from minideeplab import train as T
 from minideeplab.ablate.results import json_safe, write_results
 from minideeplab.training.evaluation import scores as summed_scores
-from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, ROWS, SCALE_RANGE, SEED, ShallowFCN, Study,
-                                      costs, field_of_view, select)
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, RECIPES, ROWS, SCALE_RANGE, SEED, SGD_DEFAULTS,
+                                      ShallowFCN, Study, costs, field_of_view, select)
 
 __all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
 
@@ -134,8 +134,8 @@ def _record(row, classes, scores, cost, schedule, train_seconds, images, inferen
     record.update({f"iou_{c}": scores["per_class_iou"][c] for c in classes})
     speed = images / train_seconds if train_seconds else math.nan
     record.update({"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds, "images_per_s": speed,
-                   "inference_ms": inference_ms, "threads": threads, "final_loss": final_loss, **schedule,
-                   "about": row.about})
+                   "inference_ms": inference_ms, "threads": threads, "final_loss": final_loss, **SGD_DEFAULTS,
+                   **schedule, "about": row.about})
     return record
 
 
@@ -157,8 +157,21 @@ def _check_schedule(path, record, schedule):
                          f"--out, or delete {path.parent} to measure the row again")
 
 
+def row_schedule(row, schedule) -> dict:
+    """The schedule a row trains with: the run's, with the row's own seed and its recipe's optimiser settings
+    (``study.RECIPES``) where it has them; what its result.json must match."""
+    if row.seed is not None:  # a study repeating a configuration over seeds
+        schedule = schedule | {"seed": row.seed}
+    if row.recipe is not None:
+        if row.recipe not in RECIPES:
+            raise ValueError(f"row {row.name}: recipe must be one of {', '.join(map(repr, RECIPES))}, "
+                             f"got {row.recipe!r}")
+        schedule = schedule | RECIPES[row.recipe]
+    return schedule
+
+
 def _load_result(path, schedule):
-    record = json.loads(path.read_text())
+    record = {**SGD_DEFAULTS, **json.loads(path.read_text())}  # rows measured before recipes existed: SGD
     record["atrous_rates"] = tuple(record["atrous_rates"])
     keep = ("image_pooling", "crf", "crf_layer", "crf_compat", "init_from", "schedule")  # None is a value there
     record = {k: math.nan if v is None and k not in keep else v for k, v in record.items()}
@@ -173,8 +186,7 @@ def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_im
 
 
 def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
-    if row.seed is not None:  # the row's own seed (a study repeating a configuration over seeds)
-        schedule = schedule | {"seed": row.seed}
+    schedule = row_schedule(row, schedule)
     folder = out / row.name
     result = folder / "result.json"
     if result.exists():
@@ -190,7 +202,8 @@ def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads,
                                batch_size=schedule["batch_size"], crop_size=schedule["crop_size"], lr=schedule["lr"],
                                scale_range=(schedule["scale_min"], schedule["scale_max"]), seed=schedule["seed"],
                                eval_every=0, train_images=schedule["train_images"], model_options=row.model_options(),
-                               init_from=schedule.get("init_from"))
+                               init_from=schedule.get("init_from"),
+                               **{k: schedule.get(k, v) for k, v in SGD_DEFAULTS.items()})
         resume = checkpoint.exists()
         n = schedule["epochs"]
         log(f"{row.name}: {'resuming' if resume else 'training'} ({row.about}; {n} epoch{'s' * (n != 1)}"
@@ -271,7 +284,7 @@ def run_ablation(out="runs/ablation", only=None, *, study=None, epochs=None, tra
     for k, row in enumerate(rows, start=1):
         log(f"[{k}/{len(rows)}] {row.name}")
         _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
-    table = [_load_result(out / r.name / "result.json", schedule | ({} if r.seed is None else {"seed": r.seed}))
+    table = [_load_result(out / r.name / "result.json", row_schedule(r, schedule))
              for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Row", "ROWS", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
+__all__ = ["Row", "ROWS", "RECIPES", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
            "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
 
 EPOCHS = 8           # the shipped study: 8 x 375 = 3,000 iterations of 8 images on 3,000 generated train images
@@ -80,7 +80,8 @@ class Row(NamedTuple):
     is row ``weights_of`` (trained once, for that row) evaluated with the dense CRF (post-processing).
     backbone: ``build_model``'s (the mini ResNet by default). seed: the row's own training seed (None: the
     run's), for the studies that repeat a configuration over seeds. crf_layer, schedule: the CRF study's
-    (``crf_study``): the CRF trained as a layer, and the row's named schedule."""
+    (``crf_study``): the CRF trained as a layer, and the row's named schedule. recipe: a ``RECIPES`` name, the
+    optimiser settings that replace the study's SGD (lr included) for this row; None: the study's."""
 
     name: str
     model: str
@@ -95,6 +96,7 @@ class Row(NamedTuple):
     seed: int | None = None           # None: the run's seed; the studies over seeds name each row's
     schedule: str | None = None       # the CRF study's named schedule (``crf_study.SCHEDULES``); None: the run's
     backbone: str = "mini"
+    recipe: str | None = None         # a RECIPES name: this row's optimiser and lr instead of the study's SGD
 
     @property
     def decoder(self) -> bool:
@@ -138,6 +140,14 @@ ROWS = (
         about="v3plus-os16's weights + dense CRF (DeepLab v2 ResNet-101's parameters)"),
 )
 _BY_NAME = {r.name: r for r in ROWS}
+
+# a row's optimiser settings when not the study's SGD at its lr (Row.recipe): TrainConfig fields
+RECIPES = {
+    # the transformers' recipe, for the attention study's follow-up (``attention``'s docstring says how lr was
+    # picked): AdamW, decoupled weight decay 0.05, a one-epoch linear warm-up (375 iterations of 8), then poly
+    "adamw": dict(optimizer="adamw", lr=3e-4, weight_decay=0.05, warmup_iters=375),
+}
+SGD_DEFAULTS = dict(optimizer="sgd", weight_decay=1e-4, warmup_iters=0)  # every other row's (TrainConfig's)
 
 
 class Study(NamedTuple):
