@@ -67,6 +67,24 @@ def test_after_precompile_a_fresh_process_compiles_no_kernel_the_notebooks_call(
     assert found["misses"] == {}, f"compiled after precompile: {found['misses']}"
 
 
+def test_every_scratch_module_with_a_kernel_is_precompiled():
+    """KERNEL_MODULES (what precompile reports and the check above covers) names every scratch module that
+    defines a numba kernel: a module left out would compile its kernels in the first notebook (or test) that
+    calls them, unseen by the check."""
+    import numba
+
+    from minideeplab import scratch
+    from minideeplab.scratch.precompile import KERNEL_MODULES
+
+    with_kernels = set()
+    for path in sorted(Path(scratch.__file__).parent.glob("*.py")):
+        module = __import__(f"minideeplab.scratch.{path.stem}", fromlist=["_"])
+        if any(isinstance(v, numba.core.dispatcher.Dispatcher) and v.py_func.__module__ == module.__name__
+               for v in vars(module).values()):
+            with_kernels.add(module.__name__)
+    assert with_kernels == {m.__name__ for m in KERNEL_MODULES}
+
+
 def test_precompile_does_nothing_without_the_jit():
     done = _run(["-m", "minideeplab", "precompile"], NUMBA_DISABLE_JIT="1")
     assert done.returncode == 0, done.stderr

@@ -59,8 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Row", "ROWS", "RECIPES", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE", "NARROW",
-           "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
+from minideeplab.training.config import TrainConfig
+
+__all__ = ["Row", "ROWS", "RECIPES", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED",
+           "IMAGE_SIZE", "NARROW", "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
 
 EPOCHS = 8           # the shipped study: 8 x 375 = 3,000 iterations of 8 images on 3,000 generated train images
 BATCH_SIZE = 8
@@ -147,7 +149,8 @@ RECIPES = {
     # picked): AdamW, decoupled weight decay 0.05, a one-epoch linear warm-up (375 iterations of 8), then poly
     "adamw": dict(optimizer="adamw", lr=3e-4, weight_decay=0.05, warmup_iters=375),
 }
-SGD_DEFAULTS = dict(optimizer="sgd", weight_decay=1e-4, warmup_iters=0)  # every other row's (TrainConfig's)
+# every other row's: TrainConfig's defaults (DeepLab's SGD, its weight decay, no warm-up)
+SGD_DEFAULTS = {k: getattr(TrainConfig(), k) for k in ("optimizer", "weight_decay", "warmup_iters")}
 
 
 class Study(NamedTuple):

@@ -19,10 +19,12 @@ import time
 import numba
 import numpy as np
 
-from minideeplab.scratch import attention, attention_fast, atrous_fast, crf, layers, lattice_fast
+from minideeplab.scratch import (attention, attention_fast, atrous_fast, crf, layers, lattice_fast, mobilenet,
+                                 window_fast)
 
-# Every module that defines numba kernels: precompile reports (and the test checks) the kernels of these.
-KERNEL_MODULES = (atrous_fast, layers, lattice_fast, attention, attention_fast)
+# Every module that defines numba kernels: precompile reports (and the test checks) the kernels of these;
+# tests/test_precompile.py checks that no scratch module with a kernel is missing here.
+KERNEL_MODULES = (atrous_fast, layers, lattice_fast, attention, attention_fast, mobilenet, window_fast)
 
 
 def _conv_paths(dtype):
@@ -55,6 +57,21 @@ def _dense_crf(dtype):
     crf.dense_crf(probs, image, n_iters=1, compat=np.ones((2, 2)) - np.eye(2))
 
 
+def _mean_field(dtype):
+    """The CRF as a layer: mean field from logits and its backward, through the lattice (in the logits' dtype:
+    float64 for the gradient checks) and through the local window (ConvCRF)."""
+    logits = np.linspace(-1, 1, 2 * 4 * 5, dtype=dtype).reshape(2, 4, 5)
+    image = np.zeros((4, 5, 3), np.uint8)
+    for method in ("lattice", "window"):
+        q, cache = crf.mean_field(logits, image, n_iters=1, method=method, window=3)
+        crf.mean_field_backward(np.ones_like(q), cache)
+
+
+def _mobilenet(dtype):
+    """MobileNetV3's in-place hardswish (eval units)."""
+    mobilenet._hardswish_inplace(np.zeros(3, dtype))
+
+
 def _transformer(dtype):
     """LayerNorm, GELU (the fused float32 erf; the exact erf of gelu_naive), exp32 and attention, forward and
     backward."""
@@ -70,7 +87,7 @@ def _transformer(dtype):
     attention.attention_backward(out, cache)
 
 
-_WARMUPS = (_conv_paths, _resize, _dense_crf, _transformer)
+_WARMUPS = (_conv_paths, _resize, _dense_crf, _mean_field, _mobilenet, _transformer)
 
 
 def kernels() -> dict[str, object]:
