@@ -62,6 +62,8 @@ def test_the_study_runs_resumes_and_writes_its_results(study, tmp_path):
     with open(out / "results" / "crf.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [t["name"] for t in table] == names
+    # the committed table names the shipped model relative to the repository, not this machine's folders
+    assert {t["init_from"] for t in table} == {"", "data/models/mini_v3plus.pt"}
     assert {"name", "configuration", "seed", "miou", "trimap_1", "trimap_2", "crf", "crf_layer"} <= set(table[0])
     report = json.loads((out / "results" / "crf.json").read_text())
     assert report["summary"]["v3plus-ft"]["seeds"] == [0]

@@ -178,14 +178,16 @@ def write_crf_results(rows, folder, per_image) -> list[Path]:
     every row has its per-image matrices) and crf_miou.png. per_image: row name -> {"cms", "trimaps", "widths"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{**r, "configuration": configuration(r["name"])} for r in rows]
+    rows = [{**r, "configuration": configuration(r["name"]), "init_from": _portable(r.get("init_from"))}
+            for r in rows]
     names = _columns(rows)
     paths = [write_table(rows, folder / "crf.csv", names), folder / "crf.json"]
     reading = summarise(CRF_EXPECTED, rows, per_image)
     report = {"rows": [{k: r.get(k) for k in names + ["crf_compat"]} for r in rows],
               "summary": {c["configuration"]: c for c in reading["configurations"]},
               "missing": reading["missing"], "comparisons": reading["comparisons"],
-              "schedules": {k: {**v, "iterations": _iterations(v)} for k, v in SCHEDULES.items()}}
+              "schedules": {k: {**v, "init_from": _portable(v["init_from"]), "iterations": _iterations(v)}
+                            for k, v in SCHEDULES.items()}}
     paths[1].write_text(json.dumps(json_safe(report), indent=1))
     images = write_per_image(rows, folder / "crf_per_image.npz", per_image)
     paths += [images] if images else []
@@ -194,6 +196,16 @@ def write_crf_results(rows, folder, per_image) -> list[Path]:
 
         paths.append(plot_seeds(rows, folder / "crf_miou.png", configuration))
     return paths
+
+
+def _portable(path):
+    """A path inside the repository as relative to it (the committed table names no one's home folder)."""
+    if not isinstance(path, str):
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(SHIPPED.parents[2]))
+    except ValueError:
+        return path
 
 
 def learned_compat(folder=None) -> dict:
