@@ -101,11 +101,23 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     d, lo, hi = against["configurations"][1]["vs_baseline"]["miou"]
     assert d == pytest.approx(table[0]["miou"] - table[1]["miou"]) and lo <= d <= hi
     assert set(against["configurations"][1]["vs_baseline"]) == {"miou", "trimap_1", "trimap_2"}
-    # rerun: finished rows skipped, the table rewritten from them
+    # did each row fit? its training loss per epoch, in the study's order, the mean of the epoch's raw losses
+    curves = measured.read_curves(ATTENTION_EXPECTED, tmp_path)
+    assert list(curves) == ["segformer-s0", "vit-linear-adamw-s0", "vit-linear-s1"]
+    ckpt = torch.load(tmp_path / "vit-linear-s1" / "last.pt", weights_only=True)
+    assert curves["vit-linear-s1"] == [pytest.approx(sum(ckpt["losses"]) / len(ckpt["losses"]), rel=1e-12)]
+    # rerun: finished rows skipped, the table rewritten from them; a row measured before result.json kept its
+    # curve gets it from its last.pt
+    result = tmp_path / "vit-linear-s1" / "result.json"
+    record = json.loads(result.read_text())
+    del record["loss_curve"]
+    result.write_text(json.dumps(record))
     lines.clear()
     again = ablate.run_ablation(tmp_path, ["vit-linear-s1"], **kw)
     assert any("vit-linear-s1: measured earlier" in line for line in lines)
     assert [r["miou"] for r in again] == [r["miou"] for r in full]
+    assert measured.read_curves(ATTENTION_EXPECTED, tmp_path) == curves
+    assert measured.read_curves(ATTENTION_EXPECTED, tmp_path / "nothing") == {}
     # the command line lists the study with its budget
     assert main(["ablate", "--study", "attention", "--list"]) == 0
     out = capsys.readouterr().out

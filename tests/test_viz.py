@@ -324,6 +324,20 @@ def test_ablation_figures_build():
     plt.close("all")
 
 
+def test_loss_curves_one_line_per_row_one_colour_per_configuration():
+    from minideeplab.ablate.measured import configuration
+    from minideeplab.viz.ablation import plot_loss_curves
+
+    curves = {"cnn-s0": [0.6, 0.3, 0.2], "cnn-s1": [0.6, 0.4, 0.2], "vit-s0": [0.7, 0.7]}
+    fig = plot_loss_curves(curves, configuration)
+    lines = fig.axes[0].lines
+    assert [list(line.get_ydata()) for line in lines] == list(curves.values())
+    assert list(lines[2].get_xdata()) == [1, 2]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["cnn", "vit"]
+    plt.close(fig)
+
+
 def test_ablation_figures_tell_the_rows_apart(tmp_path):
     """The shipped table: the six v3 rows differ in colour, line style and marker in the trimap figure, and no two
     names overlap in the cost plot (three rows at 0.156 G and two at 0.553 G sit within a point of each other)."""

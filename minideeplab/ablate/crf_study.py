@@ -40,8 +40,8 @@ import numpy as np
 
 from minideeplab import train as T
 from minideeplab.ablate.measured import Expected, configuration, summarise
-from minideeplab.ablate.results import json_safe, write_per_image, write_table
-from minideeplab.ablate.run import _load_result, _run_row, _schedule
+from minideeplab.ablate.results import json_safe, write_loss_curves, write_per_image, write_table
+from minideeplab.ablate.run import _load_result, _run_row, _schedule, loss_curves
 from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, Study, select
 
 __all__ = ["CRF", "SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS", "SHIPPED", "STEP_SECONDS",
@@ -154,7 +154,7 @@ def run_crf_study(out="runs/crf", only=None, *, data_root="data/synthetic", val_
     table = [_load_result(out / r.name / "result.json", _row_schedule(r, schedules, len(train_set), len(val_set)))
              for r in CRF_ROWS if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table}
-    write_crf_results(table, out if results is None else results, per_image)
+    write_crf_results(table, out if results is None else results, per_image, loss_curves(out, CRF_ROWS))
     return table
 
 
@@ -172,10 +172,11 @@ def _columns(rows):
     return _FIRST + trimap + [k for k in keys if k.startswith("iou_")] + _LAST
 
 
-def write_crf_results(rows, folder, per_image) -> list[Path]:
+def write_crf_results(rows, folder, per_image, curves=None) -> list[Path]:
     """crf.csv, crf.json (the rows, their learned CRF parameters, and ``measured.summarise``'s reading:
     "summary" {configuration: its seed means and spreads}, "missing", "comparisons"), crf_per_image.npz (when
-    every row has its per-image matrices) and crf_miou.png. per_image: row name -> {"cms", "trimaps", "widths"}."""
+    every row has its per-image matrices), crf_miou.png, and crf_losses.json when curves (row name -> its loss per
+    epoch, ``run.loss_curves``) are given. per_image: row name -> {"cms", "trimaps", "widths"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{**r, "configuration": configuration(r["name"]), "init_from": _portable(r.get("init_from"))}
@@ -191,6 +192,8 @@ def write_crf_results(rows, folder, per_image) -> list[Path]:
     paths[1].write_text(json.dumps(json_safe(report), indent=1))
     images = write_per_image(rows, folder / "crf_per_image.npz", per_image)
     paths += [images] if images else []
+    if curves is not None:
+        paths.append(write_loss_curves(curves, folder / "crf_losses.json"))
     if rows:
         from minideeplab.viz.ablation import plot_seeds
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minideeplab.ablate.results import read_per_image
+from minideeplab.ablate.results import read_loss_curves, read_per_image
 from minideeplab.ablate.stats import bootstrap_seeds_interval
 
-__all__ = ["Expected", "INTERVAL_WIDTHS", "configuration", "read_seeded_csv", "summarise", "read_study",
+__all__ = ["Expected", "INTERVAL_WIDTHS", "configuration", "read_seeded_csv", "summarise", "read_study", "read_curves",
            "format_summary", "answer_lines"]
 
 INTERVAL_WIDTHS = (1, 2)  # trimap bands (px) that get a bootstrap interval beside mIoU: where a CRF or a decoder acts
@@ -77,6 +77,10 @@ class Expected:
     def files(self, folder) -> tuple[Path, Path]:
         """(the table, the per-image file) in folder."""
         return Path(folder) / f"{self.name}.csv", Path(folder) / f"{self.name}_per_image.npz"
+
+    def losses(self, folder) -> Path:
+        """The rows' training losses per epoch (``results.write_loss_curves``) in folder."""
+        return Path(folder) / f"{self.name}_losses.json"
 
 
 _INTS = ("seed", "parameters", "mult_adds")
@@ -213,6 +217,18 @@ def read_study(expected: Expected, folder=None, **kw) -> dict:
     rows = read_seeded_csv(table) if table.is_file() else []
     per_image = read_per_image(images) if images.is_file() else None
     return summarise(expected, rows, per_image, **kw)
+
+
+def read_curves(expected: Expected, folder=None) -> dict[str, list[float]]:
+    """The training loss per epoch of each row of the study measured so far, in the study's order: {row name:
+    [loss, ...]} from <study>_losses.json in folder (default data/ablation); {} when none is measured."""
+    if folder is None:
+        from minideeplab.data import DATA_DIR
+
+        folder = Path(DATA_DIR) / "ablation"
+    curves = read_loss_curves(expected.losses(folder))
+    order = [r.name for r in expected.rows]
+    return {n: curves[n] for n in order if n in curves} | {n: c for n, c in curves.items() if n not in order}
 
 
 def _pts(x, signed=False):

@@ -15,7 +15,8 @@ import numpy as np
 from minideeplab import train as T
 from minideeplab.ablate.study import ROWS, costs, field_of_view
 
-__all__ = ["columns", "json_safe", "write_table", "write_per_image", "write_results", "read_csv", "read_per_image",
+__all__ = ["columns", "json_safe", "write_table", "write_per_image", "write_results", "write_loss_curves",
+           "read_loss_curves", "read_csv", "read_per_image",
            "write_long_runs", "format_table", "format_rows"]
 
 _FIRST = ["name", "model", "backbone", "output_stride", "atrous_rates", "image_pooling", "decoder", "crf",
@@ -77,11 +78,12 @@ def write_per_image(rows, path, per_image) -> Path | None:
     return path
 
 
-def write_results(rows, folder, per_image=None, stem="ablation", title=None) -> list[Path]:
+def write_results(rows, folder, per_image=None, stem="ablation", title=None, curves=None) -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
     (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
     is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention"); title: the
-    mIoU plot's (``Study.title``; None: the ablations')."""
+    mIoU plot's (``Study.title``; None: the ablations'). curves: row name -> its training loss per epoch, written
+    to ablation_losses.json (``write_loss_curves``) when given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
@@ -94,7 +96,23 @@ def write_results(rows, folder, per_image=None, stem="ablation", title=None) -> 
         paths += [plot_miou(rows, folder / f"{stem}_miou.png", **titled),
                   plot_trimap(rows, folder / f"{stem}_trimap.png")]
     images = write_per_image(rows, folder / f"{stem}_per_image.npz", per_image)
+    if curves is not None:
+        paths.append(write_loss_curves(curves, folder / f"{stem}_losses.json"))
     return paths + ([images] if images else [])
+
+
+def write_loss_curves(curves, path) -> Path:
+    """{row name: [the mean training loss of each epoch]} as JSON: did each row fit its training data?"""
+    path = Path(path)
+    path.write_text(json.dumps({name: [float(v) for v in c] for name, c in curves.items()}, indent=1))
+    return path
+
+
+def read_loss_curves(path) -> dict[str, list[float]]:
+    """``write_loss_curves``'s file -> {row name: [loss per epoch]}; {} when there is no such file (no row
+    measured yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_per_image(path) -> dict:

@@ -23,7 +23,7 @@ from minideeplab.training.evaluation import scores as summed_scores
 from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, RECIPES, ROWS, SCALE_RANGE, SEED, SGD_DEFAULTS,
                                       ShallowFCN, Study, costs, field_of_view, select)
 
-__all__ = ["run_ablation", "per_image_confusions", "evaluate_crf"]
+__all__ = ["run_ablation", "per_image_confusions", "evaluate_crf", "epoch_losses", "loss_curves"]
 
 
 def build(config, num_classes, device=None):
@@ -123,6 +123,28 @@ def _train_seconds(metrics, batch_size) -> tuple[float, float]:
     return seconds, cpu
 
 
+def epoch_losses(metrics) -> list[float]:
+    """The mean training loss of each epoch, from a checkpoint's per-epoch records (their raw losses)."""
+    return [float(np.mean(r["losses"])) if r.get("losses") else float(r["loss"]) for r in metrics]
+
+
+def loss_curves(out, rows) -> dict[str, list[float]]:
+    """{row name: its loss per epoch} of the rows OUT holds a result of and that trained weights of their own (a
+    post-processing row has none): from result.json's "loss_curve", else from the row's last.pt (rows measured
+    before the curve was recorded)."""
+    curves = {}
+    for r in rows:
+        folder = Path(out) / r.name
+        if r.weights_of is not None or not (folder / "result.json").exists():
+            continue
+        curve = json.loads((folder / "result.json").read_text()).get("loss_curve")
+        if curve is None and (folder / "last.pt").exists():
+            curve = epoch_losses(T.load_checkpoint(folder / "last.pt")["metrics"])
+        if curve is not None:
+            curves[r.name] = curve
+    return curves
+
+
 def _record(row, classes, scores, cost, schedule, train_seconds, images, inference_ms, threads, final_loss,
             train_cpu_seconds=math.nan):
     record = {"name": row.name, "model": row.model, "backbone": row.backbone, "output_stride": row.output_stride,
@@ -172,6 +194,7 @@ def row_schedule(row, schedule) -> dict:
 
 def _load_result(path, schedule):
     record = {**SGD_DEFAULTS, **json.loads(path.read_text())}  # rows measured before recipes existed: SGD
+    record.pop("loss_curve", None)  # the table's records are its columns; the curves go to <study>_losses.json
     record["atrous_rates"] = tuple(record["atrous_rates"])
     keep = ("image_pooling", "crf", "crf_layer", "crf_compat", "init_from", "schedule")  # None is a value there
     record = {k: math.nan if v is None and k not in keep else v for k, v in record.items()}
@@ -236,6 +259,7 @@ def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads,
     seconds, cpu = _train_seconds(ckpt["metrics"], schedule["batch_size"])
     record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
                      ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"], cpu)
+    record["loss_curve"] = epoch_losses(ckpt["metrics"]) if row.weights_of is None else None
     if row.schedule is not None:  # the CRF study's: the CRF layer, and what it learned
         record.update(_crf_layer_record(row, ckpt["model"]))
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,5 +312,6 @@ def run_ablation(out="runs/ablation", only=None, *, study=None, epochs=None, tra
              for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}
-    write_results(table, out if results is None else results, per_image, spec.name, spec.title)
+    write_results(table, out if results is None else results, per_image, spec.name, spec.title,
+                  curves=loss_curves(out, spec.rows))
     return table

@@ -3,6 +3,7 @@
 * ``plot_intervals``: differences in mIoU between pairs of rows with their bootstrap intervals.
 * ``plot_cost_front``: mIoU against a cost (multiply-adds, milliseconds), the Pareto front joined.
 * ``plot_miou``, ``plot_trimap``: the table's two figures, written to files (``ablate.write_results``).
+* ``plot_loss_curves``: each row's training loss per epoch (a study's <study>_losses.json): did it fit?
 """
 
 from __future__ import annotations
@@ -32,6 +33,29 @@ def plot_intervals(labels, differences, intervals, figsize=None):
     ax.invert_yaxis()
     ax.set_xlabel("difference in mIoU (points): dot on all val images, bar the 95 % bootstrap interval")
     ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_loss_curves(curves, configuration=None, figsize=(7.5, 4.0), title="Did each row fit its training data?"):
+    """One line per row: its mean training loss per epoch (curves: {row name: [loss, ...]}); the rows of one
+    configuration (``configuration(name)``; None: each row its own) share a colour. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    configuration = configuration or (lambda name: name)
+    configs = list(dict.fromkeys(configuration(n) for n in curves))
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    labelled = set()
+    for name, curve in curves.items():
+        c = configuration(name)
+        ax.plot(range(1, len(curve) + 1), curve, color=f"C{configs.index(c) % 10}", lw=1.5,
+                label=None if c in labelled else c)
+        labelled.add(c)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (mean over the epoch)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
     return fig
 
 
