@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import NOTEBOOKS
+
 ROOT = Path(__file__).resolve().parents[1]
 GRADED_FOLDERS = ("solutions", "course")
 COURSE_TESTS = "tests/test_course.py"
@@ -46,17 +48,13 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _notebooks():
-    return sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
-
-
 def start_graders():
     """Start `minideeplab grade` over solutions/ and over course/ (once per process), outputs to files."""
     if _state["procs"]:
         return
     for folder in GRADED_FOLDERS:
         cmd = [sys.executable, "-c", _WRAPPER, _state["dir"], folder,
-               sys.executable, "-m", "minideeplab", "grade", *(str(ROOT / folder / nb) for nb in _notebooks())]
+               sys.executable, "-m", "minideeplab", "grade", *(str(ROOT / folder / nb) for nb in NOTEBOOKS)]
         _state["procs"][folder] = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

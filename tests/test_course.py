@@ -9,8 +9,9 @@ import pytest
 
 from minideeplab.grading.build import exercises
 
+from helpers import NOTEBOOKS
+
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
