@@ -56,7 +56,8 @@ def write_study(folder, expected, measured, per_image=True, configuration_column
         if configuration_column:
             r["configuration"] = M.configuration(name)
         rows.append(r)
-    names = ["name"] + ["configuration"] * configuration_column + ["seed", "miou", "parameters", "mult_adds", "final_loss"] + \
+    names = ["name"] + ["configuration"] * configuration_column + \
+        ["seed", "miou", "parameters", "mult_adds", "final_loss"] + \
         [f"trimap_{w}" for w in WIDTHS] + ["about"]
     table, per_image_path = expected.files(folder)
     write_table(rows, table, names)

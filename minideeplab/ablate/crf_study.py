@@ -162,8 +162,8 @@ def run_crf_study(out="runs/crf", only=None, *, data_root="data/synthetic", val_
 
 _FIRST = ["name", "configuration", "seed", "schedule", "crf", "crf_layer", "miou", "pixel_accuracy", "mean_accuracy"]
 _LAST = ["crf_pos_w", "crf_bi_w", "parameters", "mult_adds", "train_seconds", "train_cpu_seconds", "images_per_s",
-         "inference_ms", "threads", "final_loss", "epochs", "train_images", "val_images", "crop_size", "batch_size", "lr",
-         "scale_min", "scale_max", "init_from", "about"]
+         "inference_ms", "threads", "final_loss", "epochs", "train_images", "val_images", "crop_size", "batch_size",
+         "lr", "scale_min", "scale_max", "init_from", "about"]
 
 
 def _columns(rows):

@@ -248,7 +248,8 @@ def _loss(x):
 def format_summary(summary) -> str:
     """The summary as aligned text: one line per configuration (seeds measured of expected, mean mIoU, seed sd and
     range, final training loss, trimap accuracies, parameters, multiply-adds and their ratio to the baseline's,
-    the mIoU difference to the baseline with its 95 % interval), then the configurations short of seeds and the command that runs them."""
+    the mIoU difference to the baseline with its 95 % interval), then the configurations short of seeds and the
+    command that runs them."""
     rows, base = summary["configurations"], summary["baseline"]
     ref = next((r for r in rows if r["configuration"] == base), None)
     head = ["configuration", "seeds", "mIoU", "sd", "range", "loss"] + \

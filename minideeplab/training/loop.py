@@ -11,8 +11,8 @@ A backend is a class:
     b.load_state_dict(checkpoint)   continue from a checkpoint's "model", "optimizer", "rng", "iteration"
     b.load_weights(model)           take these weights (a state_dict: every key of state_dict()["model"]), nothing
                                     else: --init-from's start
-    b.step(x, y, lr, iteration)     one optimiser iteration on this process's share of a batch, x (n, 3, H, W) float32
-                                    and y (n, H, W) int64 tensors -> the global batch's loss (a float)
+    b.step(x, y, lr, iteration)     one optimiser iteration on this process's share of a batch, x (n, 3, H, W)
+                                    float32 and y (n, H, W) int64 tensors -> the global batch's loss (a float)
     b.state_dict()                  {"model", "optimizer", "rng"} in the checkpoint's layout (training.checkpoint)
     b.predictor()                   a model for evaluation.predict (which sets eval mode; .train() after)
     b.name, b.device                "torch" or "numpy"; where evaluation runs

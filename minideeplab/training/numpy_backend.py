@@ -39,7 +39,7 @@ from minideeplab.reference.deeplab import to_scratch
 from minideeplab.scratch.layers import softmax_cross_entropy
 from minideeplab.training.config import TrainConfig
 from minideeplab.training.loop import fit
-from minideeplab.training.optimizers import OPTIMIZERS, from_torch_state, get_optimizer, to_torch_state
+from minideeplab.training.optimizers import from_torch_state, get_optimizer, to_torch_state
 from minideeplab.training.torch_backend import AUX_WEIGHT, build
 
 __all__ = ["train", "train_step", "NumpyBackend"]
@@ -84,7 +84,6 @@ class NumpyBackend:
 
     def __init__(self, config, num_classes: int, world: int = 1, rank: int = 0, device: str = "cpu"):
         self.config, self.lr, self.state = config, config.lr, {}
-        self.optimizer = OPTIMIZERS[config.optimizer]
         torch.manual_seed(config.seed)
         twin = build(config, num_classes)  # the torch trainer's initial weights, in config.dtype
         self.keys, self.names = list(twin.state_dict()), [n for n, _ in twin.named_parameters()]

@@ -6,8 +6,9 @@ back, so that a checkpoint holds torch's ``state_dict`` whichever trainer wrote 
     adamw   the transformers' (ViT, SegFormer): Adam with betas (0.9, 0.999), eps 1e-8, and decoupled weight
             decay (TrainConfig.weight_decay; TrainConfig.momentum unused)
 
-Both decay every parameter (biases, norms' weights, position embeddings too), as ``torch.optim.X(model.parameters())``
-does; timm's ViT recipes exempt the one-dimensional ones, which needs two parameter groups: not done here.
+Both decay every parameter (biases, norms' weights, position embeddings too), as
+``torch.optim.X(model.parameters())`` does; timm's ViT recipes exempt the one-dimensional ones, which needs two
+parameter groups: not done here.
 The learning rate's schedule (poly, an optional linear warm-up) is the loop's (``training.loop.scheduled_lr``).
 """
 
