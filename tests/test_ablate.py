@@ -232,6 +232,33 @@ def test_one_folder_holds_one_schedule(study, monkeypatch):
         A.run_ablation(out, ["fcn"], log=lambda _: None, **{**TINY, "epochs": 2})
 
 
+def test_a_row_schedule_is_the_runs_with_the_rows_own_settings():
+    """One mechanism for every study's rows of their own (the CRF study's fine-tuning, the attention study's
+    AdamW): Row.schedule names one of its study's schedules, merged over the run's, the name recorded."""
+    base = A_run._schedule(8, 3000, 100, 128, 8, 0.05, 0)
+    assert A_run.row_schedule(A.Row("a", "v3", 16), base, {"x": {"lr": 1.0}}) == base  # no schedule: the run's
+    assert A_run.row_schedule(A.Row("a", "v3", 16, seed=2), base) == base | {"seed": 2}
+    own = A.Row("a-s1", "v3", 16, seed=1, schedule="ft")
+    settings = {"ft": dict(epochs=5, lr=0.01, scale_range=(0.5, 2), init_from="w.pt", optimizer="adamw")}
+    assert A_run.row_schedule(own, base, settings) == base | dict(
+        seed=1, epochs=5, lr=0.01, scale_min=0.5, scale_max=2.0, init_from="w.pt", optimizer="adamw", schedule="ft")
+    with pytest.raises(ValueError, match=r"row a-s1: schedule must be one of its study's \('x'\), got 'ft'"):
+        A_run.row_schedule(own, base, {"x": {}})
+    with pytest.raises(ValueError, match=r"row a-s1: schedule must be one of its study's \(\), got 'ft'"):
+        A_run.row_schedule(own, base)
+    with pytest.raises(ValueError, match="schedule 'ft': 'momentum' is not a setting a schedule can change"):
+        A_run.row_schedule(own, base, {"ft": {"momentum": 0.5}})
+    # the studies' own: the CRF study's fine-tuning and the attention study's AdamW, through the same function
+    crf, attention = A.get_study("crf"), A.get_study("attention")
+    ft = next(r for r in crf.rows if r.name == "v3plus-ft-s2")
+    got = A_run.row_schedule(ft, base, crf.schedules)
+    assert (got["epochs"], got["lr"], got["seed"], got["schedule"], got["init_from"]) == (
+        5, 0.01, 2, "finetune", crf.schedules["finetune"]["init_from"])
+    adamw = next(r for r in attention.rows if r.schedule)
+    assert A_run.row_schedule(adamw, base, attention.schedules) == base | attention.schedules["adamw"] | {
+        "schedule": "adamw"}
+
+
 def test_a_crf_row_needs_its_base_weights(tmp_path):
     crf = A_study._BY_NAME["v3plus-os16-crf"]
     schedule = A_run._schedule(1, 16, 8, 64, 8, 0.01, 0)

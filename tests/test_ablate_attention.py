@@ -23,9 +23,9 @@ def test_rows_and_budget():
     assert len(names) == len(set(names)) == 3 * 3 + 5
     assert names[:8] == [f"{c}-s0" for c in ("cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer",
                                             "vit-na-linear", "vit-linear-adamw", "vit-aspp-adamw")]  # seed 0 first
-    recipes = {r.name: r.recipe for r in ATTENTION_ROWS if r.recipe}
-    assert recipes == {"vit-linear-adamw-s0": "adamw", "vit-aspp-adamw-s0": "adamw"}  # the follow-up question
-    assert ablate.RECIPES["adamw"]["optimizer"] == "adamw"
+    own = {r.name: r.schedule for r in ATTENTION_ROWS if r.schedule}
+    assert own == {"vit-linear-adamw-s0": "adamw", "vit-aspp-adamw-s0": "adamw"}  # the follow-up question
+    assert ablate.ATTENTION.schedules["adamw"]["optimizer"] == "adamw"
     for config in ("cnn-v3plus", "vit-linear", "vit-aspp"):  # the rows the answer rests on: three seeds
         assert [r.seed for r in ATTENTION_ROWS if r.name.rsplit("-s", 1)[0] == config] == list(SEEDS)
     ratios = within_budget()
@@ -62,9 +62,12 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
               data_root=str(DATA), timing_images=1, log=lines.append)
     table = ablate.run_ablation(tmp_path, ["vit-linear-s1", "segformer-s0", "vit-linear-adamw-s0"], **kw)
     assert [r["name"] for r in table] == ["segformer-s0", "vit-linear-adamw-s0", "vit-linear-s1"]  # seed by seed
-    # a row with a recipe trains with it (its checkpoint's config) and records it; the others SGD at the study's lr
+    # a row with a schedule of its own trains with it (its checkpoint's config) and records it; the others SGD at
+    # the study's lr
     adamw = torch.load(tmp_path / "vit-linear-adamw-s0" / "last.pt", weights_only=True)
-    assert {k: adamw["config"][k] for k in ablate.RECIPES["adamw"]} == ablate.RECIPES["adamw"]
+    recipe = ablate.ATTENTION.schedules["adamw"]
+    assert {k: adamw["config"][k] for k in recipe} == recipe
+    assert json.loads((tmp_path / "vit-linear-adamw-s0" / "result.json").read_text())["schedule"] == "adamw"
     assert "exp_avg_sq" in next(iter(adamw["optimizer"]["state"].values()))
     assert [(r["optimizer"], r["lr"], r["warmup_iters"]) for r in table] == [
         ("sgd", ablate.LR, 0), ("adamw", 3e-4, 375), ("sgd", ablate.LR, 0)]

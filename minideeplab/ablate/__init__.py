@@ -27,11 +27,11 @@ from minideeplab.ablate.results import (columns, format_rows, format_table, read
 from minideeplab.ablate.run import evaluate_crf, per_image_confusions, run_ablation
 from minideeplab.ablate.studies import ABLATION, STUDIES, get_study, listing, report, run_study
 from minideeplab.ablate.stats import bootstrap_interval, bootstrap_miou_difference, mean_ious, pareto_front
-from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, IMAGE_SIZE, LR, NARROW, RECIPES, ROWS,
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, EPOCHS, IMAGE_SIZE, LR, NARROW, ROWS,
                                       SCALE_RANGE, SEED, Row, ShallowConfig, ShallowFCN, Study, costs, field_of_view,
                                       select)
 
-__all__ = ["Row", "ROWS", "RECIPES", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE",
+__all__ = ["Row", "ROWS", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED", "IMAGE_SIZE",
            "NARROW", "CLEARLY", "ShallowConfig", "ShallowFCN", "select", "field_of_view", "costs", "run_ablation",
            "evaluate_crf", "per_image_confusions", "write_results", "read_csv", "read_per_image", "format_table",
            "format_rows", "trends", "columns", "mean_ious", "bootstrap_miou_difference", "bootstrap_interval",

@@ -17,7 +17,7 @@ seeds are the rows' own, three for the rows the answer rests on):
     vit-na-linear    vit_mini_na (dilated neighbourhood attention in blocks 0-3) + the linear head: atrous
                      convolution's idea inside attention
     vit-linear-adamw, vit-aspp-adamw
-                     vit-linear and vit-aspp under the transformers' recipe (``study.RECIPES["adamw"]``): the
+                     vit-linear and vit-aspp under the transformers' recipe (schedule "adamw", ``SCHEDULES``): the
                      follow-up question below
 
 The schedule: "about the full 30 epochs" on the 3,000-image set (``study``'s docstring: the shipped model, lr
@@ -43,7 +43,7 @@ from minideeplab.ablate.measured import Expected
 from minideeplab.ablate.results import format_rows
 from minideeplab.ablate.study import LR, Row, Study, costs
 
-__all__ = ["ATTENTION", "ATTENTION_ROWS", "ATTENTION_EXPECTED", "ATTENTION_EPOCHS", "SEEDS", "BUDGET",
+__all__ = ["ATTENTION", "ATTENTION_ROWS", "SCHEDULES", "ATTENTION_EXPECTED", "ATTENTION_EPOCHS", "SEEDS", "BUDGET",
            "within_budget"]
 
 ATTENTION_EPOCHS = 30
@@ -51,8 +51,14 @@ SEEDS = (0, 1, 2)
 BUDGET = 1.5  # parameters and multiply-adds within this factor of the mini CNN v3+'s
 RATES = (2, 4, 6)  # the ablation's / 3 rule on the 8x8 map (``study``'s docstring; ``specs.vit``)
 
+SCHEDULES = {  # a row's own settings (Row.schedule) over the study's SGD at LR
+    # the transformers' recipe, the follow-up's (the docstring says how lr was picked): AdamW, decoupled weight
+    # decay 0.05, a one-epoch linear warm-up (375 iterations of 8), then poly
+    "adamw": dict(optimizer="adamw", lr=3e-4, weight_decay=0.05, warmup_iters=375),
+}
+
 _CONFIGS = (
-    # name            model        backbone       OS  rates  pooling  seeds  about; recipe (None: the study's SGD)
+    # name            model        backbone       OS  rates  pooling  seeds  about; schedule (None: the study's SGD)
     ("cnn-v3plus",    "v3plus",    "mini",        16, RATES, True,  SEEDS, "mini ResNet v3+: ASPP + decoder", None),
     ("vit-linear",    "linear",    "vit_mini",    16, (),    None,  SEEDS, "ViT + 1x1 conv (SETR-naive)", None),
     ("vit-aspp",      "v3",        "vit_mini",    16, RATES, True,  SEEDS, "ViT + v3's ASPP head", None),
@@ -66,9 +72,9 @@ _CONFIGS = (
 
 # seed by seed: every configuration's seed 0 first, so that a study stopped early has one run of each
 ATTENTION_ROWS = tuple(Row(f"{name}-s{seed}", model, os_, rates, pool, about=about, backbone=backbone, seed=seed,
-                           recipe=recipe)
+                           schedule=schedule)
                        for seed in SEEDS
-                       for name, model, backbone, os_, rates, pool, seeds, about, recipe in _CONFIGS
+                       for name, model, backbone, os_, rates, pool, seeds, about, schedule in _CONFIGS
                        if seed in seeds)
 
 
@@ -82,7 +88,7 @@ def _listing() -> str:
 ATTENTION = Study("attention", ATTENTION_ROWS, ATTENTION_EPOCHS, LR,
                   "atrous convolution on top of attention: mini CNN v3+, ViT + linear / ASPP / ASPP + decoder, "
                   "SegFormer-mini, ViT with dilated neighbourhood attention",
-                  "Atrous convolution on top of attention, synthetic set", listing=_listing)
+                  "Atrous convolution on top of attention, synthetic set", listing=_listing, schedules=SCHEDULES)
 # what the study's reader (``measured``, notebook 11) expects: the configurations and seeds of the rows above, the
 # baseline and the questions, each comparison a - b over the same val images
 ATTENTION_EXPECTED = Expected("attention", ATTENTION_ROWS, baseline="cnn-v3plus", comparisons=(

@@ -34,15 +34,16 @@ them with ``measured.read_study(CRF_EXPECTED)`` and ``learned_compat``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from minideeplab import train as T
 from minideeplab.ablate.measured import Expected, configuration, summarise
-from minideeplab.ablate.results import json_safe, write_loss_curves, write_per_image, write_table
-from minideeplab.ablate.run import _load_result, _run_row, _schedule, loss_curves
-from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, Row, Study, select
+from minideeplab.ablate.results import columns, json_safe, write_loss_curves, write_per_image, write_table
+from minideeplab.ablate.run import _load_result, _run_row, _schedule, loss_curves, row_schedule
+from minideeplab.ablate.study import BATCH_SIZE, CROP_SIZE, EPOCHS, LR, SCALE_RANGE, SEED, Row, Study, select
 
 __all__ = ["CRF", "SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS", "SHIPPED", "STEP_SECONDS",
            "run_crf_study", "write_crf_results", "format_crf_rows", "configuration", "learned_compat",
@@ -50,7 +51,7 @@ __all__ = ["CRF", "SCHEDULES", "CRF_ROWS", "COMPARISONS", "CRF_EXPECTED", "SEEDS
 
 SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models" / "mini_v3plus.pt"
 MAX_FINETUNE_ITERATIONS = 2000
-SCHEDULES = {  # name -> the schedule of a row (``_schedule``'s fields; init_from: the weights it starts from)
+SCHEDULES = {  # the rows' schedules (Row.schedule, ``Study.schedules``), each setting given; init_from: the start
     "ablation": dict(epochs=EPOCHS, batch_size=BATCH_SIZE, crop_size=CROP_SIZE, lr=LR, scale_range=SCALE_RANGE,
                      init_from=None),
     "finetune": dict(epochs=5, batch_size=BATCH_SIZE, crop_size=CROP_SIZE, lr=0.01, scale_range=SCALE_RANGE,
@@ -118,10 +119,13 @@ def _iterations(schedule, train_images=TRAIN_IMAGES):
 assert _iterations(SCHEDULES["finetune"]) <= MAX_FINETUNE_ITERATIONS  # the issue's budget for the fine-tuning
 
 
-def _row_schedule(row, schedules, train_images, val_images) -> dict:
-    s = schedules[row.schedule]
-    return {**_schedule(s["epochs"], train_images, val_images, s["crop_size"], s["batch_size"], s["lr"], row.seed,
-                        s["scale_range"]), "schedule": row.schedule, "init_from": s["init_from"]}
+_NO_CRF_LAYER = {"crf_layer": None, "crf_pos_w": math.nan, "crf_bi_w": math.nan, "crf_compat": None}  # the table's
+
+
+def _schedule_of(row, schedules, train_images, val_images) -> dict:
+    """A row's schedule: its named one (every setting given) over the ablation's."""
+    base = _schedule(EPOCHS, train_images, val_images, CROP_SIZE, BATCH_SIZE, LR, SEED, SCALE_RANGE)
+    return row_schedule(row, base, schedules)
 
 
 def run_crf_study(out="runs/crf", only=None, *, data_root="data/synthetic", val_root=None, train_images=None,
@@ -149,9 +153,10 @@ def run_crf_study(out="runs/crf", only=None, *, data_root="data/synthetic", val_
             raise FileNotFoundError(f"schedule {name} starts from {s['init_from']}, which does not exist")
     for k, row in enumerate(rows, start=1):
         log(f"[{k}/{len(rows)}] {row.name} (schedule {row.schedule})")
-        _run_row(row, out, _row_schedule(row, schedules, len(train_set), len(val_set)), data_root, val_set, classes,
+        _run_row(row, out, _schedule_of(row, schedules, len(train_set), len(val_set)), data_root, val_set, classes,
                  threads, timing_images, log)
-    table = [_load_result(out / r.name / "result.json", _row_schedule(r, schedules, len(train_set), len(val_set)))
+    table = [{**_NO_CRF_LAYER, **_load_result(out / r.name / "result.json",
+                                              _schedule_of(r, schedules, len(train_set), len(val_set)))}
              for r in CRF_ROWS if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table}
     write_crf_results(table, out if results is None else results, per_image, loss_curves(out, CRF_ROWS))
@@ -166,12 +171,6 @@ _LAST = ["crf_pos_w", "crf_bi_w", "parameters", "mult_adds", "train_seconds", "t
          "lr", "scale_min", "scale_max", "init_from", "about"]
 
 
-def _columns(rows):
-    keys = list(rows[0]) if rows else []
-    trimap = sorted((k for k in keys if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
-    return _FIRST + trimap + [k for k in keys if k.startswith("iou_")] + _LAST
-
-
 def write_crf_results(rows, folder, per_image, curves=None) -> list[Path]:
     """crf.csv, crf.json (the rows, their learned CRF parameters, and ``measured.summarise``'s reading:
     "summary" {configuration: its seed means and spreads}, "missing", "comparisons"), crf_per_image.npz (when
@@ -181,7 +180,7 @@ def write_crf_results(rows, folder, per_image, curves=None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{**r, "configuration": configuration(r["name"]), "init_from": _portable(r.get("init_from"))}
             for r in rows]
-    names = _columns(rows)
+    names = columns(rows, _FIRST, _LAST)
     paths = [write_table(rows, folder / "crf.csv", names), folder / "crf.json"]
     reading = summarise(CRF_EXPECTED, rows, per_image)
     report = {"rows": [{k: r.get(k) for k in names + ["crf_compat"]} for r in rows],
@@ -297,4 +296,4 @@ def _report(rows) -> str:
 
 CRF = Study("crf", CRF_ROWS, about="the dense CRF as post-processing against the CRF layer trained with the network",
             title="The dense CRF: post-processing or a trained layer", runner=_run, listing=format_crf_rows,
-            report=_report)
+            report=_report, schedules=SCHEDULES)

@@ -28,11 +28,13 @@ _INTS = {"output_stride", "field_of_view", "parameters", "mult_adds", "threads",
          "val_images", "crop_size", "batch_size", "seed", "warmup_iters"}
 
 
-def columns(rows) -> list[str]:
-    """The CSV's columns: _FIRST, trimap_<width> (increasing), iou_<class> (the data's order), _LAST."""
+def columns(rows, first=None, last=None) -> list[str]:
+    """The CSV's columns: first (default _FIRST), trimap_<width> (increasing), iou_<class> (the data's order),
+    last (default _LAST); a study with columns of its own gives its first and last."""
     keys = list(rows[0]) if rows else []
     trimap = sorted((k for k in keys if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
-    return _FIRST + trimap + [k for k in keys if k.startswith("iou_")] + _LAST
+    first, last = _FIRST if first is None else first, _LAST if last is None else last
+    return [*first, *trimap, *(k for k in keys if k.startswith("iou_")), *last]
 
 
 def json_safe(x):

@@ -20,10 +20,10 @@ import torch
 from minideeplab import train as T
 from minideeplab.ablate.results import json_safe, write_results
 from minideeplab.training.evaluation import scores as summed_scores
-from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, RECIPES, ROWS, SCALE_RANGE, SEED, SGD_DEFAULTS,
+from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, ROWS, SCALE_RANGE, SEED, SGD_DEFAULTS,
                                       ShallowFCN, Study, costs, field_of_view, select)
 
-__all__ = ["run_ablation", "per_image_confusions", "evaluate_crf", "epoch_losses", "loss_curves"]
+__all__ = ["run_ablation", "row_schedule", "per_image_confusions", "evaluate_crf", "epoch_losses", "loss_curves"]
 
 
 def build(config, num_classes, device=None):
@@ -162,9 +162,7 @@ def _record(row, classes, scores, cost, schedule, train_seconds, images, inferen
 
 
 def _crf_layer_record(row, weights) -> dict:
-    """The CRF layer's options and learned parameters (NaN / None for a row without one)."""
-    if row.crf_layer is None:
-        return {"crf_layer": None, "crf_pos_w": math.nan, "crf_bi_w": math.nan, "crf_compat": None}
+    """A CRF layer's options and learned parameters (a row with ``crf_layer``)."""
     return {"crf_layer": ",".join(f"{k}={v}" for k, v in sorted(row.crf_layer.items())) or "defaults",
             "crf_pos_w": float(weights["crf.log_pos_w"].float().exp()),
             "crf_bi_w": float(weights["crf.log_bi_w"].float().exp()),
@@ -179,17 +177,31 @@ def _check_schedule(path, record, schedule):
                          f"--out, or delete {path.parent} to measure the row again")
 
 
-def row_schedule(row, schedule) -> dict:
-    """The schedule a row trains with: the run's, with the row's own seed and its recipe's optimiser settings
-    (``study.RECIPES``) where it has them; what its result.json must match."""
+_SCHEDULE_KEYS = {"epochs", "batch_size", "crop_size", "lr", "scale_range", "init_from", "optimizer", "weight_decay",
+                  "warmup_iters"}
+
+
+def row_schedule(row, schedule, schedules=None) -> dict:
+    """The schedule a row trains with: the run's, with the row's own seed, and the settings of its named schedule
+    (``Row.schedule``, a key of ``schedules``: its study's) with the name; what its result.json must match.
+    An unknown name, or a schedule setting something else: ValueError naming it."""
     if row.seed is not None:  # a study repeating a configuration over seeds
         schedule = schedule | {"seed": row.seed}
-    if row.recipe is not None:
-        if row.recipe not in RECIPES:
-            raise ValueError(f"row {row.name}: recipe must be one of {', '.join(map(repr, RECIPES))}, "
-                             f"got {row.recipe!r}")
-        schedule = schedule | RECIPES[row.recipe]
-    return schedule
+    if row.schedule is None:
+        return schedule
+    schedules = {} if schedules is None else schedules
+    if row.schedule not in schedules:
+        raise ValueError(f"row {row.name}: schedule must be one of its study's ({', '.join(map(repr, schedules))}), "
+                         f"got {row.schedule!r}")
+    settings = dict(schedules[row.schedule])
+    unknown = sorted(set(settings) - _SCHEDULE_KEYS)
+    if unknown:
+        raise ValueError(f"schedule {row.schedule!r}: {unknown[0]!r} is not a setting a schedule can change; "
+                         f"they are {', '.join(sorted(_SCHEDULE_KEYS))}")
+    if "scale_range" in settings:
+        lo, hi = settings.pop("scale_range")
+        settings |= {"scale_min": float(lo), "scale_max": float(hi)}
+    return schedule | settings | {"schedule": row.schedule}
 
 
 def _load_result(path, schedule):
@@ -203,13 +215,13 @@ def _load_result(path, schedule):
 
 
 def _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
-    """Train (or resume) the row, evaluate it and time its inference, all on ``threads`` torch threads."""
+    """Train (or resume) the row with ``schedule`` (its own: ``row_schedule``), evaluate it and time its inference,
+    all on ``threads`` torch threads."""
     with _threads(threads):
         return _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
 
 
 def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads, timing_images, log) -> dict:
-    schedule = row_schedule(row, schedule)
     folder = out / row.name
     result = folder / "result.json"
     if result.exists():
@@ -260,7 +272,7 @@ def _train_and_measure(row, out, schedule, data_root, val_set, classes, threads,
     record = _record(row, classes, scores, costs(row, len(classes)), schedule, seconds,
                      ckpt["iteration"] * schedule["batch_size"], ms, threads, ckpt["metrics"][-1]["loss"], cpu)
     record["loss_curve"] = epoch_losses(ckpt["metrics"]) if row.weights_of is None else None
-    if row.schedule is not None:  # the CRF study's: the CRF layer, and what it learned
+    if row.crf_layer is not None:  # the CRF trained as a layer: what it learned
         record.update(_crf_layer_record(row, ckpt["model"]))
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "per_image.npz", cms=cms, trimaps=trimaps, widths=np.asarray(T.TRIMAP_WIDTHS))
@@ -307,8 +319,9 @@ def run_ablation(out="runs/ablation", only=None, *, study=None, epochs=None, tra
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     for k, row in enumerate(rows, start=1):
         log(f"[{k}/{len(rows)}] {row.name}")
-        _run_row(row, out, schedule, data_root, val_set, classes, threads, timing_images, log)
-    table = [_load_result(out / r.name / "result.json", row_schedule(r, schedule))
+        _run_row(row, out, row_schedule(row, schedule, spec.schedules), data_root, val_set, classes, threads,
+                 timing_images, log)
+    table = [_load_result(out / r.name / "result.json", row_schedule(r, schedule, spec.schedules))
              for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}

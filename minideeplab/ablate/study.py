@@ -53,7 +53,8 @@ table and says, with the numbers, where they hold and where they do not.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ from torch import nn
 
 from minideeplab.training.config import TrainConfig
 
-__all__ = ["Row", "ROWS", "RECIPES", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED",
+__all__ = ["Row", "ROWS", "SGD_DEFAULTS", "Study", "EPOCHS", "BATCH_SIZE", "CROP_SIZE", "LR", "SCALE_RANGE", "SEED",
            "IMAGE_SIZE", "NARROW", "select", "ShallowConfig", "ShallowFCN", "costs", "field_of_view"]
 
 EPOCHS = 8           # the shipped study: 8 x 375 = 3,000 iterations of 8 images on 3,000 generated train images
@@ -81,9 +82,9 @@ class Row(NamedTuple):
     width (None: the ResNet form, one 3x3 conv per rate). crf: a ``scratch.crf.PARAMETER_SETS`` name; the row
     is row ``weights_of`` (trained once, for that row) evaluated with the dense CRF (post-processing).
     backbone: ``build_model``'s (the mini ResNet by default). seed: the row's own training seed (None: the
-    run's), for the studies that repeat a configuration over seeds. crf_layer, schedule: the CRF study's
-    (``crf_study``): the CRF trained as a layer, and the row's named schedule. recipe: a ``RECIPES`` name, the
-    optimiser settings that replace the study's SGD (lr included) for this row; None: the study's."""
+    run's), for the studies that repeat a configuration over seeds. crf_layer: the CRF trained as the model's
+    last layer (``crf_study``). schedule: a name in its study's ``Study.schedules``, the training settings that
+    replace the run's for this row (epochs, lr, the optimiser, the weights it starts from); None: the run's."""
 
     name: str
     model: str
@@ -96,9 +97,8 @@ class Row(NamedTuple):
     about: str = ""
     crf_layer: dict | None = None     # build_model's crf option: the CRF trained as the last layer
     seed: int | None = None           # None: the run's seed; the studies over seeds name each row's
-    schedule: str | None = None       # the CRF study's named schedule (``crf_study.SCHEDULES``); None: the run's
+    schedule: str | None = None       # a name in its study's schedules: this row's own settings; None: the run's
     backbone: str = "mini"
-    recipe: str | None = None         # a RECIPES name: this row's optimiser and lr instead of the study's SGD
 
     @property
     def decoder(self) -> bool:
@@ -143,19 +143,15 @@ ROWS = (
 )
 _BY_NAME = {r.name: r for r in ROWS}
 
-# a row's optimiser settings when not the study's SGD at its lr (Row.recipe): TrainConfig fields
-RECIPES = {
-    # the transformers' recipe, for the attention study's follow-up (``attention``'s docstring says how lr was
-    # picked): AdamW, decoupled weight decay 0.05, a one-epoch linear warm-up (375 iterations of 8), then poly
-    "adamw": dict(optimizer="adamw", lr=3e-4, weight_decay=0.05, warmup_iters=375),
-}
-# every other row's: TrainConfig's defaults (DeepLab's SGD, its weight decay, no warm-up)
 SGD_DEFAULTS = {k: getattr(TrainConfig(), k) for k in ("optimizer", "weight_decay", "warmup_iters")}
 
 
 class Study(NamedTuple):
     """A study: its rows and its schedule; its table is OUT/<name>.csv etc. ``studies.run_study`` runs it,
-    ``minideeplab ablate --study NAME`` too; the three hooks are where a study differs from the ablation."""
+    ``minideeplab ablate --study NAME`` too; the three hooks are where a study differs from the ablation.
+    schedules: name -> the settings a row naming it (``Row.schedule``) trains with instead of the run's: any of
+    epochs, batch_size, crop_size, lr, scale_range, init_from (a checkpoint to start from), optimizer,
+    weight_decay, warmup_iters (``run.row_schedule`` merges them)."""
 
     name: str
     rows: tuple
@@ -166,6 +162,7 @@ class Study(NamedTuple):
     runner: Callable | None = None  # (out, only, *, study, **options) -> records; None: run.run_ablation
     listing: Callable | None = None  # () -> the text of --list; None: results.format_rows(rows)
     report: Callable | None = None  # records -> the text after a run; None: results.format_table(records)
+    schedules: Mapping[str, Mapping] = MappingProxyType({})  # name -> a row's own settings (Row.schedule)
 
 
 def select(only=None, rows=ROWS) -> list[Row]:
