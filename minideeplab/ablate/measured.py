@@ -133,9 +133,9 @@ def summarise(expected: Expected, rows, per_image=None, baseline=None, n_samples
     trimap_<w> of ``INTERVAL_WIDTHS`` that the per-image file holds),
     "configurations": one dict per configuration measured (the expected order, then any other): configuration,
     about, rows, seeds, seeds_expected, miou (seed mean), miou_sd (sample sd; nan for one seed), miou_min,
-    miou_max, pixel_accuracy, final_loss (the training loss at the end: did it fit?) and each trimap_<w> (seed
-    means) with their _sd, parameters, mult_adds (None
-    when the table has none), vs_baseline: {key: (difference of seed means, low, high)} or None;
+    miou_max, pixel_accuracy, final_loss (the training loss at the end, the trainer's running average: did it
+    fit?) and each trimap_<w> (seed means) with their _sd, parameters, mult_adds (None when the table has none),
+    vs_baseline: {key: (difference of seed means, low, high)} or None;
     "missing": {configuration, seeds (measured), seeds_expected, rows (to run)} per expected configuration short
     of seeds; "comparisons": {a, b, question, intervals ({key: (d, lo, hi)} or None), why (when None)}}."""
     baseline = expected.baseline if baseline is None else baseline
@@ -275,7 +275,8 @@ def format_summary(summary) -> str:
                                       for i, (c, n) in enumerate(zip(cells, size))).rstrip()
         out += [fmt(head), fmt(["-" * n for n in size])] + [fmt(line) for line in lines]
         out.append("seeds: measured/expected; mIoU, sd (seed to seed), range and trimap accuracy (tri<px>) in points "
-                   "(%); loss: the training loss at the end (seed mean: did it fit?); "
+                   "(%); loss: the training loss at the end (its running average, about the last ten iterations; seed "
+                   "mean: did it fit?); "
                    f"'x base': parameters/MACs over {base}'s; the interval: paired bootstrap over the val images.")
     else:
         out.append(f"No row of the {summary['study']} study is measured yet.")
