@@ -20,11 +20,11 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 def test_rows_and_budget():
     names = [r.name for r in ATTENTION_ROWS]
-    assert len(names) == len(set(names)) == 3 * 3 + 5
+    assert len(names) == len(set(names)) == 3 * 3 + 3 + 2 * 2  # 3 seeds x 3, 1 x 3, 2 x 2
     assert names[:8] == [f"{c}-s0" for c in ("cnn-v3plus", "vit-linear", "vit-aspp", "vit-aspp-dec", "segformer",
                                             "vit-na-linear", "vit-linear-adamw", "vit-aspp-adamw")]  # seed 0 first
     own = {r.name: r.schedule for r in ATTENTION_ROWS if r.schedule}
-    assert own == {"vit-linear-adamw-s0": "adamw", "vit-aspp-adamw-s0": "adamw"}  # the follow-up question
+    assert own == {f"vit-{h}-adamw-s{seed}": "adamw" for h in ("linear", "aspp") for seed in (0, 1)}  # the follow-up
     assert ablate.ATTENTION.schedules["adamw"]["optimizer"] == "adamw"
     for config in ("cnn-v3plus", "vit-linear", "vit-aspp"):  # the rows the answer rests on: three seeds
         assert [r.seed for r in ATTENTION_ROWS if r.name.rsplit("-s", 1)[0] == config] == list(SEEDS)
@@ -97,7 +97,7 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
         table[0]["parameters"]
     assert [(m["configuration"], m["seeds"], m["seeds_expected"]) for m in s["missing"]] == [
         ("cnn-v3plus", 0, 3), ("vit-linear", 1, 3), ("vit-aspp", 0, 3), ("vit-aspp-dec", 0, 1),
-        ("vit-na-linear", 0, 1), ("vit-aspp-adamw", 0, 1)]
+        ("vit-na-linear", 0, 1), ("vit-linear-adamw", 1, 2), ("vit-aspp-adamw", 0, 2)]
     assert s["missing"][1]["rows"] == ["vit-linear-s0", "vit-linear-s2"]
     assert all(c["vs_baseline"] is None for c in s["configurations"])  # no cnn-v3plus row yet
     # one comparison has both sides: the recipe's, AdamW's seed 0 against SGD's seed 1 here

@@ -113,8 +113,10 @@ def test_rows_means_spreads_and_missing(attention):
         {"configuration": "vit-aspp", "seeds": 1, "seeds_expected": 3, "rows": ["vit-aspp-s1", "vit-aspp-s2"]},
         {"configuration": "vit-aspp-dec", "seeds": 0, "seeds_expected": 1, "rows": ["vit-aspp-dec-s0"]},
         {"configuration": "vit-na-linear", "seeds": 0, "seeds_expected": 1, "rows": ["vit-na-linear-s0"]},
-        {"configuration": "vit-linear-adamw", "seeds": 0, "seeds_expected": 1, "rows": ["vit-linear-adamw-s0"]},
-        {"configuration": "vit-aspp-adamw", "seeds": 0, "seeds_expected": 1, "rows": ["vit-aspp-adamw-s0"]}]
+        {"configuration": "vit-linear-adamw", "seeds": 0, "seeds_expected": 2,
+         "rows": ["vit-linear-adamw-s0", "vit-linear-adamw-s1"]},
+        {"configuration": "vit-aspp-adamw", "seeds": 0, "seeds_expected": 2,
+         "rows": ["vit-aspp-adamw-s0", "vit-aspp-adamw-s1"]}]
     assert by["cnn-v3plus"]["vs_baseline"] is None and s["interval_keys"] == ["miou", "trimap_1", "trimap_2"]
 
 
