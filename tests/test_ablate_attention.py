@@ -5,10 +5,12 @@ run here."""
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from minideeplab import ablate
 from minideeplab.ablate import measured
@@ -79,6 +81,8 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     with open(tmp_path / "attention.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["optimizer"] for r in rows] == ["sgd", "adamw", "sgd"]
+    back = ablate.read_csv(tmp_path / "attention.csv")  # the ablation's reader, on rows without a field of view
+    assert [r["miou"] for r in back] == [r["miou"] for r in full] and math.isnan(back[0]["field_of_view"])
     rows = [rows[0], rows[2]]
     assert [r["name"] for r in rows] == ["segformer-s0", "vit-linear-s1"]
     for key in ("seed", "miou", "parameters", "mult_adds", "trimap_2"):
@@ -88,6 +92,8 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     assert json.loads((tmp_path / "vit-linear-s1" / "result.json").read_text())["seed"] == 1
     for f in ("attention.json", "attention_miou.png", "attention_trimap.png", "attention_per_image.npz"):
         assert (tmp_path / f).is_file(), f
+    with Image.open(tmp_path / "attention_miou.png") as im:  # a study over seeds: the seeds' two panels, 9 in wide
+        assert im.width == 9 * 110
     # the reader on the runner's files: what is there, what is missing, intervals where both sides are measured
     s = measured.read_study(ATTENTION_EXPECTED, tmp_path, n_samples=50)
     assert [(c["configuration"], c["seeds"], c["rows"]) for c in s["configurations"]] == [
@@ -128,3 +134,63 @@ def test_runner_on_a_tiny_schedule(tmp_path, capsys):
     assert main(["ablate", "--study", "attention", "--list"]) == 0
     out = capsys.readouterr().out
     assert "vit-na-linear-s0" in out and "within 1.5x of the mini CNN v3+" in out
+
+
+# ---------------------------------------------------------------- the committed study
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "ablation"
+
+
+def test_committed_study_is_complete_and_consistent():
+    """data/ablation/attention.*: every declared row, trained with the study's schedule (its own where the row
+    names one) on the 3,000 generated images and scored on the 100 committed val images; its cost the row's; its
+    table numbers those of its per-image matrices; a loss curve of 30 epochs."""
+    from minideeplab.metrics import mean_iou, pixel_accuracy
+
+    rows = {r["name"]: r for r in ablate.read_csv(SHIPPED / "attention.csv")}
+    assert sorted(rows) == sorted(r.name for r in ATTENTION_ROWS)
+    per_image = ablate.read_per_image(SHIPPED / "attention_per_image.npz")
+    curves = measured.read_curves(ATTENTION_EXPECTED, SHIPPED)
+    for row in ATTENTION_ROWS:
+        r = rows[row.name]
+        want = {"epochs": 30, "train_images": 3000, "val_images": 100, "crop_size": 128, "batch_size": 8,
+                "seed": row.seed, "optimizer": "sgd", "lr": ablate.LR, "warmup_iters": 0, "backbone": row.backbone}
+        want |= ablate.ATTENTION.schedules[row.schedule] if row.schedule else {}
+        assert {k: r[k] for k in want} == want, row.name
+        cost = ablate.costs(row)
+        assert (r["parameters"], r["mult_adds"]) == (cost["parameters"], cost["mult_adds"]), row.name
+        cms, trimaps = per_image[row.name]["cms"], per_image[row.name]["trimaps"]
+        assert cms.shape == (100, 7, 7) and mean_iou(cms.sum(0)) == pytest.approx(r["miou"], rel=1e-12)
+        assert [pixel_accuracy(t) for t in trimaps.sum(0)] == pytest.approx(
+            [r[f"trimap_{w}"] for w in (1, 2, 4, 8, 16)], rel=1e-12)
+        assert len(curves[row.name]) == 30 and curves[row.name][-1] < curves[row.name][0], row.name
+
+
+def _flat(text):
+    return " ".join(text.split())
+
+
+def test_the_answer_the_readme_and_notebook_state_is_the_committed_one():
+    """The README and notebook 11 state the study's answer in words; the numbers in them are the reader's, on the
+    committed files (``measured.read_study``'s default bootstrap), so a rerun study cannot leave them stale."""
+    import nbformat
+
+    s = measured.read_study(ATTENTION_EXPECTED, SHIPPED)
+    assert not s["missing"]
+    notebook = nbformat.read(ROOT / "solutions" / "11_attention.ipynb", as_version=4)
+    texts = {"README.md": _flat((ROOT / "README.md").read_text()),
+             "notebook 11": _flat(" ".join(c.source for c in notebook.cells if c.cell_type == "markdown"))}
+    by = {r["configuration"]: r for r in s["configurations"]}
+    for c in s["comparisons"]:
+        if (c["a"], c["b"]) not in {("vit-aspp", "vit-linear"), ("vit-aspp-adamw", "vit-linear-adamw"),
+                                    ("vit-linear-adamw", "vit-linear")}:
+            continue
+        d, lo, hi = (100 * v for v in c["intervals"]["miou"])
+        stated = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        for where, text in texts.items():
+            assert stated in text, f"{where} does not state {c['a']} - {c['b']} as measured: {stated}"
+    for config in ("vit-linear", "vit-aspp", "vit-linear-adamw", "vit-aspp-adamw"):
+        mean = f"{100 * by[config]['miou']:.1f} %"
+        for where, text in texts.items():
+            assert mean in text, f"{where} does not state {config}'s mean mIoU as measured: {mean}"

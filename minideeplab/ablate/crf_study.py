@@ -196,7 +196,8 @@ def write_crf_results(rows, folder, per_image, curves=None) -> list[Path]:
     if rows:
         from minideeplab.viz.ablation import plot_seeds
 
-        paths.append(plot_seeds(rows, folder / "crf_miou.png", configuration))
+        paths.append(plot_seeds(rows, folder / "crf_miou.png", configuration,
+                                "The dense CRF: post-processing against the trained layer"))
     return paths
 
 

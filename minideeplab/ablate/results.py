@@ -80,22 +80,26 @@ def write_per_image(rows, path, per_image) -> Path | None:
     return path
 
 
-def write_results(rows, folder, per_image=None, stem="ablation", title=None, curves=None) -> list[Path]:
+def write_results(rows, folder, per_image=None, stem="ablation", title=None, curves=None,
+                  configuration=None) -> list[Path]:
     """ablation.csv, ablation.json and the two plots in ``folder``, and ablation_per_image.npz when per_image
     (row name -> {"cms", "trimaps", "widths"} of ``per_image_confusions``) holds every row (else an earlier one
     is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention"); title: the
     mIoU plot's (``Study.title``; None: the ablations'). curves: row name -> its training loss per epoch, written
-    to ablation_losses.json (``write_loss_curves``) when given."""
+    to ablation_losses.json (``write_loss_curves``) when given. configuration: a row name -> its configuration
+    (``measured.configuration``) for a study over seeds, whose mIoU plot then groups each configuration's seeds."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
     paths = [write_table(rows, folder / f"{stem}.csv", names), folder / f"{stem}.json"]
     paths[1].write_text(json.dumps(json_safe([{k: r.get(k) for k in names} for r in rows]), indent=1))
     if rows:
-        from minideeplab.viz.ablation import plot_miou, plot_trimap
+        from minideeplab.viz.ablation import plot_miou, plot_seeds, plot_trimap
 
         titled = {} if title is None else {"title": title}
-        paths += [plot_miou(rows, folder / f"{stem}_miou.png", **titled),
+        miou = folder / f"{stem}_miou.png"
+        paths += [plot_miou(rows, miou, **titled) if configuration is None else
+                  plot_seeds(rows, miou, configuration, f"{title or stem}, {rows[0]['epochs']} epochs each"),
                   plot_trimap(rows, folder / f"{stem}_trimap.png")]
     images = write_per_image(rows, folder / f"{stem}_per_image.npz", per_image)
     if curves is not None:
@@ -159,7 +163,7 @@ def read_csv(path) -> list[dict]:
                 elif k in ("image_pooling", "decoder"):
                     r[k] = {"True": True, "False": False, "": None}[v]
                 elif k in _INTS:
-                    r[k] = int(v)
+                    r[k] = int(v) if v else math.nan  # a ViT's field of view: no number (nan in the records)
                 else:
                     r[k] = float(v) if v else math.nan
             rows.append(r)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from minideeplab import train as T
+from minideeplab.ablate.measured import configuration
 from minideeplab.ablate.results import json_safe, write_results
 from minideeplab.training.evaluation import scores as summed_scores
 from minideeplab.ablate.study import (BATCH_SIZE, CROP_SIZE, NARROW, ROWS, SCALE_RANGE, SEED, SGD_DEFAULTS,
@@ -325,6 +326,7 @@ def run_ablation(out="runs/ablation", only=None, *, study=None, epochs=None, tra
              for r in spec.rows if (out / r.name / "result.json").exists()]
     per_image = {r["name"]: dict(np.load(out / r["name"] / "per_image.npz")) for r in table
                  if (out / r["name"] / "per_image.npz").exists()}
+    over_seeds = any(r.seed is not None for r in spec.rows)  # one plot line per configuration, a dot per seed
     write_results(table, out if results is None else results, per_image, spec.name, spec.title,
-                  curves=loss_curves(out, spec.rows))
+                  curves=loss_curves(out, spec.rows), configuration=configuration if over_seeds else None)
     return table

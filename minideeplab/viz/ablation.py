@@ -2,7 +2,8 @@
 
 * ``plot_intervals``: differences in mIoU between pairs of rows with their bootstrap intervals.
 * ``plot_cost_front``: mIoU against a cost (multiply-adds, milliseconds), the Pareto front joined.
-* ``plot_miou``, ``plot_trimap``: the table's two figures, written to files (``ablate.write_results``).
+* ``plot_miou``, ``plot_trimap``: the table's two figures, written to files (``ablate.write_results``);
+  ``plot_seeds`` in place of ``plot_miou`` for a study over seeds.
 * ``plot_loss_curves``: each row's training loss per epoch (a study's <study>_losses.json): did it fit?
 """
 
@@ -156,9 +157,10 @@ def plot_miou(rows, path, title="DeepLab ablations on the synthetic set") -> Pat
     return Path(path)
 
 
-def plot_seeds(rows, path, configuration) -> Path:
+def plot_seeds(rows, path, configuration, title) -> Path:
     """Two panels, mIoU and trimap accuracy at 2 px (%), one line per configuration (``configuration(name)``):
-    each seed's value as a dot, their mean as a bar; written to path as a PNG (the CRF study's crf_miou.png)."""
+    each seed's value as a dot, their mean as a bar; titled ``title``, written to path as a PNG (a study over
+    seeds: crf_miou.png, attention_miou.png)."""
     configs = list(dict.fromkeys(configuration(r["name"]) for r in rows))
     fig = Figure(figsize=(9, 0.45 * len(configs) + 1.4))
     axes = fig.subplots(1, 2, sharey=True)
@@ -172,8 +174,7 @@ def plot_seeds(rows, path, configuration) -> Path:
         ax.set_xlim(0, 100)
     axes[0].set_yticks(range(len(configs)), configs)
     axes[0].invert_yaxis()
-    fig.suptitle("The dense CRF: post-processing against the trained layer (dots: seeds; bars: their mean)",
-                 fontsize=10)
+    fig.suptitle(f"{title} (dots: seeds; bars: their mean)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
