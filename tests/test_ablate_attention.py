@@ -1,20 +1,22 @@
 """The attention study's definition and its runner (the ablation's, ``run_ablation(study=ATTENTION)``) on a tiny
 schedule: the 1.5x budget, the rows' own seeds, the table's columns, finished rows skipped, and the files read
 back by the study's reader (``measured.read_study(ATTENTION_EXPECTED)``, notebook 11). The study itself is not
-run here."""
+run here: its committed files (data/ablation/attention.*) are checked against its rows, and the answer the README
+and notebook 11 state against those files."""
 
 import csv
 import json
 import math
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 from PIL import Image
 
 from minideeplab import ablate
 from minideeplab.ablate import measured
-from minideeplab.ablate.attention import ATTENTION_EXPECTED, ATTENTION_ROWS, SEEDS, within_budget
+from minideeplab.ablate.attention import ATTENTION_EPOCHS, ATTENTION_EXPECTED, ATTENTION_ROWS, SEEDS, within_budget
 from minideeplab.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -154,7 +156,8 @@ def test_committed_study_is_complete_and_consistent():
     curves = measured.read_curves(ATTENTION_EXPECTED, SHIPPED)
     for row in ATTENTION_ROWS:
         r = rows[row.name]
-        want = {"epochs": 30, "train_images": 3000, "val_images": 100, "crop_size": 128, "batch_size": 8,
+        want = {"epochs": ATTENTION_EPOCHS, "train_images": 3000, "val_images": 100, "crop_size": ablate.CROP_SIZE,
+                "batch_size": ablate.BATCH_SIZE,
                 "seed": row.seed, "optimizer": "sgd", "lr": ablate.LR, "warmup_iters": 0, "backbone": row.backbone}
         want |= ablate.ATTENTION.schedules[row.schedule] if row.schedule else {}
         assert {k: r[k] for k in want} == want, row.name
@@ -164,7 +167,7 @@ def test_committed_study_is_complete_and_consistent():
         assert cms.shape == (100, 7, 7) and mean_iou(cms.sum(0)) == pytest.approx(r["miou"], rel=1e-12)
         assert [pixel_accuracy(t) for t in trimaps.sum(0)] == pytest.approx(
             [r[f"trimap_{w}"] for w in (1, 2, 4, 8, 16)], rel=1e-12)
-        assert len(curves[row.name]) == 30 and curves[row.name][-1] < curves[row.name][0], row.name
+        assert len(curves[row.name]) == ATTENTION_EPOCHS and curves[row.name][-1] < curves[row.name][0], row.name
 
 
 def _flat(text):
@@ -174,8 +177,6 @@ def _flat(text):
 def test_the_answer_the_readme_and_notebook_state_is_the_committed_one():
     """The README and notebook 11 state the study's answer in words; the numbers in them are the reader's, on the
     committed files (``measured.read_study``'s default bootstrap), so a rerun study cannot leave them stale."""
-    import nbformat
-
     s = measured.read_study(ATTENTION_EXPECTED, SHIPPED)
     assert not s["missing"]
     notebook = nbformat.read(ROOT / "solutions" / "11_attention.ipynb", as_version=4)
