@@ -353,6 +353,18 @@ def test_ablation_figures_tell_the_rows_apart(tmp_path):
     v3 = [look for r, look in zip(rows, looks) if r["name"].split("-")[0] == "v3"]
     assert len(v3) == 6 and all(len({look[j] for look in v3}) == 6 for j in (0, 2))  # colours, markers
 
+    # a study over seeds: one line per configuration, at its seeds' mean
+    from minideeplab.ablate.measured import configuration
+    from minideeplab.viz.ablation import trimap_figure
+
+    seeded = ablate.read_csv(data_path("ablation", "attention.csv"))
+    ax = trimap_figure(seeded, configuration).axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:3] == ["cnn-v3plus (3 seeds)", "vit-linear (3 seeds)", "vit-aspp (3 seeds)"]
+    assert "segformer (1 seed)" in labels and len(labels) == len({configuration(r["name"]) for r in seeded})
+    vit_aspp = [r for r in seeded if configuration(r["name"]) == "vit-aspp"]
+    assert ax.lines[2].get_ydata()[1] == pytest.approx(100 * np.mean([r["trimap_2"] for r in vit_aspp]))
+
     front = ablate.pareto_front(np.array([r["mult_adds"] for r in rows], float), np.array([r["miou"] for r in rows]))
     fig = plot_cost_front(rows, front, scale=1e-9)
     FigureCanvasAgg(fig).draw()

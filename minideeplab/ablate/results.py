@@ -87,7 +87,7 @@ def write_results(rows, folder, per_image=None, stem="ablation", title=None, cur
     is removed); returns their paths. stem: the files' names (the study's: "ablation", "attention"); title: the
     mIoU plot's (``Study.title``; None: the ablations'). curves: row name -> its training loss per epoch, written
     to ablation_losses.json (``write_loss_curves``) when given. configuration: a row name -> its configuration
-    (``measured.configuration``) for a study over seeds, whose mIoU plot then groups each configuration's seeds."""
+    (``measured.configuration``) for a study over seeds, whose plots then group each configuration's seeds."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = columns(rows)
@@ -100,7 +100,7 @@ def write_results(rows, folder, per_image=None, stem="ablation", title=None, cur
         miou = folder / f"{stem}_miou.png"
         paths += [plot_miou(rows, miou, **titled) if configuration is None else
                   plot_seeds(rows, miou, configuration, f"{title or stem}, {rows[0]['epochs']} epochs each"),
-                  plot_trimap(rows, folder / f"{stem}_trimap.png")]
+                  plot_trimap(rows, folder / f"{stem}_trimap.png", configuration)]
     images = write_per_image(rows, folder / f"{stem}_per_image.npz", per_image)
     if curves is not None:
         paths.append(write_loss_curves(curves, folder / f"{stem}_losses.json"))

@@ -3,7 +3,7 @@
 * ``plot_intervals``: differences in mIoU between pairs of rows with their bootstrap intervals.
 * ``plot_cost_front``: mIoU against a cost (multiply-adds, milliseconds), the Pareto front joined.
 * ``plot_miou``, ``plot_trimap``: the table's two figures, written to files (``ablate.write_results``);
-  ``plot_seeds`` in place of ``plot_miou`` for a study over seeds.
+  for a study over seeds ``plot_seeds`` in place of ``plot_miou``, and ``plot_trimap`` a line per configuration.
 * ``plot_loss_curves``: each row's training loss per epoch (a study's <study>_losses.json): did it fit?
 """
 
@@ -180,22 +180,38 @@ def plot_seeds(rows, path, configuration, title) -> Path:
     return Path(path)
 
 
-def plot_trimap(rows, path) -> Path:
+def plot_trimap(rows, path, configuration=None) -> Path:
     """Trimap accuracy (%) against the band width around the boundaries (the records' trimap_<width> keys), one
-    line per row, written to path as a PNG."""
+    line per row, or, for a study over seeds (``configuration``: row name -> its configuration), one per
+    configuration at its seeds' mean; written to path as a PNG."""
+    trimap_figure(rows, configuration).savefig(path, dpi=110)
+    return Path(path)
+
+
+def trimap_figure(rows, configuration=None) -> Figure:
+    """``plot_trimap``'s figure."""
     keys = sorted((k for k in rows[0] if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
     widths = [float(k[len("trimap_"):]) for k in keys]
+    if configuration is not None:
+        groups = {}
+        for r in rows:
+            groups.setdefault(configuration(r["name"]), []).append(r)
+        rows = [{"name": f"{c} ({len(g)} seed{'s' * (len(g) > 1)})", **{k: np.mean([r[k] for r in g]) for k in keys}}
+                for c, g in groups.items()]
+    looks = _line_styles([r["name"] for r in rows])
+    if configuration is not None:  # the configurations are not model families: a colour and a marker each
+        looks = [(matplotlib.colormaps["tab10"](i % 10), "-", "osD^v<>Px*"[i % 10]) for i in range(len(rows))]
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    for r, (colour, style, marker) in zip(rows, _line_styles([r["name"] for r in rows])):
+    for r, (colour, style, marker) in zip(rows, looks):
         ax.plot(widths, [100 * r[k] for k in keys], style, marker=marker, ms=5, color=colour, label=r["name"])
     ax.set_xscale("log", base=2)
     ax.set_xticks(widths, [f"{w:g}" for w in widths])
     ax.set_xlabel("band width around the object boundaries (pixels)")
     ax.set_ylabel("pixel accuracy in the band (%)")
-    ax.set_title("Trimap accuracy: how well each row places the boundaries")
+    ax.set_title("Trimap accuracy: how well each row places the boundaries" if configuration is None else
+                 "Trimap accuracy per configuration (its seeds' mean)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return fig
