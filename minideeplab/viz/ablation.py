@@ -198,8 +198,9 @@ def trimap_figure(rows, configuration=None) -> Figure:
             groups.setdefault(configuration(r["name"]), []).append(r)
         rows = [{"name": f"{c} ({len(g)} seed{'s' * (len(g) > 1)})", **{k: np.mean([r[k] for r in g]) for k in keys}}
                 for c, g in groups.items()]
-    looks = _line_styles([r["name"] for r in rows])
-    if configuration is not None:  # the configurations are not model families: a colour and a marker each
+    if configuration is None:
+        looks = _line_styles([r["name"] for r in rows])
+    else:  # a study's configurations are not model families: a colour and a marker each
         looks = [(matplotlib.colormaps["tab10"](i % 10), "-", "osD^v<>Px*"[i % 10]) for i in range(len(rows))]
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
