@@ -192,15 +192,14 @@ def trimap_figure(rows, configuration=None) -> Figure:
     """``plot_trimap``'s figure."""
     keys = sorted((k for k in rows[0] if k.startswith("trimap_")), key=lambda k: float(k[len("trimap_"):]))
     widths = [float(k[len("trimap_"):]) for k in keys]
-    if configuration is not None:
+    if configuration is None:
+        looks = _line_styles([r["name"] for r in rows])
+    else:  # a line per configuration at its seeds' mean; not model families: a colour and a marker each
         groups = {}
         for r in rows:
             groups.setdefault(configuration(r["name"]), []).append(r)
         rows = [{"name": f"{c} ({len(g)} seed{'s' * (len(g) > 1)})", **{k: np.mean([r[k] for r in g]) for k in keys}}
                 for c, g in groups.items()]
-    if configuration is None:
-        looks = _line_styles([r["name"] for r in rows])
-    else:  # a study's configurations are not model families: a colour and a marker each
         looks = [(matplotlib.colormaps["tab10"](i % 10), "-", "osD^v<>Px*"[i % 10]) for i in range(len(rows))]
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
